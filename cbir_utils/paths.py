@@ -1,0 +1,52 @@
+"""Project paths: the one place that knows where data and outputs live.
+
+Everything is relative to the project root (the folder holding ``pyproject.toml``),
+so notebooks, tests and the command line agree wherever they are started from.
+Set ``CBIR_PROJECT_ROOT`` to point a run at another checkout or scratch folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT: Path = Path(
+    os.environ.get("CBIR_PROJECT_ROOT", Path(__file__).resolve().parent.parent)
+).resolve()
+DATA_DIR: Path = PROJECT_ROOT / "data"
+DEMO_DIR: Path = DATA_DIR / "demo"
+OUTPUTS_DIR: Path = PROJECT_ROOT / "outputs"
+NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
+
+NOTEBOOK_01 = "01_pretrained_retrieval"
+NOTEBOOK_02 = "02_finetune_classification"
+NOTEBOOK_03 = "03_finetuned_retrieval"
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """Return ``path`` as an absolute path, relative paths taken from the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
+
+
+def output_dir(notebook: str, run: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Return (and create) ``outputs/<notebook>[/<run>]``.
+
+    Args:
+        notebook: Notebook (or tool) name, e.g. ``"01_pretrained_retrieval"``.
+        run: Optional run name, a sub-folder so runs with other parameters never overwrite.
+        root: Outputs root; defaults to ``outputs/`` under the project root.
+    """
+    base = resolve(root) if root is not None else OUTPUTS_DIR
+    d = base / notebook
+    if run:
+        d = d / run
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def ensure_outside(path: Path, protected: Path) -> None:
+    """Raise ``ValueError`` if ``path`` lies inside ``protected`` (outputs never go into inputs)."""
+    path, protected = Path(path).resolve(), Path(protected).resolve()
+    if path == protected or protected in path.parents:
+        raise ValueError(f"Refusing to write {path}: it is inside the input collection {protected}.")
