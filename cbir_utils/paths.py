@@ -2,7 +2,8 @@
 
 Everything is relative to the project root (the folder holding ``pyproject.toml``),
 so notebooks, tests and the command line agree wherever they are started from.
-Set ``CBIR_PROJECT_ROOT`` to point a run at another checkout or scratch folder.
+Set ``CBIR_PROJECT_ROOT`` to point a run at another checkout, or ``CBIR_OUTPUTS_DIR``
+to send outputs elsewhere (the tests do).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ PROJECT_ROOT: Path = Path(
 ).resolve()
 DATA_DIR: Path = PROJECT_ROOT / "data"
 DEMO_DIR: Path = DATA_DIR / "demo"
-OUTPUTS_DIR: Path = PROJECT_ROOT / "outputs"
+OUTPUTS_DIR: Path = Path(os.environ.get("CBIR_OUTPUTS_DIR", PROJECT_ROOT / "outputs")).resolve()
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
 
 NOTEBOOK_01 = "01_pretrained_retrieval"
@@ -29,7 +30,9 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
 
 
-def output_dir(notebook: str, run: str | None = None, root: str | os.PathLike | None = None) -> Path:
+def output_dir(
+    notebook: str, run: str | None = None, root: str | os.PathLike | None = None
+) -> Path:
     """Return (and create) ``outputs/<notebook>[/<run>]``.
 
     Args:
@@ -49,4 +52,6 @@ def ensure_outside(path: Path, protected: Path) -> None:
     """Raise ``ValueError`` if ``path`` lies inside ``protected`` (outputs never go into inputs)."""
     path, protected = Path(path).resolve(), Path(protected).resolve()
     if path == protected or protected in path.parents:
-        raise ValueError(f"Refusing to write {path}: it is inside the input collection {protected}.")
+        raise ValueError(
+            f"Refusing to write {path}: it is inside the input collection {protected}."
+        )

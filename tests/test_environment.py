@@ -1,0 +1,44 @@
+"""The conda environment file stays in step with the pip pins of pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+
+import tomllib
+import yaml
+
+from cbir_utils.paths import PROJECT_ROOT
+
+
+def _pins(reqs: list[str]) -> dict[str, str]:
+    out = {}
+    for r in reqs:
+        m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;]+)", r)
+        if m:
+            out[m.group(1).lower()] = m.group(2)
+    return out
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())
+    assert "conda-forge" in env["channels"]
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert "-e .[dev]" in pip_section
+    py_pins = _pins(project["dependencies"])
+    env_pins = _pins(pip_section)
+    assert py_pins["torch"] == "2.13.0" and py_pins["torchvision"] == "0.28.0"
+    # every pin named in environment.yml is the same pin as in pyproject.toml
+    assert env_pins and all(py_pins.get(k) == v for k, v in env_pins.items()), (env_pins, py_pins)
+    assert {"torch", "torchvision"} <= set(env_pins)
+    py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    major_minor = py.split("=")[1]
+    req = project["requires-python"].lstrip(">=")
+    assert tuple(map(int, major_minor.split("."))) >= tuple(map(int, req.split(".")))
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make demo" in readme
+    assert re.search(r"^make test$", ci, re.M)

@@ -1,0 +1,74 @@
+"""Papermill smoke runs of the three notebooks on tiny parameters; outputs read back."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import papermill as pm
+import pytest
+from PIL import Image
+
+from cbir_utils.paths import NOTEBOOKS_DIR
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "BUILD_DEMO": False,
+    "BACKBONE": "efficientnet_lite0",
+    "WEIGHTS": "imagenet",
+    "IMAGE_SIZE": 96,
+    "BATCH_SIZE": 8,
+    "N_GALLERY": 2,
+    "TOP_K": 4,
+    "RUN_NAME": "smoke",
+}
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory, tiny_collection):
+    out = tmp_path_factory.mktemp("outputs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CBIR_OUTPUTS_DIR", str(out))
+    yield out, {**TINY, "DATA_DIR": str(tiny_collection)}
+    mp.undo()
+
+
+def run(nb: str, out, params: dict) -> None:
+    pm.execute_notebook(
+        str(NOTEBOOKS_DIR / f"{nb}.ipynb"),
+        str(out / f"{nb}.executed.ipynb"),
+        parameters=params,
+        kernel_name="python3",
+        cwd=str(NOTEBOOKS_DIR),
+        progress_bar=False,
+    )
+
+
+def _png_ok(path) -> None:
+    assert path.is_file(), path
+    with Image.open(path) as im:
+        assert im.width >= 200 and im.height >= 100
+
+
+def test_notebook_01(outputs):
+    out, params = outputs
+    run("01_pretrained_retrieval", out, params)
+    run_dir = out / "01_pretrained_retrieval" / "smoke"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"all", "study", "disjoint"}
+    # the tiny collection's printings are easy: the pretrained network finds them
+    assert metrics["all"]["mAP"] > 0.8 and metrics["all"]["P@1"] > 0.8
+    assert 0 < metrics["all"]["pair_f1"] <= 1
+    topk = pd.read_csv(run_dir / "topk.csv")
+    assert len(topk) == 20 * 4 and (topk["query"] != topk["candidate"]).all()
+    for name in ("class_imbalance.png", "pr_curve.png", "gallery.png"):
+        _png_ok(run_dir / name)
+    assert json.loads((run_dir / "params.json").read_text())["IMAGE_SIZE"] == 96
+    split = pd.read_csv(next((out / "splits").glob("*.csv")))
+    assert set(split["split"]) <= {"train", "val", "test", "heldout"}
+    # a rerun with the same parameters reuses the folder and the cached descriptors
+    run("01_pretrained_retrieval", out, params)
+    # a rerun with other parameters into the same run folder is refused
+    with pytest.raises(pm.PapermillExecutionError, match="other parameters"):
+        run("01_pretrained_retrieval", out, {**params, "TOP_K": 3})
