@@ -1,0 +1,832 @@
+"""Fine-tuning a backbone as a scene classifier (notebook 02, the study's second step).
+
+The study fine-tuned ResNet-152 (ImageNet weights) as a 71-class scene classifier: Adam,
+lr 0.001, cross-entropy, batch 32, 130 epochs in three stages (30, 50, 50), grayscale input,
+Resize(256) + CenterCrop(224). :class:`TrainConfig` defaults to exactly that; :func:`train`
+runs it with a checkpoint after every epoch, so an interrupted run resumes where it stopped
+and gives the same weights as an uninterrupted one (same seed, same device).
+
+Output folder layout::
+
+    out_dir/history.csv              one row per epoch and split (train/val)
+    out_dir/checkpoints/last.pt      end of the latest epoch (model, optimiser, history...)
+    out_dir/checkpoints/best.pt      best validation macro-F1 (ties: lower val loss)
+    out_dir/checkpoints/stage{i}.pt  end of stage i
+
+Every checkpoint is readable by :func:`cbir_utils.models.load_checkpoint` alone; use
+:func:`preprocess_from_meta` to rebuild the preprocessing it was trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import data, models
+from .data import UNLABELLED, Collection, ImageDataset, Preprocess
+from .io import save_csv
+from .metrics import classification_metrics
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("ce", "label_smoothing")
+CLASS_BALANCES = ("none", "weighted_loss", "balanced_sampler")
+FREEZES = ("none", "trunk")
+RESIZES = ("center_crop", "letterbox")
+# history.csv: one row per epoch and split. ``loss`` is, for "train", the optimised loss
+# averaged over the batches as they were seen (class-weighted / label-smoothed if so
+# configured) and, for "val", plain cross-entropy in eval mode. ``seconds``: that phase's time.
+HISTORY_COLUMNS = (
+    "epoch",
+    "stage",
+    "split",
+    "loss",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "lr",
+    "seconds",
+)
+# Config fields that may change between an interrupted run and its resumption.
+_RESUME_IGNORED = ("device", "num_workers")
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _augment_flip(im: Image.Image) -> Image.Image:
+    """Random horizontal flip (p = 0.5) and a mild random resized crop (80-100 % area)."""
+    if random.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    w, h = im.size
+    area = w * h * random.uniform(0.8, 1.0)
+    ratio = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
+    cw = min(w, max(1, round(math.sqrt(area * ratio))))
+    ch = min(h, max(1, round(math.sqrt(area / ratio))))
+    x0 = random.randint(0, w - cw)
+    y0 = random.randint(0, h - ch)
+    return im.crop((x0, y0, x0 + cw, y0 + ch))
+
+
+AUGMENTATIONS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
+    "none": None,
+    "flip": _augment_flip,
+}
+"""Training augmentations by name (``TrainConfig.augment``).
+
+Each is a function ``PIL.Image (RGB, as decoded) -> PIL.Image`` applied to training images
+only, *before* the preprocessing (gray, descreen, resize, normalise), so a simulated halftone
+screen is then descreened exactly as real scans are. Draw randomness from ``random``
+or ``np.random``: both are seeded per image draw from ``(seed, epoch, draw)``, so runs are
+reproducible whatever ``num_workers`` and however often they were interrupted.
+Functions must be module-level (picklable) for ``num_workers > 0``. To add one::
+
+    from cbir_utils import training
+    training.AUGMENTATIONS["press"] = my_press_augmentation
+"""
+
+
+class _SeededDataset(torch.utils.data.Dataset):
+    """Training images indexed by ``(draw, index)``; ``random``/``np.random`` are seeded from
+    ``(epoch_seed, draw)`` before each image is transformed, so augmentations do not depend on
+    ``num_workers`` (nor on whether a run was resumed)."""
+
+    def __init__(self, base: ImageDataset) -> None:
+        self.base = base
+        self.epoch_seed = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        draw, i = key
+        s = _epoch_seed(self.epoch_seed, draw)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        return self.base[i]
+
+
+class _DrawSampler(torch.utils.data.Sampler):
+    """A fixed sequence of ``(draw, index)`` pairs, drawn once per epoch.
+
+    The order is fixed at construction (not when iterated), so the DataLoader may create
+    its iterator any number of times, with or without worker processes, and see the same order.
+    """
+
+    def __init__(self, order: Sequence[int]) -> None:
+        self.order = [int(i) for i in order]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(enumerate(self.order))
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class _TrainTransform:
+    """Augmentation followed by the preprocessing (picklable for DataLoader workers)."""
+
+    def __init__(self, augment: Callable[[Image.Image], Image.Image] | None, pre: Preprocess):
+        self.augment = augment
+        self.pre = pre
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        if self.augment is not None:
+            im = self.augment(im)
+        return self.pre(im)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning parameters; the defaults are the original study's.
+
+    Attributes:
+        backbone: A name of :data:`cbir_utils.models.BACKBONES`.
+        weights: ``"imagenet"``, ``"none"`` (random init) or a local weights file.
+        pooling: ``avg`` (study), ``gem`` or ``max``.
+        image_size: Input side in pixels.
+        resize: ``center_crop`` (study: Resize(256) + CenterCrop(224)) or ``letterbox``.
+        grayscale: Gray input replicated to 3 channels (study).
+        descreen: Gaussian blur before resizing, radius in thousandths of the long side.
+        optimizer: ``adam`` (study), ``adamw`` or ``sgd`` (momentum 0.9).
+        lr: Learning rate.
+        batch_size: Training images per step.
+        stages: Epochs per stage, run one after the other on the same model and optimiser.
+        stage_lrs: Learning rate of each stage; ``None`` uses ``lr`` throughout.
+        loss: ``ce`` (cross-entropy, study) or ``label_smoothing`` (CE, smoothing 0.1).
+        class_balance: ``none`` (study), ``weighted_loss`` (inverse-frequency class weights
+            in the loss) or ``balanced_sampler`` (classes drawn equally often, with replacement).
+        augment: A key of :data:`AUGMENTATIONS` (``none`` = study, ``flip``).
+        freeze: ``none`` trains every layer (study); ``trunk`` trains the head only.
+        seed: Seed of initialisation, shuffling and augmentation.
+        num_workers: DataLoader worker processes for image decoding.
+        device: ``"cpu"``, ``"cuda"``...; ``None`` picks the best available.
+    """
+
+    backbone: str = "resnet152"
+    weights: str = "imagenet"
+    pooling: str = "avg"
+    image_size: int = 224
+    resize: str = "center_crop"
+    grayscale: bool = True
+    descreen: float = 0.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 32
+    stages: tuple[int, ...] = (30, 50, 50)
+    stage_lrs: tuple[float, ...] | None = None
+    loss: str = "ce"
+    class_balance: str = "none"
+    augment: str = "none"
+    freeze: str = "none"
+    seed: int = 0
+    num_workers: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        def choose(name: str, value: Any, allowed: Sequence[str]) -> None:
+            if value not in allowed:
+                raise ValueError(
+                    f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}."
+                )
+
+        choose("backbone", self.backbone, tuple(models.BACKBONES))
+        choose("pooling", self.pooling, models.POOLINGS)
+        choose("resize", self.resize, RESIZES)
+        choose("optimizer", self.optimizer, OPTIMIZERS)
+        choose("loss", self.loss, LOSSES)
+        choose("class_balance", self.class_balance, CLASS_BALANCES)
+        choose("augment", self.augment, tuple(AUGMENTATIONS))
+        choose("freeze", self.freeze, FREEZES)
+        self.weights = str(self.weights)
+        if isinstance(self.stages, int):
+            self.stages = (self.stages,)
+        self.stages = tuple(self.stages)
+        if not self.stages or any(not _is_int(e) or e <= 0 for e in self.stages):
+            raise ValueError(
+                f"stages must be a non-empty list of positive epoch counts, got {self.stages!r}."
+            )
+        self.stages = tuple(int(e) for e in self.stages)
+        if not _is_number(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
+        if self.stage_lrs is not None:
+            self.stage_lrs = tuple(self.stage_lrs)
+            if len(self.stage_lrs) != len(self.stages):
+                raise ValueError(
+                    f"stage_lrs has {len(self.stage_lrs)} value(s) but stages has "
+                    f"{len(self.stages)}; give one learning rate per stage, or None."
+                )
+            if any(not _is_number(v) or v <= 0 for v in self.stage_lrs):
+                raise ValueError(f"stage_lrs must be positive numbers, got {self.stage_lrs!r}.")
+            self.stage_lrs = tuple(float(v) for v in self.stage_lrs)
+        if not _is_int(self.batch_size) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+        if not _is_int(self.image_size) or self.image_size < 32:
+            raise ValueError(f"image_size must be an integer >= 32, got {self.image_size!r}.")
+        if not _is_number(self.descreen) or self.descreen < 0:
+            raise ValueError(f"descreen must be >= 0, got {self.descreen!r}.")
+        if not _is_int(self.num_workers) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}.")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+        self.lr = float(self.lr)
+        self.descreen = float(self.descreen)
+
+    @property
+    def epochs(self) -> int:
+        """Total number of epochs over all stages."""
+        return sum(self.stages)
+
+    def stage_of(self, epoch: int) -> int:
+        """1-based stage of a 1-based global epoch."""
+        end = 0
+        for i, n in enumerate(self.stages, start=1):
+            end += n
+            if epoch <= end:
+                return i
+        raise ValueError(f"Epoch {epoch} is beyond the {self.epochs} epochs of {self.stages}.")
+
+    def lr_of(self, stage: int) -> float:
+        """Learning rate of a 1-based stage."""
+        return self.lr if self.stage_lrs is None else self.stage_lrs[stage - 1]
+
+    def preprocess(self) -> Preprocess:
+        """The (un-augmented) preprocessing of this configuration."""
+        norm = models.normalisation_for(self.backbone)
+        return Preprocess(
+            image_size=self.image_size,
+            resize=self.resize,
+            grayscale=self.grayscale,
+            descreen=self.descreen,
+            mean=tuple(norm["mean"]),
+            std=tuple(norm["std"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples as lists); stored in every checkpoint's meta."""
+        d = asdict(self)
+        d["stages"] = list(self.stages)
+        d["stage_lrs"] = None if self.stage_lrs is None else list(self.stage_lrs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict` output (unknown keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        best_checkpoint: ``checkpoints/best.pt`` (best validation macro-F1).
+        last_checkpoint: ``checkpoints/last.pt`` (latest epoch).
+        history: Per-epoch metrics, columns :data:`HISTORY_COLUMNS`.
+        classes: Class (scene) names, index = class id.
+        best_epoch: 1-based epoch of ``best.pt`` (0 if no epoch ran).
+        seconds: Training + validation time summed over all epochs (across resumptions).
+    """
+
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: pd.DataFrame
+    classes: list[str]
+    best_epoch: int
+    seconds: float
+    completed: bool = field(default=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed) % 2**32, int(epoch)]).generate_state(1)[0])
+
+
+def _seed_everything(s: int) -> torch.Generator:
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    g = torch.Generator()
+    g.manual_seed(s)
+    return g
+
+
+@contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while training; the global settings are restored afterwards."""
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_det = torch.backends.cudnn.deterministic
+    cudnn_bench = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        elif device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        torch.backends.cudnn.deterministic = cudnn_det
+        torch.backends.cudnn.benchmark = cudnn_bench
+
+
+def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 with history-column names; NaN when empty.
+
+    See :func:`cbir_utils.metrics.classification_metrics` for the definitions.
+    """
+    if np.asarray(y_true).size == 0:
+        return {"accuracy": math.nan, "precision": math.nan, "recall": math.nan, "f1": math.nan}
+    m = classification_metrics(y_true, y_pred)
+    return {k.removeprefix("macro_"): v for k, v in m.items()}
+
+
+def _data_key(train: pd.DataFrame, val: pd.DataFrame, classes: list[str]) -> str:
+    blob = json.dumps(
+        {
+            "classes": classes,
+            "train": sorted(zip(train["relpath"], train["scene"], strict=False)),
+            "val": sorted(zip(val["relpath"], val["scene"], strict=False)),
+        }
+    ).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config_dict.items() if k not in _RESUME_IGNORED}
+
+
+def _resolve_split(
+    collection: Collection, split: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and val rows (relpath, path, scene) of labelled images."""
+    missing = {"relpath", "split"} - set(split.columns)
+    if missing:
+        raise ValueError(f"The split frame lacks column(s) {sorted(missing)}.")
+    items = collection.items[["relpath", "path", "scene"]]
+    unknown = set(split["relpath"]) - set(items["relpath"])
+    if unknown:
+        raise ValueError(
+            f"The split names {len(unknown)} image(s) that are not in the collection "
+            f"{collection.root} (e.g. {sorted(unknown)[0]!r}); make the split for this collection."
+        )
+    merged = split[["relpath", "split"]].merge(items, on="relpath", how="left")
+    merged = merged[merged["scene"] != UNLABELLED]
+    train = merged[merged["split"] == "train"].reset_index(drop=True)
+    val = merged[merged["split"] == "val"].reset_index(drop=True)
+    return train, val
+
+
+def _make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9)
+
+
+def _class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
+
+
+def _set_train_mode(model: models.RetrievalNet, freeze: str) -> None:
+    model.train()
+    if freeze == "trunk":
+        model.trunk.eval()  # frozen BatchNorm statistics too
+
+
+def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(
+    config: TrainConfig,
+    collection: Collection,
+    split: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    resume: bool = True,
+    progress: bool = True,
+    max_batches: int | None = None,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Fine-tune ``config.backbone`` as a classifier of the scenes of the training split.
+
+    Classes are the sorted scenes with at least one ``train`` image; ``val`` images of
+    other scenes (and unlabelled images) are ignored. After every epoch the model is
+    validated, ``history.csv`` and ``checkpoints/last.pt`` are written (atomically), and
+    ``best.pt`` is updated when validation macro-F1 improves (ties: lower val loss).
+
+    Args:
+        config: The run's parameters.
+        collection: The image collection.
+        split: Frame with ``relpath`` and ``split`` (see :func:`cbir_utils.data.make_split`).
+        out_dir: Output folder of this run (one folder per configuration).
+        resume: Continue from ``checkpoints/last.pt`` if present (the run restarts at the
+            epoch after it). ``False`` starts again from scratch, replacing the checkpoints
+            of a run with the same configuration.
+        progress: Show tqdm progress bars.
+        max_batches: Cap on training and validation batches per epoch (smoke tests).
+        stop_after_epochs: Stop cleanly after this many epochs in this call, as if the
+            run had been interrupted; call again to resume.
+
+    Returns:
+        A :class:`TrainResult`; ``completed`` is False when stopped early.
+
+    Raises:
+        ValueError: Out_dir holds a run with another configuration or other data, no
+            training images, or fewer than two classes.
+    """
+    if max_batches is not None and (not _is_int(max_batches) or max_batches <= 0):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}.")
+    if stop_after_epochs is not None and (not _is_int(stop_after_epochs) or stop_after_epochs < 0):
+        raise ValueError(f"stop_after_epochs must be >= 0 or None, got {stop_after_epochs!r}.")
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    history_path = out_dir / "history.csv"
+
+    train_df, val_df = _resolve_split(collection, split)
+    classes = sorted(set(train_df["scene"]))
+    if not len(train_df):
+        raise ValueError("The split has no labelled 'train' images: nothing to fine-tune on.")
+    if len(classes) < 2:
+        raise ValueError(f"Need at least 2 scenes with training images, got {classes}.")
+    class_id = {c: i for i, c in enumerate(classes)}
+    unseen = ~val_df["scene"].isin(class_id)
+    if unseen.any():
+        warnings.warn(
+            f"{int(unseen.sum())} validation image(s) of scenes without training images are "
+            "skipped (a classifier cannot predict them).",
+            stacklevel=2,
+        )
+    val_df = val_df[~unseen].reset_index(drop=True)
+    y_train = train_df["scene"].map(class_id).to_numpy(dtype=np.int64)
+    y_val = val_df["scene"].map(class_id).to_numpy(dtype=np.int64)
+    data_key = _data_key(train_df, val_df, classes)
+    cfg_dict = config.to_dict()
+
+    # ---- resume or start
+    saved: dict[str, Any] | None = None
+    if last_path.exists():
+        saved = torch.load(last_path, map_location="cpu", weights_only=False)
+        saved_cfg = saved.get("meta", {}).get("train_config", {})
+        if _comparable(saved_cfg) != _comparable(cfg_dict):
+            diff = sorted(
+                k
+                for k in set(saved_cfg) | set(cfg_dict)
+                if k not in _RESUME_IGNORED and saved_cfg.get(k) != cfg_dict.get(k)
+            )
+            shown = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {cfg_dict.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"{out_dir} holds a training run with another configuration ({shown}). "
+                "Choose another output folder for this configuration (e.g. a new RUN_NAME); "
+                "nothing was overwritten."
+            )
+        if saved.get("data_key") != data_key:
+            raise ValueError(
+                f"{out_dir} holds a training run on other images or another split (its classes "
+                "or train/val images differ). Choose another output folder; nothing was overwritten."
+            )
+        if not resume:
+            warnings.warn(
+                f"resume=False: restarting the run in {out_dir} from scratch.", stacklevel=2
+            )
+            saved = None
+            for p in ckpt_dir.glob("*.pt"):
+                p.unlink()
+
+    device = torch.device(config.device) if config.device else models.default_device()
+    channels_last = device.type == "cpu"
+
+    _seed_everything(_epoch_seed(config.seed, 0))
+    model = models.build_model(
+        config.backbone,
+        # a resumed run loads its own weights: no ImageNet download needed
+        weights="none" if saved is not None else config.weights,
+        pooling=config.pooling,
+        n_classes=len(classes),
+    )
+    if config.freeze == "trunk":
+        for p in model.trunk.parameters():
+            p.requires_grad_(False)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    best = {"epoch": 0, "f1": -math.inf, "loss": math.inf}
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        history = list(saved["history"])
+        start_epoch = int(saved["epoch"]) + 1
+        best = dict(saved["best"])
+        del saved
+
+    pre = config.preprocess()
+    train_ds = _SeededDataset(
+        ImageDataset(
+            train_df["path"].tolist(), _TrainTransform(AUGMENTATIONS[config.augment], pre), y_train
+        )
+    )
+    val_ds = ImageDataset(val_df["path"].tolist(), pre, y_val)
+    weight = _class_weights(y_train, len(classes)).to(device)
+    smoothing = 0.1 if config.loss == "label_smoothing" else 0.0
+    criterion = nn.CrossEntropyLoss(
+        weight=weight if config.class_balance == "weighted_loss" else None,
+        label_smoothing=smoothing,
+    )
+    val_criterion = nn.CrossEntropyLoss(reduction="sum")  # plain CE: comparable across configs
+    if not len(val_ds):
+        warnings.warn(
+            "No validation images of the training scenes: best.pt will be the last epoch.",
+            stacklevel=2,
+        )
+
+    def meta_for(epoch: int) -> dict[str, Any]:
+        return models.model_meta(
+            config.backbone,
+            config.weights,
+            config.pooling,
+            config.image_size,
+            classes=classes,
+            resize=config.resize,
+            grayscale=config.grayscale,
+            descreen=config.descreen,
+            train_config=cfg_dict,
+            epoch=epoch,
+            stage=config.stage_of(epoch),
+        )
+
+    epochs_run = 0
+    with _deterministic(device):
+        for epoch in range(start_epoch, config.epochs + 1):
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                break
+            stage = config.stage_of(epoch)
+            lr = config.lr_of(stage)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            epoch_seed = _epoch_seed(config.seed, epoch)
+            gen = _seed_everything(epoch_seed)
+            train_ds.epoch_seed = epoch_seed
+            if config.class_balance == "balanced_sampler":  # classes equally likely
+                p = torch.as_tensor(1.0 / np.bincount(y_train)[y_train], dtype=torch.double)
+                order = torch.multinomial(p, len(y_train), replacement=True, generator=gen)
+            else:
+                order = torch.randperm(len(y_train), generator=gen)
+            loader = DataLoader(
+                train_ds,
+                batch_size=config.batch_size,
+                sampler=_DrawSampler(order.tolist()),
+                num_workers=config.num_workers,
+                pin_memory=device.type == "cuda",
+            )
+            label = f"Stage {stage}/{len(config.stages)} · epoch {epoch}/{config.epochs}"
+
+            # ---- train
+            t0 = time.perf_counter()
+            _set_train_mode(model, config.freeze)
+            n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+            loss_sum, n_seen, trues, preds = 0.0, 0, [], []
+            bar = tqdm(
+                islice(loader, n_batches),
+                total=n_batches,
+                desc=f"{label} train",
+                disable=not progress,
+            )
+            for x, y, _ in bar:
+                x, y = _to_input(x, device), y.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(x)
+                loss = criterion(logits, y)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(y)
+                n_seen += len(y)
+                trues.append(y.cpu().numpy())
+                preds.append(logits.detach().argmax(1).cpu().numpy())
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+            bar.close()
+            train_row = {
+                "epoch": epoch,
+                "stage": stage,
+                "split": "train",
+                "loss": loss_sum / max(n_seen, 1),
+                **classification_scores(np.concatenate(trues), np.concatenate(preds)),
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+
+            # ---- validate
+            t0 = time.perf_counter()
+            val_loss, vt, vp = _evaluate(
+                model, val_ds, val_criterion, config, device, max_batches, progress, f"{label} val"
+            )
+            val_row = {
+                "epoch": epoch,
+                "stage": stage,
+                "split": "val",
+                "loss": val_loss,
+                **classification_scores(vt, vp),
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+            history += [train_row, val_row]
+            epochs_run += 1
+
+            # ---- save: stage / best / history first, last.pt last (it marks the epoch done)
+            meta = meta_for(epoch)
+            scores = {"val_f1": val_row["f1"], "val_loss": val_row["loss"]}
+            if epoch == sum(config.stages[:stage]):
+                models.save_checkpoint(
+                    ckpt_dir / f"stage{stage}.pt", model, meta, epoch=epoch, stage=stage, **scores
+                )
+            if _is_better(val_row, best):
+                best = {"epoch": epoch, "f1": val_row["f1"], "loss": val_row["loss"]}
+                models.save_checkpoint(best_path, model, meta, epoch=epoch, stage=stage, **scores)
+            frame = _history_frame(history)
+            save_csv(history_path, frame)
+            models.save_checkpoint(
+                last_path,
+                model,
+                meta,
+                optimizer=optimizer.state_dict(),
+                epoch=epoch,
+                stage=stage,
+                history=history,
+                best=best,
+                data_key=data_key,
+                **scores,
+            )
+            if progress:
+                tqdm.write(
+                    f"{label}: train loss {train_row['loss']:.4f} f1 {train_row['f1']:.3f} | "
+                    f"val loss {val_row['loss']:.4f} f1 {val_row['f1']:.3f}"
+                    + (" (best)" if best["epoch"] == epoch else "")
+                )
+
+    frame = _history_frame(history)
+    last_epoch = int(frame["epoch"].max()) if len(frame) else 0
+    return TrainResult(
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        history=frame,
+        classes=classes,
+        best_epoch=int(best["epoch"]),
+        seconds=float(frame["seconds"].sum()) if len(frame) else 0.0,
+        completed=last_epoch >= config.epochs,
+    )
+
+
+def _is_better(val_row: dict[str, Any], best: dict[str, Any]) -> bool:
+    f1, loss = val_row["f1"], val_row["loss"]
+    if math.isnan(f1):  # no validation data: keep the latest epoch
+        return True
+    if f1 != best["f1"]:
+        return f1 > best["f1"]
+    return loss < best["loss"]
+
+
+def _history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+
+
+def _evaluate(
+    model: models.RetrievalNet,
+    dataset: ImageDataset,
+    criterion: nn.Module,
+    config: TrainConfig,
+    device: torch.device,
+    max_batches: int | None,
+    progress: bool,
+    desc: str,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Summed-loss criterion over ``dataset`` in eval mode: (mean loss, y_true, y_pred)."""
+    if not len(dataset):
+        return math.nan, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    model.eval()
+    loss_sum, trues, preds = 0.0, [], []
+    with torch.inference_mode():
+        bar = tqdm(
+            islice(loader, n_batches), total=n_batches, desc=desc, disable=not progress, leave=False
+        )
+        for x, y, _ in bar:
+            x, y = _to_input(x, device), y.to(device)
+            logits = model(x)
+            loss_sum += float(criterion(logits, y))
+            trues.append(y.cpu().numpy())
+            preds.append(logits.argmax(1).cpu().numpy())
+        bar.close()
+    t = np.concatenate(trues)
+    return loss_sum / len(t), t, np.concatenate(preds)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def predict(
+    model: models.RetrievalNet,
+    paths: Sequence[str | os.PathLike],
+    preprocess: Preprocess,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Predicted class index of each image (argmax of the logits), in eval mode.
+
+    Args:
+        model: A model with a classifier head (e.g. from ``load_checkpoint``).
+        paths: Image files.
+        preprocess: The checkpoint's preprocessing (:func:`preprocess_from_meta`).
+        batch_size: Images per forward pass.
+        device: Defaults to the best available device.
+        progress: Show a progress bar.
+        num_workers: DataLoader worker processes for decoding.
+
+    Returns:
+        ``int64`` array of length ``len(paths)``.
+    """
+    if model.head is None:
+        raise ValueError(
+            "predict() needs a model with a classifier head (a fine-tuned checkpoint)."
+        )
+    device = torch.device(device) if device is not None else models.default_device()
+    model = model.to(device).eval()
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        ImageDataset(paths, preprocess),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for x, _, _ in tqdm(loader, desc="Predicting", disable=not progress):
+            out.append(model(_to_input(x, device)).argmax(1).cpu().numpy())
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+def preprocess_from_meta(meta: dict[str, Any]) -> Preprocess:
+    """The preprocessing a checkpoint was trained with, rebuilt from its ``meta``.
+
+    Same as :func:`cbir_utils.data.preprocess_from_meta`, except that a meta without
+    ``normalisation`` gets its backbone's rather than the ImageNet default.
+    """
+    if "normalisation" not in meta and meta.get("backbone") in models.BACKBONES:
+        meta = {**meta, "normalisation": models.normalisation_for(meta["backbone"])}
+    return data.preprocess_from_meta(meta)
