@@ -45,7 +45,8 @@ notebooks: setup
 	  mkdir -p outputs/$$nb/$(PROFILE); \
 	  echo "== $$nb ($(PROFILE) profile)"; \
 	  $(PYTHON) -m papermill --kernel python3 --cwd notebooks -f notebooks/params/$(PROFILE).yaml \
-	    notebooks/$$nb.ipynb outputs/$$nb/$(PROFILE)/$$nb.ipynb || exit 1; \
+	    notebooks/$$nb.ipynb outputs/$$nb/$(PROFILE)/$$nb.running.ipynb || exit 1; \
+	  mv outputs/$$nb/$(PROFILE)/$$nb.running.ipynb outputs/$$nb/$(PROFILE)/$$nb.ipynb; \
 	done
 	@echo "Done: results under outputs/ (see README, 'Reading the results')."
 

@@ -32,6 +32,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic(Path(path), lambda t: Path(t).write_text(text, encoding="utf-8"))
 
 
+def atomic_create_text(path: str | os.PathLike, text: str) -> bool:
+    """Create ``path`` with ``text`` only if it does not exist yet, atomically.
+
+    The file appears complete or not at all, and of two processes creating it at
+    once exactly one succeeds (a hard link never replaces an existing file).
+
+    Returns:
+        True if this call created the file, False if it already existed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # file systems without hard links: exclusive create, then fill
+            try:
+                with open(path, "x", encoding="utf-8") as fh:
+                    fh.write(text)
+            except FileExistsError:
+                return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
     return _atomic(Path(path), lambda t: Path(t).write_bytes(data))

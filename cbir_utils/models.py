@@ -75,8 +75,27 @@ class Pool(nn.Module):
         return x.mean(dim=(-2, -1))
 
 
+class Projection(nn.Module):
+    """Learned linear projection of the pooled descriptor: ``W (x / |x| - mean)``.
+
+    Used by fast fine-tuning (:mod:`cbir_utils.fast_finetune`: learned whitening).
+    """
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim_in))
+        self.linear = nn.Linear(dim_in, dim_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.linear(F.normalize(x, p=2, dim=-1) - self.mean)
+
+
 class RetrievalNet(nn.Module):
-    """Trunk + pooling (the descriptor) + optional classifier head (the logits)."""
+    """Trunk + pooling (the descriptor) + optional projection + optional classifier head.
+
+    With ``proj_dim > 0`` the descriptor is the pooled features passed through a
+    :class:`Projection` to ``proj_dim`` dimensions (``dim`` is then ``proj_dim``).
+    """
 
     def __init__(
         self,
@@ -85,20 +104,23 @@ class RetrievalNet(nn.Module):
         n_classes: int = 0,
         pooling: str = "avg",
         gem_p: float = 3.0,
+        proj_dim: int = 0,
     ) -> None:
         super().__init__()
         self.trunk = trunk
         self.pool = Pool(pooling, gem_p)
-        self.dim = dim
-        self.head = nn.Linear(dim, n_classes) if n_classes > 0 else None
+        self.proj = Projection(dim, proj_dim) if proj_dim > 0 else None
+        self.dim = proj_dim if proj_dim > 0 else dim
+        self.head = nn.Linear(self.dim, n_classes) if n_classes > 0 else None
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Last convolutional feature map ``(N, C, H, W)``."""
         return self.trunk(x)
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled descriptor ``(N, C)``, not yet normalised."""
-        return self.pool(self.trunk(x))
+        """Pooled (and projected, if the model has a projection) descriptor, not yet normalised."""
+        d = self.pool(self.trunk(x))
+        return self.proj(d) if self.proj is not None else d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (needs a head)."""
@@ -208,6 +230,7 @@ def build_model(
     pooling: str = "avg",
     n_classes: int = 0,
     gem_p: float = 3.0,
+    proj_dim: int = 0,
 ) -> RetrievalNet:
     """Build a :class:`RetrievalNet` by name.
 
@@ -219,6 +242,7 @@ def build_model(
         pooling: ``avg`` (the study's), ``gem`` or ``max``.
         n_classes: Size of the classifier head; 0 for none.
         gem_p: Initial GeM exponent.
+        proj_dim: Output size of a learned projection of the descriptor; 0 for none.
 
     Raises:
         ValueError: Unknown backbone or pooling.
@@ -226,7 +250,7 @@ def build_model(
     """
     _check_backbone(backbone)
     trunk = _build_trunk(backbone, weights)
-    return RetrievalNet(trunk, BACKBONES[backbone]["dim"], n_classes, pooling, gem_p)
+    return RetrievalNet(trunk, BACKBONES[backbone]["dim"], n_classes, pooling, gem_p, proj_dim)
 
 
 def default_device() -> torch.device:
@@ -288,6 +312,7 @@ def load_checkpoint(
         weights="none",
         pooling=meta["pooling"],
         n_classes=len(meta.get("classes", [])),
+        proj_dim=int(meta.get("proj_dim", 0) or 0),
     )
     try:
         model.load_state_dict(ckpt["model"])

@@ -52,6 +52,26 @@ def top_k(
     return order, np.take_along_axis(s, order, axis=1)
 
 
+def nearest(
+    desc: np.ndarray, query_idx: Sequence[int], k: int, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` candidates of each query in the whole collection, itself excluded.
+
+    Unlike :func:`evaluate`, which scores every query against every image, this never
+    builds a ``queries x N`` matrix: exact chunked search below
+    :data:`cbir_utils.search.EXACT_MAX` images, a FAISS IVF index above (``method``
+    forces one of :data:`cbir_utils.search.METHODS`). For large collections.
+
+    Returns:
+        ``(indices, scores)``, each ``(len(query_idx), min(k, N - 1))``, best first.
+    """
+    from .search import build_index
+
+    q = np.asarray(query_idx, dtype=int)
+    nb = build_index(desc, method).search(np.asarray(desc[q], dtype=np.float32), k, exclude=q)
+    return nb.indices, nb.scores
+
+
 def topk_table(
     relpaths: Sequence[str],
     scenes: Sequence[str],

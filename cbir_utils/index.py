@@ -1,0 +1,669 @@
+"""A saved index of a collection: search it with new images or image regions, add images.
+
+An index folder (e.g. ``outputs/index/<name>/``) holds the descriptors of every image,
+their file names, scene labels and content digests, and the description of the model and
+preprocessing that made them (so queries are embedded the same way)::
+
+    index.json               settings, model meta, and the names of the two files below
+    vectors-<digest>.npy     float32 (N, D), unit-norm rows, in the order of items
+    items-<digest>.csv       relpath, path (absolute), scene ("" when unlabelled), sha1
+
+``index.json`` is written last and atomically, and names the data files by their content,
+so a reader never sees a half-updated index: a killed update leaves the previous one whole.
+
+Descriptors go through :func:`cbir_utils.features.extract_cached` (cache keyed by file
+content and model identity, shared with the notebooks), and only images not yet in the
+index are ever embedded when it grows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import features, models
+from .data import UNLABELLED, Collection, load_collection, load_image, preprocess_from_meta
+from .io import atomic_write_bytes, save_json, save_npy
+
+INDEX_FILE = "index.json"
+FORMAT_VERSION = 1
+ITEM_COLUMNS = ("relpath", "path", "scene", "sha1")
+
+
+# --------------------------------------------------------------------------- model settings
+
+
+def model_settings(
+    backbone: str = "efficientnet_lite0",
+    weights: str = "imagenet",
+    pooling: str = "avg",
+    image_size: int = 224,
+    resize: str = "letterbox",
+    grayscale: bool = True,
+    descreen: float = 0.0,
+    checkpoint: str | os.PathLike | None = None,
+) -> tuple[dict, str | None]:
+    """The model meta an index is built with, as the notebooks write it.
+
+    With ``checkpoint`` (a fine-tuned model of notebook 02), the checkpoint's own meta
+    plus its SHA-1 is used, exactly as notebook 03 does, so cached vectors are shared;
+    the other arguments are then ignored.
+
+    Returns:
+        ``(meta, checkpoint_path_or_None)``.
+    """
+    if checkpoint:
+        ckpt = Path(checkpoint).expanduser().resolve()
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"Checkpoint not found: {ckpt}")
+        import torch
+
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or "meta" not in saved:
+            raise ValueError(f"{ckpt} is not a cbir_utils checkpoint (no 'meta').")
+        return {**saved["meta"], "checkpoint_sha1": models.file_digest(ckpt)}, str(ckpt)
+    meta = models.model_meta(
+        backbone,
+        weights,
+        pooling,
+        int(image_size),
+        resize=resize,
+        grayscale=bool(grayscale),
+        descreen=float(descreen),
+    )
+    preprocess_from_meta(meta)  # validates resize / image size early
+    return meta, None
+
+
+def load_model(meta: dict, checkpoint: str | None = None) -> models.RetrievalNet:
+    """Rebuild the network an index was made with (checkpoint verified by its SHA-1)."""
+    if checkpoint:
+        if models.file_digest(checkpoint) != meta.get("checkpoint_sha1"):
+            raise ValueError(
+                f"The checkpoint {checkpoint} changed since the index was built; "
+                "rebuild the index with it."
+            )
+        return models.load_checkpoint(checkpoint)[0].eval()
+    return models.build_model(meta["backbone"], meta["weights"], meta["pooling"]).eval()
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` (pixels of the image as displayed) as four floats."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise ValueError(f"A box is four numbers x0,y0,x1,y1 in pixels, got {text!r}.")
+    return box  # type: ignore[return-value]
+
+
+def crop_box(image, box: Sequence[float]):
+    """Crop a PIL image to ``box = (x0, y0, x1, y1)`` in pixels, clipped to the image.
+
+    Raises:
+        ValueError: The box is malformed or does not overlap the image.
+    """
+    if len(box) != 4:
+        raise ValueError(f"A box is four numbers x0,y0,x1,y1, got {box!r}.")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"Box {box!r} is empty: it needs x0 < x1 and y0 < y1.")
+    w, h = image.size
+    cx0, cy0, cx1, cy1 = max(0, round(x0)), max(0, round(y0)), min(w, round(x1)), min(h, round(y1))
+    if cx1 - cx0 < 1 or cy1 - cy0 < 1:
+        raise ValueError(f"Box {box!r} lies outside the image ({w} x {h} pixels).")
+    return image.crop((cx0, cy0, cx1, cy1))
+
+
+# --------------------------------------------------------------------------- the index
+
+
+@dataclass
+class AddReport:
+    """What :meth:`Index.add` did."""
+
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    stats: features.ExtractStats = field(default_factory=features.ExtractStats)
+
+
+@dataclass
+class Index:
+    """Descriptors of a collection with everything needed to query it later.
+
+    Attributes:
+        vectors: ``(N, D)`` float32, unit-norm rows.
+        items: Frame with columns :data:`ITEM_COLUMNS`, one row per image, same order.
+        meta: Model meta (backbone, weights, pooling, preprocessing...), the cache key.
+        checkpoint: Fine-tuned checkpoint path, or ``None`` for a pretrained backbone.
+        output: ``"descriptor"`` or ``"logits"``.
+        mirror: Mirror-invariant descriptors.
+        root: Folder the relative paths are relative to.
+        name: Display name.
+    """
+
+    vectors: np.ndarray
+    items: pd.DataFrame
+    meta: dict
+    checkpoint: str | None = None
+    output: str = "descriptor"
+    mirror: bool = False
+    root: str = ""
+    name: str = ""
+    _model: models.RetrievalNet | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def relpaths(self) -> list[str]:
+        """File names relative to :attr:`root` (absolute for images added from elsewhere)."""
+        return self.items["relpath"].tolist()
+
+    @property
+    def paths(self) -> list[Path]:
+        """Absolute image paths."""
+        return [Path(p) for p in self.items["path"]]
+
+    @property
+    def scenes(self) -> np.ndarray:
+        """Scene label per image (``""`` when unlabelled)."""
+        return self.items["scene"].to_numpy(dtype=object)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether some scene has at least two labelled images (evaluation is possible)."""
+        s = pd.Series(self.scenes)
+        return bool((s[s != UNLABELLED].value_counts() >= 2).any())
+
+    @property
+    def preprocess(self):
+        """The :class:`cbir_utils.data.Preprocess` of the model meta."""
+        return preprocess_from_meta(self.meta)
+
+    def collection(self) -> Collection:
+        """The indexed images as a :class:`cbir_utils.data.Collection` (for splits)."""
+        return Collection(root=Path(self.root), items=self.items[["relpath", "path", "scene"]])
+
+    # ---- building
+
+    @classmethod
+    def build(
+        cls,
+        source: str | os.PathLike | Collection,
+        meta: dict,
+        checkpoint: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        mirror: bool = False,
+        output: str = "descriptor",
+        model: models.RetrievalNet | None = None,
+        stats: features.ExtractStats | None = None,
+        name: str = "",
+        **extract_kwargs,
+    ) -> Index:
+        """Embed every image of a collection (folder per scene, or CSV manifest).
+
+        Args:
+            source: Collection folder, manifest CSV, or a loaded collection.
+            meta: Model meta from :func:`model_settings`.
+            checkpoint: Checkpoint path from :func:`model_settings`, if any.
+            cache_dir: Descriptor cache; defaults to ``outputs/cache`` (shared with notebooks).
+            mirror: Mirror-invariant descriptors.
+            output: ``"descriptor"`` or ``"logits"``.
+            model: An already built network matching ``meta`` (else built from ``meta``).
+            stats: Filled with how many descriptors were computed or taken from the cache.
+            name: Display name.
+            **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
+        """
+        col = source if isinstance(source, Collection) else load_collection(source)
+        index = cls(
+            vectors=np.zeros((0, 0), dtype=np.float32),
+            items=pd.DataFrame({c: pd.Series(dtype=str) for c in ITEM_COLUMNS}),
+            meta=meta,
+            checkpoint=checkpoint,
+            output=output,
+            mirror=mirror,
+            root=str(col.root),
+            name=name or col.root.name,
+            _model=model,
+        )
+        index.add(
+            col.items["path"].tolist(),
+            col.items["scene"].tolist(),
+            col.items["relpath"].tolist(),
+            cache_dir=cache_dir,
+            stats=stats,
+            **extract_kwargs,
+        )
+        return index
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        source: str | os.PathLike | Collection,
+        meta: dict,
+        checkpoint: str | None = None,
+        mirror: bool = False,
+        output: str = "descriptor",
+        name: str = "",
+    ) -> Index:
+        """An index from vectors computed elsewhere (e.g. merged shards), in collection order."""
+        col = source if isinstance(source, Collection) else load_collection(source)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(col):
+            raise ValueError(f"{len(vectors)} vectors for {len(col)} images of {col.root}.")
+        items = col.items[["relpath", "path", "scene"]].copy()
+        items["sha1"] = [models.file_digest(p) for p in items["path"]]
+        return cls(
+            vectors=vectors,
+            items=items.reset_index(drop=True),
+            meta=meta,
+            checkpoint=checkpoint,
+            output=output,
+            mirror=mirror,
+            root=str(col.root),
+            name=name or col.root.name,
+        )
+
+    def model(self) -> models.RetrievalNet:
+        """The network of this index (built once, on first use)."""
+        if self._model is None:
+            self._model = load_model(self.meta, self.checkpoint)
+        return self._model
+
+    def _embed_files(self, paths, cache_dir, stats, **kwargs) -> np.ndarray:
+        cache = Path(cache_dir) if cache_dir else _default_cache()
+        return features.extract_cached(
+            self.model(),
+            [str(p) for p in paths],
+            self.preprocess,
+            cache,
+            self.meta,
+            output=self.output,
+            mirror=self.mirror,
+            stats=stats,
+            **kwargs,
+        )
+
+    def _relpath(self, path: Path) -> str:
+        try:
+            return path.relative_to(Path(self.root).resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike],
+        scenes: Sequence[str] | None = None,
+        relpaths: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        stats: features.ExtractStats | None = None,
+        **extract_kwargs,
+    ) -> AddReport:
+        """Add images, embedding only those whose content is not indexed yet.
+
+        An image whose name is already indexed with the same content is left as it is; with
+        new content its vector is replaced. Only images whose vectors are neither in the
+        index nor in the cache are run through the network (see ``stats``).
+
+        Args:
+            paths: Image files.
+            scenes: Scene label per image (``""`` when unknown); default unlabelled.
+            relpaths: Names to show (default: relative to :attr:`root` when inside it).
+            cache_dir: Descriptor cache; defaults to ``outputs/cache``.
+            stats: Filled with the counts of computed and cached descriptors.
+            **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
+        """
+        abs_paths = [Path(p).expanduser().resolve() for p in paths]
+        missing = [str(p) for p in abs_paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image file(s) not found, e.g. {missing[0]}")
+        scenes = [UNLABELLED] * len(abs_paths) if scenes is None else [str(s) for s in scenes]
+        if relpaths is None:
+            relpaths = [self._relpath(p) for p in abs_paths]
+        if not (len(scenes) == len(relpaths) == len(abs_paths)):
+            raise ValueError("paths, scenes and relpaths must have the same length.")
+        report = AddReport(stats=stats if stats is not None else features.ExtractStats())
+        digests = [models.file_digest(p) for p in abs_paths]
+        row_of = {r: i for i, r in enumerate(self.items["relpath"])}
+        todo = []  # positions in the input
+        for k, (rel, dig) in enumerate(zip(relpaths, digests)):
+            i = row_of.get(rel)
+            if i is not None and self.items.at[i, "sha1"] == dig:
+                report.unchanged += 1
+            else:
+                todo.append(k)
+        if not todo:
+            return report
+        vecs = self._embed_files(
+            [abs_paths[k] for k in todo], cache_dir, report.stats, **extract_kwargs
+        )
+        items = self.items.copy()
+        vectors = self.vectors if len(self.vectors) else np.zeros((0, vecs.shape[1]), np.float32)
+        if vectors.shape[1] != vecs.shape[1]:
+            raise ValueError(
+                f"Index vectors have {vectors.shape[1]} dims, new ones {vecs.shape[1]}."
+            )
+        new_rows, new_vecs = [], []
+        for v, k in zip(vecs, todo):
+            row = {
+                "relpath": relpaths[k],
+                "path": str(abs_paths[k]),
+                "scene": scenes[k],
+                "sha1": digests[k],
+            }
+            i = row_of.get(relpaths[k])
+            if i is not None:  # same name, new content: replace in place
+                vectors = vectors.copy() if vectors is self.vectors else vectors
+                vectors[i] = v
+                for c, val in row.items():
+                    items.at[i, c] = val
+                report.replaced += 1
+            else:
+                row_of[relpaths[k]] = len(items) + len(new_rows)
+                new_rows.append(row)
+                new_vecs.append(v)
+                report.added += 1
+        if new_rows:
+            items = pd.concat([items, pd.DataFrame(new_rows)], ignore_index=True)
+            vectors = np.concatenate([vectors, np.stack(new_vecs)]).astype(np.float32)
+        self.items, self.vectors = items[list(ITEM_COLUMNS)], vectors
+        return report
+
+    def update(
+        self,
+        source: str | os.PathLike | Collection,
+        cache_dir: str | os.PathLike | None = None,
+        stats: features.ExtractStats | None = None,
+        **extract_kwargs,
+    ) -> AddReport:
+        """Add the images of a collection that are new or changed since the index was built."""
+        col = source if isinstance(source, Collection) else load_collection(source)
+        rel = [
+            self._relpath(Path(p)) if Path(col.root).resolve() != Path(self.root).resolve() else r
+            for p, r in zip(col.items["path"], col.items["relpath"])
+        ]
+        return self.add(
+            col.items["path"].tolist(),
+            col.items["scene"].tolist(),
+            rel,
+            cache_dir,
+            stats,
+            **extract_kwargs,
+        )
+
+    def remove(self, relpaths: Sequence[str]) -> int:
+        """Drop the images named ``relpaths``; returns how many were removed."""
+        drop = self.items["relpath"].isin(set(relpaths)).to_numpy()
+        if drop.any():
+            self.items = self.items[~drop].reset_index(drop=True)
+            self.vectors = self.vectors[~drop]
+        return int(drop.sum())
+
+    # ---- persistence
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the index into ``folder`` atomically (see the module docstring)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        items_csv = self.items[list(ITEM_COLUMNS)].to_csv(index=False).encode("utf-8")
+        vec = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        tag = models.identity({"items": items_csv.decode(), "vec": _array_digest(vec)})
+        vec_name, items_name = f"vectors-{tag}.npy", f"items-{tag}.csv"
+        save_npy(folder / vec_name, vec)
+        atomic_write_bytes(folder / items_name, items_csv)
+        old = _read_header(folder) if (folder / INDEX_FILE).exists() else {}
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        header = {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "root": self.root,
+            "n_images": len(self),
+            "dim": int(vec.shape[1]) if vec.ndim == 2 else 0,
+            "meta": self.meta,
+            "checkpoint": self.checkpoint,
+            "output": self.output,
+            "mirror": bool(self.mirror),
+            "preprocess": self.preprocess.to_dict(),
+            "created": old.get("created", now),
+            "updated": now,
+            "vectors": vec_name,
+            "items": items_name,
+        }
+        save_json(folder / INDEX_FILE, header)
+        for stale in list(folder.glob("vectors-*.npy")) + list(folder.glob("items-*.csv")):
+            if stale.name not in (vec_name, items_name):
+                stale.unlink(missing_ok=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Index:
+        """Read an index saved by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: No index in ``folder``.
+            ValueError: The index files are inconsistent.
+        """
+        folder = Path(folder)
+        header = _read_header(folder)
+        try:
+            vectors = np.load(folder / header["vectors"])
+            items = pd.read_csv(folder / header["items"], dtype=str, keep_default_na=False)
+        except (OSError, KeyError) as err:
+            raise ValueError(f"The index in {folder} is incomplete ({err}).") from err
+        if len(vectors) != len(items) or list(items.columns) != list(ITEM_COLUMNS):
+            raise ValueError(f"The index in {folder} is inconsistent (vectors vs items).")
+        return cls(
+            vectors=vectors.astype(np.float32),
+            items=items,
+            meta=header["meta"],
+            checkpoint=header.get("checkpoint"),
+            output=header.get("output", "descriptor"),
+            mirror=bool(header.get("mirror", False)),
+            root=header.get("root", ""),
+            name=header.get("name", folder.name),
+        )
+
+    def same_settings(self, meta: dict, mirror: bool, output: str) -> bool:
+        """Whether vectors made with these settings are comparable with this index's."""
+        return (
+            models.identity(self.meta) == models.identity(meta)
+            and bool(self.mirror) == bool(mirror)
+            and self.output == output
+        )
+
+    # ---- searching
+
+    def embed_images(
+        self,
+        paths: Sequence[str | os.PathLike],
+        box: Sequence[float] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        stats: features.ExtractStats | None = None,
+        **extract_kwargs,
+    ) -> np.ndarray:
+        """Descriptors of query images (whole, or the region ``box`` of each) for this index."""
+        paths = [Path(p).expanduser() for p in paths]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"Query image not found: {missing[0]}")
+        if box is None:
+            return self._embed_files(paths, cache_dir, stats, **extract_kwargs)
+        with tempfile.TemporaryDirectory(prefix="cbir-crop-") as tmp:
+            crops = []
+            for k, p in enumerate(paths):
+                crop = crop_box(load_image(p), box)
+                crops.append(Path(tmp) / f"crop{k}.png")
+                crop.save(crops[-1])  # lossless: the crop is embedded as decoded
+            return features.extract(
+                self.model(),
+                crops,
+                self.preprocess,
+                output=self.output,
+                mirror=self.mirror,
+                **extract_kwargs,
+            )
+
+    def search_vectors(
+        self, queries: np.ndarray, k: int, exclude: Sequence[int | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows of the index for each query vector (exact, chunked).
+
+        Args:
+            queries: ``(Q, D)`` unit-norm vectors.
+            k: Results per query.
+            exclude: Per query, an index row to leave out (the query's own file), or None.
+
+        Returns:
+            ``(indices, scores)``, ``(Q, k')`` with ``k' <= k`` (fewer when the index is
+            smaller); ``-1`` / ``-inf`` pad rows where fewer candidates remain.
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim != 2 or (len(self) and q.shape[1] != self.vectors.shape[1]):
+            raise ValueError(
+                f"Queries of shape {q.shape} do not match the index ({self.vectors.shape})."
+            )
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k!r}.")
+        excl = None
+        if exclude is not None:
+            excl = np.array([-1 if e is None else int(e) for e in exclude], dtype=np.int64)
+        try:
+            from .search import exact_search  # chunked over the database too (issue 6)
+        except ImportError:
+            exact_search = None
+        if exact_search is not None:
+            idx, val = exact_search(q, self.vectors, int(k), excl)
+            return np.asarray(idx), np.asarray(val)
+        n = len(self)
+        kk = min(int(k), n)
+        idx = np.full((len(q), kk), -1, dtype=int)
+        val = np.full((len(q), kk), -np.inf, dtype=np.float32)
+        step = max(1, (1 << 24) // max(n, 1))
+        for a in range(0, len(q), step):
+            s = q[a : a + step] @ self.vectors.T
+            if excl is not None:
+                r = np.flatnonzero(excl[a : a + step] >= 0)
+                s[r, excl[a : a + step][r]] = -np.inf
+            part = (
+                np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                if kk < n
+                else np.tile(np.arange(n), (len(s), 1))
+            )
+            ps = np.take_along_axis(s, part, axis=1)
+            order = np.lexsort((part, -ps), axis=1)
+            idx[a : a + step] = np.take_along_axis(part, order, axis=1)
+            val[a : a + step] = np.take_along_axis(ps, order, axis=1)
+        idx[~np.isfinite(val)] = -1
+        return idx, val
+
+    def search(
+        self,
+        paths: Sequence[str | os.PathLike],
+        k: int = 9,
+        box: Sequence[float] | None = None,
+        exclude_self: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        stats: features.ExtractStats | None = None,
+        **extract_kwargs,
+    ) -> pd.DataFrame:
+        """Search the index with image files (or the region ``box`` of each).
+
+        The collection is not re-embedded; only the queries are.
+
+        Args:
+            paths: Query images (inside or outside the collection).
+            k: Results per query.
+            box: Optional ``(x0, y0, x1, y1)`` region in pixels, applied to every query.
+            exclude_self: Leave out the query's own file when it is indexed (same content).
+            cache_dir: Descriptor cache for whole-image queries.
+            stats: Filled with the extraction counts of the queries.
+            **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
+
+        Returns:
+            Long table ``query, rank, candidate, score, scene, path`` (best first).
+        """
+        if len(self) == 0:
+            raise ValueError("The index is empty.")
+        qv = self.embed_images(paths, box, cache_dir, stats, **extract_kwargs)
+        exclude = None
+        if exclude_self:
+            row_of = {d: i for i, d in enumerate(self.items["sha1"])}
+            exclude = [row_of.get(models.file_digest(p)) for p in paths]
+        idx, val = self.search_vectors(qv, k, exclude)
+        rows = []
+        for p, ids, scores in zip(paths, idx, val):
+            for rank, (i, s) in enumerate(zip(ids, scores), start=1):
+                if i < 0:
+                    continue
+                it = self.items.iloc[int(i)]
+                rows.append(
+                    {
+                        "query": str(p),
+                        "rank": rank,
+                        "candidate": it["relpath"],
+                        "score": round(float(s), 6),
+                        "scene": it["scene"],
+                        "path": it["path"],
+                    }
+                )
+        return pd.DataFrame(rows, columns=["query", "rank", "candidate", "score", "scene", "path"])
+
+
+def _default_cache() -> Path:
+    from .paths import OUTPUTS_DIR
+
+    return OUTPUTS_DIR / "cache"
+
+
+def _array_digest(arr: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def _read_header(folder: Path) -> dict:
+    f = Path(folder) / INDEX_FILE
+    if not f.is_file():
+        raise FileNotFoundError(
+            f"No index in {folder} (no {INDEX_FILE}); build one with `python -m cbir_utils index`."
+        )
+    try:
+        header = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{f} is not valid JSON: {err}") from err
+    if header.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{f} has index format {header.get('format')!r}, expected {FORMAT_VERSION}."
+        )
+    return header
+
+
+def resolve_index(name_or_path: str | os.PathLike) -> Path:
+    """An index folder from a path, or from a name under ``outputs/index/``."""
+    p = Path(name_or_path).expanduser()
+    if (p / INDEX_FILE).is_file():
+        return p.resolve()
+    from .paths import OUTPUTS_DIR
+
+    named = OUTPUTS_DIR / "index" / str(name_or_path)
+    if (named / INDEX_FILE).is_file():
+        return named
+    raise FileNotFoundError(
+        f"No index at {p} nor {named}; build one with `python -m cbir_utils index`."
+    )

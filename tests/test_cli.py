@@ -1,0 +1,207 @@
+"""The command line, end to end: `index` and `groups` in subprocesses, the rest in-process."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+from cbir_utils import cli, paths
+from cbir_utils.index import Index
+
+SIZE = ["--image-size", "128", "--batch-size", "8"]
+
+
+def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cbir_utils", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=paths.PROJECT_ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, tiny_collection):
+    """Outputs folder, environment and a query image that is not in the collection."""
+    out = tmp_path_factory.mktemp("cli_outputs")
+    env = {**os.environ, "CBIR_OUTPUTS_DIR": str(out)}
+    query = out.parent / "new_camera_print.png"
+    im = Image.open(tiny_collection / "scene_camera" / "camera_0.jpg")
+    w, h = im.size
+    ImageOps.autocontrast(im.crop((10, 5, w - 5, h - 20))).save(query)  # a new, cropped print
+    res = run_cli("index", str(tiny_collection), "--name", "tiny", *SIZE, env=env)
+    assert res.returncode == 0, res.stderr
+    return out, env, query, res
+
+
+def test_index_subprocess(session):
+    out, _, _, res = session
+    assert "20 descriptors computed" in res.stderr and "Traceback" not in res.stderr
+    index = Index.load(out / "index" / "tiny")
+    assert len(index) == 20 and index.meta["image_size"] == 128
+    assert index.meta["backbone"] == cli.DEFAULTS["BACKBONE"]
+
+
+def test_groups_subprocess(session):
+    out, env, _, _ = session
+    res = run_cli("groups", "tiny", env=env)
+    assert res.returncode == 0, res.stderr
+    folder = out / "groups" / "tiny"
+    summary = json.loads((folder / "groups.json").read_text())
+    assert summary["threshold_from"].startswith("chosen on the validation")
+    assert summary["quality"]["ari"] > 0.8 and summary["quality"]["purity"] > 0.9
+    df = pd.read_csv(folder / "groups.csv", keep_default_na=False)
+    assert list(df.columns) == ["group", "image", "score", "size", "scene"] and len(df) == 20
+    html = (folder / "contact_sheet.html").read_text(encoding="utf-8")
+    assert html.count('<section class="group"') == summary["n_groups"] >= 6
+    assert (folder / "contact_sheet.png").stat().st_size > 10_000
+    assert "ARI" in res.stderr
+
+
+@pytest.fixture()
+def local(session, monkeypatch):
+    """In-process runs write under the session's outputs folder, never the project's."""
+    out = session[0]
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", out)
+    return session
+
+
+def test_search_a_new_image(local, capsys):
+    query = local[2]
+    assert cli.main(["search", "tiny", str(query), "--top-k", "3", "-q"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert table["rank"].tolist() == [1, 2, 3]
+    assert table["scene"][0] == "scene_camera" and table["candidate"][0].startswith("scene_camera/")
+
+
+def test_evaluate_map_and_explain(local, capsys, tiny_collection, tmp_path):
+    out = local[0]
+    assert cli.main(["evaluate", "tiny", "-q"]) == 0
+    shown = capsys.readouterr().out
+    assert "mAP" in shown and "disjoint" in shown
+    metrics = json.loads((out / "evaluate" / "tiny" / "metrics.json").read_text())
+    assert metrics["all"]["mAP"] > 0.9 and metrics["all"]["n_queries"] == 20
+    assert (out / "evaluate" / "tiny" / "topk.csv").exists()
+    assert cli.main(["map", "tiny", "--method", "pca", "--out", str(tmp_path / "map"), "-q"]) == 0
+    assert (tmp_path / "map" / "map.png").exists()
+    assert len(pd.read_csv(tmp_path / "map" / "map.csv")) == 20
+    a = tiny_collection / "scene_camera" / "camera_0.jpg"
+    b = tiny_collection / "scene_camera" / "camera_1.jpg"
+    assert cli.main(["explain", str(a), str(b), "--out", str(tmp_path / "why.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["verdict"] == "same photograph" and result["inliers"] >= 8
+    assert (tmp_path / "why.png").exists()
+
+
+def test_add_and_update(local, tiny_collection, tmp_path, capsys):
+    out = local[0]
+    folder = tmp_path / "idx"
+    shutil.copytree(out / "index" / "tiny", folder)
+    new = tmp_path / "new"
+    new.mkdir()
+    ImageOps.mirror(Image.open(tiny_collection / "scene_rocket" / "rocket_0.jpg")).save(
+        new / "r.png"
+    )
+    assert (
+        cli.main(["add", str(folder), str(new), "--scene", "scene_rocket", "--batch-size", "4"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "1 added" in err and "1 descriptors computed" in err
+    index = Index.load(folder)
+    assert len(index) == 21 and index.scenes[-1] == "scene_rocket"
+    # indexing the same collection again into it computes nothing
+    assert cli.main(["index", str(tiny_collection), "--out", str(folder), *SIZE]) == 0
+    err = capsys.readouterr().err
+    assert "0 added" in err and "0 descriptors computed" in err and "kept (--prune" in err
+    assert (
+        cli.main(["index", str(tiny_collection), "--out", str(folder), *SIZE, "--prune", "-q"]) == 0
+    )
+    assert len(Index.load(folder)) == 20
+
+
+def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path):
+    out = local[0]
+    folder = tmp_path / "sharded"
+    for shard in ("0", "1"):
+        args = ["index", str(tiny_collection), "--out", str(folder), *SIZE, "-q"]
+        assert cli.main([*args, "--num-shards", "2", "--shard", shard]) == 0
+    assert cli.main([*args, "--num-shards", "2", "--merge"]) == 0
+    merged, whole = Index.load(folder), Index.load(out / "index" / "tiny")
+    assert merged.relpaths == whole.relpaths
+    np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["search", "no_such_index", "x.jpg"], "No index"),
+        (["search", "tiny", "/no/such.jpg"], "No such image"),
+        (["search", "tiny", "{query}", "--box", "1,2,3"], "four numbers"),
+        (["index", "/no/such/folder"], "not found"),
+        (["index", "{collection}", "--name", "tiny", "--pooling", "gem"], "other model settings"),
+        (["evaluate", "{unlabelled}"], "no scene labels"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(local, capsys, tmp_path, tiny_collection, argv, message):
+    _, _, query, _ = local
+    unlabelled = tmp_path / "flat"
+    if "{unlabelled}" in argv:
+        index = Index.load(local[0] / "index" / "tiny")
+        index.items["scene"] = ""
+        index.save(unlabelled)
+    argv = [a.format(query=query, collection=tiny_collection, unlabelled=unlabelled) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_usage_errors_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["groups", "tiny", "--threshold", "2"])
+    assert e.value.code == 2 and "[-1, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("index", "add", "search", "groups", "evaluate", "map", "explain"):
+        assert command in text
+
+
+def test_defaults_are_the_notebooks(tmp_path):
+    """The CLI's defaults equal notebook 01's parameters (the backbone excepted, on purpose)."""
+    nb = nbformat.read(paths.NOTEBOOKS_DIR / "01_pretrained_retrieval.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params: dict = {}
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign):
+            params[node.targets[0].id] = ast.literal_eval(node.value)
+    for name, value in cli.DEFAULTS.items():
+        if name != "BACKBONE":
+            assert params[name] == value, name
+    parser = cli.build_parser()
+    args = parser.parse_args(["index", str(tmp_path)])
+    assert (args.pooling, args.image_size, args.resize, args.grayscale, args.descreen) == (
+        params["POOLING"], params["IMAGE_SIZE"], params["RESIZE"], params["GRAYSCALE"],
+        params["DESCREEN"],
+    )  # fmt: skip
+    assert args.mirror == params["MIRROR"] and args.batch_size == params["BATCH_SIZE"]
+    assert parser.parse_args(["search", "i", "q"]).top_k == params["TOP_K"]
+    assert parser.parse_args(["evaluate", "i"]).ks == params["KS"]

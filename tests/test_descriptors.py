@@ -1,0 +1,176 @@
+"""Descriptor post-processing (whitening, query expansion, multi-scale) and descreening."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import source_photo
+from PIL import Image
+
+from cbir_utils import descriptors as D
+from cbir_utils import features, models
+from cbir_utils.data import Preprocess
+from cbir_utils.demo import halftone
+
+
+def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- whitening
+
+
+def test_whitening_decorrelates_to_unit_variance(rng):
+    # correlated, anisotropic data: whitening (no shrinkage) gives identity covariance
+    a = rng.normal(size=(500, 3)) * [5.0, 1.0, 0.2]
+    x = (a @ np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]], dtype=float)).astype(np.float32)
+    w = D.fit_whitening(x, shrinkage=0.0)
+    y = (x - w.mean) @ w.projection
+    assert np.allclose(np.cov(y, rowvar=False), np.eye(3), atol=1e-3)
+    assert np.all(np.diff(w.eigenvalues) <= 0)
+    out = w.apply(x)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_whitening_caps_dimension_with_few_images(rng):
+    x = _unit_rows(rng, 10, 64)
+    w = D.fit_whitening(x, dim=32)
+    assert w.dim == 9  # N - 1 directions exist
+    assert w.apply(x).shape == (10, 9)
+    assert D.fit_whitening(x, dim=4).dim == 4
+    with pytest.raises(ValueError, match="dimension"):
+        w.apply(x[:, :10])
+    with pytest.raises(ValueError, match="shrinkage"):
+        D.fit_whitening(x, shrinkage=2.0)
+
+
+def test_whitening_removes_a_shared_nuisance_direction(rng):
+    # every descriptor carries the same strong component (e.g. "a halftoned page"): plain
+    # cosine sees all images as alike; whitening learned on the collection removes it
+    scenes = np.repeat(np.arange(20), 2)
+    centres = rng.normal(size=(20, 32))
+    x = centres[scenes] + 0.3 * rng.normal(size=(40, 32)) + 12.0 * np.ones(32)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    xw = D.fit_whitening(x, dim=16).apply(x)
+
+    def top1(v):
+        s = v @ v.T
+        np.fill_diagonal(s, -np.inf)
+        return (scenes[s.argmax(1)] == scenes).mean()
+
+    def gap(v):
+        s = v @ v.T
+        same = (scenes[:, None] == scenes[None, :]) & ~np.eye(40, dtype=bool)
+        return s[same].mean() - s[scenes[:, None] != scenes[None, :]].mean()
+
+    assert gap(xw) > 3 * gap(x)
+    assert top1(xw) >= top1(x)
+
+
+# --------------------------------------------------------------------------- query expansion
+
+
+def test_alpha_query_expansion_by_hand():
+    db = np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    q = np.array([[1, 0]], dtype=np.float32)
+    # k=1: nearest is db[0] itself (cos 1): q' = q + 1**3 * db[0]
+    assert np.allclose(D.alpha_query_expansion(q, db, k=1, alpha=3), [[1, 0]])
+    # the query is db[0]: excluded; nearest other is db[1], cos 0.6, weight 0.216
+    got = D.alpha_query_expansion(q, db, k=1, alpha=3, query_idx=[0])
+    want = np.array([1 + 0.216 * 0.6, 0.216 * 0.8])
+    assert np.allclose(got, [want / np.linalg.norm(want)], atol=1e-6)
+    # k=0 is the identity (renormalised); negative cosines get no weight
+    assert np.allclose(D.alpha_query_expansion(q, db, k=0), q)
+    far = D.alpha_query_expansion(np.array([[-1, 0]], np.float32), db[2:], k=1)
+    assert np.allclose(far, [[-1, 0]])
+
+
+def test_database_augmentation_pulls_scene_members_together(rng):
+    scenes = np.repeat(np.arange(10), 3)
+    x = np.repeat(rng.normal(size=(10, 16)), 3, axis=0) + 0.6 * rng.normal(size=(30, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    same = (scenes[:, None] == scenes[None, :]) & ~np.eye(30, dtype=bool)
+    before = (x @ x.T)[same].mean()
+    xa = D.database_augmentation(x, k=2, alpha=1.0)
+    assert (xa @ xa.T)[same].mean() > before
+    assert np.allclose(np.linalg.norm(xa, axis=1), 1.0, atol=1e-5)
+
+
+def test_score_matrix_options(rng):
+    x = _unit_rows(rng, 12, 8)
+    plain = D.score_matrix(x, [0, 5])
+    assert np.allclose(plain, x[[0, 5]] @ x.T, atol=1e-6)
+    post = D.PostProcess(whiten=True, whiten_dim=6, qe_k=2, dba_k=1)
+    s = D.score_matrix(x, [0, 5], post)
+    assert s.shape == (2, 12) and np.isfinite(s).all() and np.abs(s).max() <= 1 + 1e-5
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """An original and its halftoned reprint, plus two other photographs, at 400 px."""
+    folder = tmp_path_factory.mktemp("descreen")
+    out = {}
+    for name in ("astronaut", "coffee", "chelsea"):
+        im = source_photo(name).convert("L")
+        im = im.resize((400, round(400 * im.height / im.width)))
+        im.save(folder / f"{name}.png")
+        out[name] = folder / f"{name}.png"
+    ht = Image.fromarray(halftone(np.asarray(Image.open(out["astronaut"])), 45.0, 5.0))
+    ht.save(folder / "astronaut_halftone.png")
+    out["halftone"] = folder / "astronaut_halftone.png"
+    return out
+
+
+def _pre(size: int, descreen: float = 0.0) -> Preprocess:
+    norm = models.normalisation_for("efficientnet_lite0")
+    return Preprocess(size, "letterbox", True, descreen, tuple(norm["mean"]), tuple(norm["std"]))
+
+
+def test_descreening_moves_a_halftoned_copy_closer_to_its_original(lite0, photos):
+    pair = [photos["astronaut"], photos["halftone"]]
+    cos = {}
+    for ds in (0.0, 8.0):
+        v = features.extract(lite0, pair, _pre(224, ds), progress=False)
+        cos[ds] = float(v[0] @ v[1])
+    assert cos[8.0] > cos[0.0] + 0.05
+
+
+def test_multiscale_is_the_normalised_sum_of_scales(lite0, photos):
+    paths = [photos["astronaut"], photos["coffee"]]
+    pre = _pre(128)
+    single = D.extract_multiscale(lite0, paths, pre, (1.0,), progress=False)
+    assert np.allclose(single, features.extract(lite0, paths, pre, progress=False), atol=1e-5)
+    both = D.extract_multiscale(lite0, paths, pre, (1.0, 0.5), progress=False)
+    small = features.extract(lite0, paths, _pre(64), progress=False)
+    want = single + small
+    assert np.allclose(both, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+    assert D.scaled_sizes(224, (1.0, 0.707, 0.1)) == [224, 158, 32]
+    with pytest.raises(ValueError, match="scales"):
+        D.scaled_sizes(224, ())
+
+
+def test_mirror_invariance_with_gem(photos):
+    model = models.build_model("efficientnet_lite0", "imagenet", pooling="gem").eval()
+    im = Image.open(photos["coffee"])
+    folder = photos["coffee"].parent
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "coffee_mirror.png")
+    paths = [photos["coffee"], folder / "coffee_mirror.png"]
+    v = features.extract(model, paths, _pre(128), mirror=True, progress=False)
+    assert float(v[0] @ v[1]) > 0.9999
+    plain = features.extract(model, paths, _pre(128), mirror=False, progress=False)
+    assert float(plain[0] @ plain[1]) < float(v[0] @ v[1])
+    ms = D.extract_multiscale(model, paths, _pre(96), (1.0, 0.67), mirror=True, progress=False)
+    assert float(ms[0] @ ms[1]) > 0.9999
+
+
+def test_gem_is_between_average_and_max_pooling():
+    x = torch.rand(2, 5, 4, 4) + 0.01
+    avg, mx = x.mean(dim=(-2, -1)), x.amax(dim=(-2, -1))
+    g = models.gem(x, p=3.0)
+    assert (g >= avg - 1e-6).all() and (g <= mx + 1e-6).all()
+    assert torch.allclose(models.gem(x, p=60.0), mx, rtol=0.1)

@@ -1,0 +1,175 @@
+"""Fast fine-tuning: learned whitening on frozen descriptors, saved as a usable checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cbir_utils import data, fast_finetune, features, models, retrieval
+from cbir_utils.fast_finetune import FastConfig, Projection, fit_projection
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_within_scene_covariance_is_the_mean_pair_difference():
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 3.0], [5.0, 5.0]])
+    labels = np.array(["a", "a", "a", "b"])
+    # pairs of scene a: (0,1) d=(-2,0); (0,2) d=(-1,-3); (1,2) d=(1,-3)
+    d = np.array([[-2.0, 0.0], [-1.0, -3.0], [1.0, -3.0]])
+    expected = d.T @ d / 3  # [[2, 0], [0, 6]]
+    got = fast_finetune.within_scene_covariance(x, labels)
+    np.testing.assert_allclose(got, expected)
+    np.testing.assert_allclose(got, [[2.0, 0.0], [0.0, 6.0]])
+    with pytest.raises(ValueError, match="two training views"):
+        fast_finetune.within_scene_covariance(x[2:], labels[2:])
+
+
+def test_no_whitening_keeps_the_centred_geometry(rng):
+    x = unit(rng.standard_normal((40, 6)))
+    p = fit_projection(x, None, dim=0, shrinkage=1.0, method="pca")
+    c = x - x.mean(0)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    y = p(x)
+    np.testing.assert_allclose(y @ y.T, c @ c.T, atol=1e-5)  # a rotation of the centred data
+    assert p(x[:3]).shape == (3, 6)
+    assert fit_projection(x, None, dim=2, shrinkage=1.0, method="pca").dim == 2
+
+
+def test_learned_whitening_suppresses_the_nuisance_direction(rng):
+    """Printings of a scene differ mostly along a few nuisance axes (tone, halftone...):
+    whitening their differences must bring same-scene images together, on new scenes too."""
+
+    def scenes(n_scenes: int, seed: int):
+        g = np.random.default_rng(seed)
+        centres = g.standard_normal((n_scenes, 16))
+        x, y = [], []
+        for s, c in enumerate(centres):
+            for _ in range(3):
+                v = c + 0.2 * g.standard_normal(16)
+                v[:3] += 4.0 * g.standard_normal(3)  # strong shared nuisance on axes 0-2
+                x.append(v)
+                y.append(s)
+        return unit(x), np.array(y)
+
+    x_tr, y_tr = scenes(30, 1)
+    x_te, y_te = scenes(20, 2)  # scenes never seen in fitting
+    p = fit_projection(x_tr, y_tr, dim=12, shrinkage=0.1, method="lw")
+
+    def mean_ap(z, y):
+        q = np.arange(len(z))
+        ev = retrieval.evaluate(z, y.astype(str), q, threshold=0.5)
+        return ev.ranking.map
+
+    before, after = mean_ap(x_te.astype(np.float32), y_te), mean_ap(p(x_te), y_te)
+    assert before < 0.6 and after > 0.9, (before, after)
+    # unsupervised PCA whitening cannot tell nuisance from content here
+    pca = fit_projection(x_tr, None, dim=12, shrinkage=0.1, method="pca")
+    assert mean_ap(pca(x_te), y_te) < after
+
+
+def test_config_validation_and_round_trip():
+    with pytest.raises(ValueError, match="Unknown method"):
+        FastConfig(methods=("lda",))
+    with pytest.raises(ValueError, match="folds"):
+        FastConfig(folds=1)
+    with pytest.raises(ValueError, match="shrinkages"):
+        FastConfig(shrinkages=(1.5,))
+    c = FastConfig(dims=(32, 0), image_size=96)
+    assert FastConfig.from_dict(c.to_dict()) == c
+    from cbir_utils.training import TrainConfig
+
+    t = TrainConfig(backbone="efficientnet_lite0", image_size=160, stages=(1,), num_workers=0)
+    f = FastConfig.from_train_config(t)
+    assert (f.backbone, f.image_size, f.resize, f.pooling) == (
+        "efficientnet_lite0",
+        160,
+        "center_crop",
+        "avg",
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tiny_collection):
+    col = data.load_collection(tiny_collection)
+    rows = []
+    for rel, scene in zip(col.items["relpath"], col.items["scene"]):
+        v = int(rel.rsplit("_", 1)[1].split(".")[0])
+        split = "heldout" if scene == "scene_flower" else ("val" if v == 2 else "train")
+        rows.append({"relpath": rel, "scene": scene, "split": split})
+    return col, pd.DataFrame(rows)
+
+
+def test_fast_finetune_checkpoint_is_usable_for_retrieval(tmp_path, tiny_split, lite0):
+    col, split = tiny_split
+    cfg = FastConfig(
+        image_size=64, resize="letterbox", dims=(8, 0), shrinkages=(0.5, 1.0), num_workers=0
+    )
+    res = fast_finetune.fast_finetune(cfg, col, split, tmp_path / "run", progress=False)
+    assert res.checkpoint.exists() and len(res.classes) == 6  # flower is held out
+    assert len(res.candidates) == 1 + 2 * 2 * 2  # none + methods x shrinkages x dims
+    assert res.cv_map == res.candidates["cv_map"].max() >= res.baseline_cv_map
+    model, meta, _ = models.load_checkpoint(res.checkpoint)
+    assert meta["classes"] == res.classes
+    assert meta["proj_dim"] == (0 if res.method == "none" else res.dim)
+    pre = data.preprocess_from_meta(meta)
+    desc = features.extract(model, col.paths, pre, progress=False)
+    assert desc.shape == (len(col), res.dim)
+    # the checkpoint reproduces "pretrained descriptor -> projection" exactly
+    plain = features.extract(lite0, col.paths, pre, progress=False)
+    proj = plain
+    if res.method != "none":
+        state = torch.load(res.checkpoint, weights_only=False)["model"]
+        w, m = state["proj.linear.weight"].numpy(), state["proj.mean"].numpy()
+        proj = Projection(w, m)(plain)
+    np.testing.assert_allclose(desc, proj, atol=1e-4)
+    # logits: the head predicts the scene of training images (nearest scene mean)
+    logits = features.extract(model, col.paths, pre, output="logits", progress=False)
+    train = (split["split"] == "train").to_numpy()
+    pred = np.array(res.classes)[logits[train].argmax(1)]
+    assert (pred == split["scene"].to_numpy()[train]).mean() >= 0.9
+
+
+def test_scene_folds_keep_scenes_whole():
+    labels = np.array(list("aabbbcdddde"))
+    folds = fast_finetune.scene_folds(labels, 3, seed=1)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(labels)))
+    for f in folds:
+        others = np.setdiff1d(np.arange(len(labels)), f)
+        assert not set(labels[f]) & set(labels[others])  # a scene is in one fold only
+
+
+def test_cross_validation_prefers_the_projection_that_generalises():
+    # the planted problem above: the nuisance axes must be whitened away
+    g = np.random.default_rng(5)
+    x, y = [], []
+    for s, c in enumerate(g.standard_normal((40, 16))):
+        for _ in range(3):
+            v = c + 0.2 * g.standard_normal(16)
+            v[:3] += 4.0 * g.standard_normal(3)
+            x.append(v)
+            y.append(f"s{s}")
+    x, y = unit(x).astype(np.float32), np.array(y, dtype=object)
+    table = fast_finetune.cross_validate([x], y, ("lw", "pca"), (12, 0), (0.1, 1.0), folds=4)
+    assert len(table) == 1 + 2 * 2 * 2
+    best = table.sort_values("cv_map").iloc[-1]
+    none = table[table["method"] == "none"]["cv_map"].item()
+    assert best["method"] == "lw" and best["shrinkage"] == 0.1
+    assert best["cv_map"] > none + 0.2
+
+
+def test_query_map_matches_the_metrics_module(rng):
+    from cbir_utils import metrics
+
+    x = unit(rng.standard_normal((30, 5))).astype(np.float32)
+    y = np.array([f"s{i % 7}" for i in range(30)], dtype=object)
+    q = np.arange(0, 30, 3)
+    got, n = fast_finetune._query_map(x, y, q)
+    scores = x[q] @ x.T
+    mask = retrieval.self_mask(q, 30)
+    ref = metrics.retrieval_metrics(scores, retrieval.relevance(y[q], y), mask=mask, ks=(1,))
+    assert n == ref.n_queries and got == pytest.approx(ref.map, abs=1e-9)
