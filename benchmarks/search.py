@@ -13,9 +13,12 @@ Data (``cbir_utils.search.synthetic_vectors``, 1280-d like efficientnet_lite0 de
 Queries are drawn from the same distribution but are not in the database.
 Writes ``outputs/benchmarks/search.csv`` and ``search.png``. Usage::
 
-    .venv/bin/python benchmarks/search.py                         # 10k and 100k, ~6 min
-    .venv/bin/python benchmarks/search.py --sizes 1000000 --kinds clustered   # once, ~15 min
-    .venv/bin/python benchmarks/search.py --quick                 # smoke run
+    .venv/bin/python benchmarks/search.py                    # clustered, 10k and 100k (~5 min)
+    .venv/bin/python benchmarks/search.py --kinds uniform --tag uniform   # the worst case (~15 min)
+    .venv/bin/python benchmarks/search.py --sizes 1000000 --methods exact ivf ivfsq8 hnsw \
+        --nprobes 16 32 64 128 256 --efs 100 200 400 800 --queries 300 --single 30 --tag 1m
+                                                             # once: ~40 min, 12 GB of memory
+    .venv/bin/python benchmarks/search.py --quick            # smoke run
 """
 
 from __future__ import annotations
@@ -138,9 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--kinds", nargs="+", default=["clustered", "uniform"])
+    ap.add_argument("--kinds", nargs="+", default=["clustered"], help="clustered and/or uniform")
     ap.add_argument(
-        "--methods", nargs="+", default=["exact", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw"]
+        "--methods",
+        nargs="+",
+        default=["exact", "flat", "ivf", "ivfsq8", "hnsw"],
+        help="any of exact flat ivf ivfsq8 ivfpq hnsw",
     )
     ap.add_argument("--nprobes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
     ap.add_argument("--efs", type=int, nargs="+", default=[100, 200, 400])

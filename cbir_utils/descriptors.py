@@ -136,7 +136,7 @@ class Whitening:
     __call__ = apply
 
     def to_dict(self) -> dict:
-        """Arrays as lists (for ``np.savez`` or JSON)."""
+        """The arrays by name (for ``np.savez``)."""
         return {
             "mean": self.mean,
             "projection": self.projection,

@@ -153,6 +153,8 @@ class RankedCollection:
         scores: ``(N, N)`` final scores (cosine after post-processing, plus verification
             bonuses); the diagonal is the query itself (mask it out).
         cosine: ``(N, N)`` scores before re-ranking.
+        descriptors: ``(N, d)`` post-processed unit-norm descriptors (whitened, αDBA):
+            their dot products are ``cosine`` when αQE is off (e.g. for duplicate groups).
         inliers: ``(N, N)`` inlier counts of the verified pairs (``-1`` elsewhere), or None.
         graph: The verification graph, or None.
         whitening: The whitening learned on the collection, or None.
@@ -161,6 +163,7 @@ class RankedCollection:
 
     scores: np.ndarray
     cosine: np.ndarray
+    descriptors: np.ndarray | None = None
     inliers: np.ndarray | None = None
     graph: V.VerificationGraph | None = None
     whitening: D.Whitening | None = None
@@ -197,7 +200,10 @@ def rank_collection(
     post = config.post()
     whitening = D.fit_whitening(desc, post.whiten_dim) if post.whiten else None
     S = D.score_matrix(desc, None, post, whitening).astype(np.float64)
-    out = RankedCollection(S.copy(), S, whitening=whitening)
+    db = whitening.apply(desc) if whitening is not None else D.l2n(desc)
+    if post.dba_k:
+        db = D.database_augmentation(db, post.dba_k, post.dba_alpha)
+    out = RankedCollection(S.copy(), S, descriptors=db, whitening=whitening)
     out.seconds["post"] = time.perf_counter() - t0
     if not config.rerank:
         return out

@@ -11,9 +11,10 @@ means "highest inner product". Two families of methods:
   ``hnsw`` (a graph).
 
 :func:`build_index` with ``method="auto"`` picks ``exact`` below :data:`EXACT_MAX` images
-and ``ivf`` above, with the list count and probes measured by ``benchmarks/search.py``.
-:func:`knn` and :func:`pairs_above` (every pair above a cosine threshold, memory
-``O(N k)``) serve duplicate grouping (:mod:`cbir_utils.groups`).
+and ``hnsw`` above (:data:`AUTO_ANN`), as measured by ``benchmarks/search.py`` on 1280-d
+vectors. :func:`knn` and :func:`pairs_above` (every pair above a cosine threshold, memory
+``O(N k)``, with an inverted-file self-join for large collections) serve duplicate
+grouping (:mod:`cbir_utils.groups`); :func:`cbir_utils.retrieval.nearest` ranks with it.
 """
 
 from __future__ import annotations
@@ -29,20 +30,29 @@ from tqdm.auto import tqdm
 
 METHODS = ("exact", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
 EXACT_MAX = 50_000
-"""``method="auto"`` searches exactly below this many database vectors, with ``ivf`` above.
+"""``method="auto"`` searches exactly below this many database vectors, with HNSW above.
 
-Measured with ``benchmarks/search.py`` (2 CPU cores, 1280-d): exact search costs about
-``N / 30`` microseconds per query in batches (3 ms at 100k, 40 ms at 1M); IVF stays
-within a few milliseconds at recall@100 >= 0.95 but has a build cost (k-means) that only
-pays off for large collections searched many times."""
+Measured with ``benchmarks/search.py`` (2 shared CPU cores, 1280-d, top 100, clustered
+data): exact search costs about 75 ns per database vector and query in batches (0.8 ms at
+10k, 7 ms at 100k); HNSW answers in about 3 ms at 100k (recall@100 0.97) but its build
+costs about 1 ms per vector, so it pays off when the whole collection is queried above
+roughly 50k images (and for any large collection queried often). IVF needed a quarter of
+its lists probed for recall 0.95 at 100k, which is slower than exact search there."""
+AUTO_ANN = "hnsw"
+"""The approximate method ``auto`` uses above :data:`EXACT_MAX` (see ``benchmarks/search.py``)."""
 DEFAULT_K_MAX = 100
 """Partners kept per image by :func:`pairs_above` (memory ``O(N k_max)``)."""
-PAIRS_EXACT_MAX = 20_000
-""":func:`pairs_above` with ``method="auto"`` is exact below this many images, IVF above
-(``benchmarks/pairs.py``: exact all-pairs cost grows as N^2, about 20 s at 30k here)."""
+PAIRS_EXACT_MAX = 10_000
+""":func:`pairs_above` with ``method="auto"`` is exact below this many images, IVF above.
+
+Measured with ``benchmarks/pairs.py`` (2 shared CPU cores, 1280-d): exact all-pairs costs
+grow as N^2 (7 s at 10k, 77 s at 30k) while the IVF self-join grows about linearly and
+found every pair above 0.9 at 10k and 30k."""
 PAIRS_LIST_SIZE = 128
 """Images per k-means cell in the IVF self-join of :func:`pairs_above`."""
-PAIRS_NPROBE = 4
+PAIRS_NPROBE = 8
+PAIRS_SKETCH_DIM = 128
+"""Dimensions of the random projection the IVF self-join clusters on (speed only)."""
 """Cells each image is compared with in the IVF self-join (recall/speed trade-off)."""
 _CELLS = 1 << 24  # similarity cells per chunk in exact search (64 MiB of float32)
 
@@ -285,7 +295,7 @@ def build_index(
 
     Args:
         vectors: ``(N, D)`` float32 (may be a memory map for ``exact``).
-        method: ``auto`` (``exact`` below :data:`EXACT_MAX`, else ``ivf``) or one of
+        method: ``auto`` (``exact`` below :data:`EXACT_MAX`, else :data:`AUTO_ANN`) or one of
             :data:`METHODS`.
         nlist: Inverted lists (IVF methods); default :func:`default_nlist`.
         nprobe: Lists searched per query; default :func:`default_nprobe`.
@@ -304,7 +314,7 @@ def build_index(
     """
     x = _as_vectors(vectors)
     if method == "auto":
-        method = "exact" if len(x) < EXACT_MAX else "ivf"
+        method = "exact" if len(x) < EXACT_MAX else AUTO_ANN
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose 'auto' or one of {METHODS}.")
     t0 = time.perf_counter()
@@ -480,13 +490,24 @@ def _ivf_join_pairs(
     n_train = int(min(n, train_size or 32 * nl))
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=n_train, replace=False))
-    km = faiss.Kmeans(d, nl, niter=10, spherical=True, seed=int(seed), verbose=False)
+    # the cells only need to be roughly right: k-means and assignment run on a random
+    # projection to PAIRS_SKETCH_DIM dimensions (inner products approximately preserved),
+    # the comparisons themselves on the full vectors
+    xs = xf
+    if d > PAIRS_SKETCH_DIM:
+        proj = rng.standard_normal((d, PAIRS_SKETCH_DIM)).astype(np.float32)
+        xs = np.empty((n, PAIRS_SKETCH_DIM), dtype=np.float32)
+        for a in range(0, n, 65536):
+            xs[a : a + 65536] = xf[a : a + 65536] @ proj
+        xs /= np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-12)
+    km = faiss.Kmeans(xs.shape[1], nl, niter=10, spherical=True, seed=int(seed), verbose=False)
     km.cp.max_points_per_centroid = max(1, -(-n_train // nl))
     km.cp.min_points_per_centroid = 1
-    km.train(np.ascontiguousarray(xf[sample]))
-    quantizer = faiss.IndexFlatIP(d)
+    km.train(np.ascontiguousarray(xs[sample]))
+    quantizer = faiss.IndexFlatIP(xs.shape[1])
     quantizer.add(km.centroids)
-    _, cells = quantizer.search(xf, probes)  # (n, probes), nearest cell first
+    _, cells = quantizer.search(xs, probes)  # (n, probes), nearest cell first
+    del xs
     primary = cells[:, 0]
     members = np.argsort(primary, kind="stable")
     m_bounds = np.searchsorted(primary[members], np.arange(nl + 1))

@@ -11,6 +11,9 @@ matches consistent with one plane-to-plane mapping. The number of such *inliers*
 * :func:`rerank`: re-score one query's top candidates with the inlier count;
   :func:`rerank_matrix` does it for a whole score matrix, with a :class:`LocalFeatureStore`
   computing each image's local features once.
+* :func:`verification_graph`: every image of a collection verified against its nearest
+  neighbours (indexing time); :func:`rerank` with ``graph=`` then also raises the printings
+  verified with the query's own verified matches (two hops), e.g. a tight crop.
 
 Images are decoded with :func:`cbir_utils.data.load_image`, converted to gray, shrunk to
 ``max_side`` pixels and lightly blurred (``descreen``, a Gaussian sigma in pixels of the

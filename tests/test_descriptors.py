@@ -142,11 +142,11 @@ def test_descreening_moves_a_halftoned_copy_closer_to_its_original(lite0, photos
 
 def test_multiscale_is_the_normalised_sum_of_scales(lite0, photos):
     paths = [photos["astronaut"], photos["coffee"]]
-    pre = _pre(128)
+    pre = _pre(96)
     single = D.extract_multiscale(lite0, paths, pre, (1.0,), progress=False)
     assert np.allclose(single, features.extract(lite0, paths, pre, progress=False), atol=1e-5)
     both = D.extract_multiscale(lite0, paths, pre, (1.0, 0.5), progress=False)
-    small = features.extract(lite0, paths, _pre(64), progress=False)
+    small = features.extract(lite0, paths, _pre(48), progress=False)
     want = single + small
     assert np.allclose(both, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
     assert D.scaled_sizes(224, (1.0, 0.707, 0.1)) == [224, 158, 32]
@@ -160,11 +160,11 @@ def test_mirror_invariance_with_gem(photos):
     folder = photos["coffee"].parent
     im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "coffee_mirror.png")
     paths = [photos["coffee"], folder / "coffee_mirror.png"]
-    v = features.extract(model, paths, _pre(128), mirror=True, progress=False)
+    v = features.extract(model, paths, _pre(96), mirror=True, progress=False)
     assert float(v[0] @ v[1]) > 0.9999
-    plain = features.extract(model, paths, _pre(128), mirror=False, progress=False)
+    plain = features.extract(model, paths, _pre(96), mirror=False, progress=False)
     assert float(plain[0] @ plain[1]) < float(v[0] @ v[1])
-    ms = D.extract_multiscale(model, paths, _pre(96), (1.0, 0.67), mirror=True, progress=False)
+    ms = D.extract_multiscale(model, paths, _pre(64), (1.0, 0.75), mirror=True, progress=False)
     assert float(ms[0] @ ms[1]) > 0.9999
 
 

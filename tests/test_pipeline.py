@@ -25,6 +25,7 @@ def test_plain_config_matches_retrieval_evaluate_protocols(lite0, coll_split):
     desc = pipeline.describe(lite0, meta, coll.paths, cfg, progress=False)
     ranked = pipeline.rank_collection(desc, coll.paths, cfg, progress=False)
     assert np.allclose(ranked.scores, desc @ desc.T, atol=1e-5)
+    assert np.allclose(ranked.descriptors, desc, atol=1e-6)
     mine = pipeline.evaluate_scores(ranked.scores, split, ks=(1, 5))
     ref = retrieval.evaluate_protocols(desc, split, ks=(1, 5))
     assert set(mine) == set(ref)
@@ -46,6 +47,7 @@ def test_rerank_and_graph_only_raise_scores(lite0, coll_split, tmp_path):
     n = len(coll)
     off = ~np.eye(n, dtype=bool)
     assert ranked.whitening is not None and ranked.whitening.dim == 8
+    assert ranked.descriptors.shape == (n, 8)
     assert (ranked.scores[off] >= ranked.cosine[off] - 1e-9).all()
     assert ((ranked.inliers >= 0).sum(1) == 6).all()  # top 6 verified per image
     assert ranked.graph is not None and ranked.graph.n == n

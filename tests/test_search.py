@@ -97,7 +97,7 @@ def test_auto_method_by_size(monkeypatch, clustered):
     assert search.build_index(clustered[:100]).method == "exact"
     monkeypatch.setattr(search, "EXACT_MAX", 1000)
     idx = search.build_index(clustered)
-    assert idx.method == "ivf" and idx.params["nprobe"] >= 8
+    assert idx.method == search.AUTO_ANN == "hnsw" and idx.params["ef"] >= 100
 
 
 def test_knn_excludes_self_and_caps_k(clustered):
@@ -187,7 +187,24 @@ def test_retrieval_nearest_matches_the_full_ranking(clustered, monkeypatch):
     ref_i, ref_v = retrieval.top_k(scores, 10, retrieval.self_mask(q, len(x)))
     np.testing.assert_array_equal(idx, ref_i)
     np.testing.assert_allclose(val, ref_v, atol=1e-6)
-    # above the size threshold the same call goes through FAISS (IVF)
+    # above the size threshold the same call goes through FAISS (HNSW)
     monkeypatch.setattr(search, "EXACT_MAX", 100)
     idx2, _ = retrieval.nearest(x, q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx2, ref_i)]) > 0.8
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx2, ref_i)]) > 0.95
+
+
+def test_cap_rows_keeps_each_rows_best():
+    rows = np.array([0, 0, 0, 1, 2, 2])
+    scores = np.array([0.9, 0.99, 0.95, 0.5, 0.7, 0.8])
+    keep, cut = search._cap_rows(rows, scores, 2)
+    assert keep.tolist() == [1, 2, 3, 4, 5] and cut == 1  # row 0 loses its 0.9
+    keep, cut = search._cap_rows(rows, scores, None)
+    assert keep.tolist() == list(range(6)) and cut == 0
+
+
+def test_ivf_pairs_with_one_cell_are_exact():
+    # a single cell holds everything: the self-join is the brute force
+    x, _ = planted(400, 24, seed=7)
+    ref = brute_pairs(x, 0.85)
+    got = search.pairs_above(x, 0.85, k_max=None, method="ivf", nlist=1)
+    assert set(zip(got.i.tolist(), got.j.tolist())) == ref
