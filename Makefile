@@ -29,7 +29,7 @@ help:
 ifdef LOCAL_VENV
 setup: $(STAMP)
 $(STAMP): pyproject.toml
-	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv  # new, or broken by an interrupted setup
 	.venv/bin/python -m pip install --upgrade --quiet pip
 	.venv/bin/python -m pip install --quiet torch==2.13.0 torchvision==0.28.0
 	.venv/bin/python -m pip install --quiet -e '.[dev]'
