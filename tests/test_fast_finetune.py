@@ -107,7 +107,12 @@ def tiny_split(tiny_collection):
 def test_fast_finetune_checkpoint_is_usable_for_retrieval(tmp_path, tiny_split, lite0):
     col, split = tiny_split
     cfg = FastConfig(
-        image_size=64, resize="letterbox", dims=(8, 0), shrinkages=(0.5, 1.0), num_workers=0
+        image_size=64,
+        resize="letterbox",
+        methods=("lw", "pca"),
+        dims=(8, 0),
+        shrinkages=(0.5, 1.0),
+        num_workers=0,
     )
     res = fast_finetune.fast_finetune(cfg, col, split, tmp_path / "run", progress=False)
     assert res.checkpoint.exists() and len(res.classes) == 6  # flower is held out
