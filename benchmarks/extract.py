@@ -47,6 +47,15 @@ from cbir_utils.io import save_csv, save_figure, save_json  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished (waited-for) children, e.g. workers."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+CPU_PER_IMAGE: dict[str, float] = {}  # CPU seconds per image of the last run of each kind
+
+
 def batch_sizes_for(n: int, bs: int) -> list[int]:
     """The batch sizes the DataLoader makes for ``n`` images."""
     return [min(bs, n - a) for a in range(0, n, bs)]
@@ -73,10 +82,11 @@ def bare_throughput(
     ctx = torch.inference_mode if inference else torch.no_grad
     with features.torch_threads(threads), ctx():
         models.l2_normalise(m.descriptor(xs[sizes[0]]))  # warm-up
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         for b in sizes:
             models.l2_normalise(m.descriptor(xs[b])).numpy()
         dt = time.perf_counter() - t0
+        CPU_PER_IMAGE["bare"] = (cpu_seconds() - c0) / n
     return n / dt
 
 
@@ -93,7 +103,7 @@ def e2e_throughput(
     """Images per second of the whole extraction, vectors streamed to a ``.npy`` file."""
     features.extract(model, paths[:bs], prep, batch_size=bs, num_workers=0, progress=False)  # warm
     out = out_dir / "bench.npy"
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     features.extract(
         model,
         paths,
@@ -106,6 +116,7 @@ def e2e_throughput(
         out=out,
     )
     dt = time.perf_counter() - t0
+    CPU_PER_IMAGE["end-to-end"] = (cpu_seconds() - c0) / len(paths)
     out.unlink()
     return len(paths) / dt
 
@@ -165,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the settings sweeps (phases 1-2); use --batch-size and --threads",
     )
-    ap.add_argument("--batch-size", type=int, default=16, help="with --headline-only")
-    ap.add_argument("--threads", type=int, default=None, help="with --headline-only")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="headline batch size (default: phase 1's best)"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="headline torch threads")
     ap.add_argument("--scale", type=int, default=3, help="collection repeated for the memory test")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--tag", default="", help="suffix of the output files")
@@ -220,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  bare bs={bs:3d} threads={threads} channels_last={cl!s:5} {mode:9s}: {tp:6.1f} img/s"
         )
-    if args.headline_only:
-        bs_best, th_best = args.batch_size, args.threads or torch.get_num_threads()
+    if args.headline_only or args.batch_size:
+        bs_best = args.batch_size or 32
+        th_best = args.threads or torch.get_num_threads()
     else:
         p1 = pd.DataFrame(rows)
         main1 = p1[(p1["channels_last"]) & (p1["mode"] == "inference")]
@@ -250,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- phase 3: headline, interleaved; the library defaults are what is measured
     w_default = features.default_num_workers()
     pf_default = features.PREFETCH_FACTOR if w_default else None
-    bare_runs, e2e_runs = [], []
+    bare_runs, e2e_runs, bare_cpu, e2e_cpu = [], [], [], []
     for r in range(args.repeats):  # alternate the order, so drifts in load cancel out
         if r % 2 == 0:
             b = bare_throughput(model, n, bs_best, size, th_best)
@@ -260,15 +274,22 @@ def main(argv: list[str] | None = None) -> int:
             b = bare_throughput(model, n, bs_best, size, th_best)
         bare_runs.append(b)
         e2e_runs.append(e)
+        bare_cpu.append(CPU_PER_IMAGE["bare"])
+        e2e_cpu.append(CPU_PER_IMAGE["end-to-end"])
+        cpu_b, cpu_e = bare_cpu[-1], e2e_cpu[-1]
         for kind, tp in (("bare", b), ("end-to-end", e)):
             rows.append(
                 dict(phase="3 headline", kind=kind, batch_size=bs_best, threads=th_best,
                      channels_last=True, mode="inference",
                      workers=w_default if kind != "bare" else None,
                      prefetch=pf_default if kind != "bare" else None,
-                     images=n, img_per_s=tp, repeat=r)
+                     images=n, img_per_s=tp, repeat=r,
+                     cpu_ms_per_image=1000 * (cpu_b if kind == "bare" else cpu_e))
             )  # fmt: skip
-        print(f"  repeat {r}: bare {b:6.1f} img/s, end-to-end {e:6.1f} img/s, ratio {e / b:.3f}")
+        print(
+            f"  repeat {r}: bare {b:6.1f} img/s, end-to-end {e:6.1f} img/s, ratio {e / b:.3f}; "
+            f"CPU {1000 * cpu_b:.0f} vs {1000 * cpu_e:.0f} ms/image"
+        )
     ratios = [e / b for e, b in zip(e2e_runs, bare_runs)]
     ratio = statistics.median(ratios)
 
@@ -308,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         "bare_img_per_s_median": statistics.median(bare_runs),
         "e2e_img_per_s_median": statistics.median(e2e_runs),
         "ratio_median": ratio,
+        "cpu_ms_per_image_bare_median": 1000 * statistics.median(bare_cpu),
+        "cpu_ms_per_image_e2e_median": 1000 * statistics.median(e2e_cpu),
+        "cpu_efficiency_ratio": statistics.median(bare_cpu) / statistics.median(e2e_cpu),
         "ratios": ratios,
         "target_ratio": 0.9,
         "memory_peak_increase_mib": mem,
