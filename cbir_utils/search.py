@@ -33,11 +33,12 @@ EXACT_MAX = 50_000
 """``method="auto"`` searches exactly below this many database vectors, with HNSW above.
 
 Measured with ``benchmarks/search.py`` (2 shared CPU cores, 1280-d, top 100, clustered
-data): exact search costs about 75 ns per database vector and query in batches (0.8 ms at
-10k, 7 ms at 100k); HNSW answers in about 3 ms at 100k (recall@100 0.97) but its build
-costs about 1 ms per vector, so it pays off when the whole collection is queried above
-roughly 50k images (and for any large collection queried often). IVF needed a quarter of
-its lists probed for recall 0.95 at 100k, which is slower than exact search there."""
+data): exact search costs about 75-140 ns per database vector and query in batches (0.8 ms
+at 10k, 7 ms at 100k, 124-140 ms at 1M); HNSW answers in 3 ms at 100k (recall@100 0.97)
+and 9.4 ms at 1M (recall@100 0.96, ``ef`` 800), but its build costs 1-1.4 ms per vector,
+so it pays off when the whole collection is queried above roughly 50k images (and for any
+large collection queried often). IVF needed a quarter of its lists probed for recall 0.95,
+which is slower than exact search at 100k and 1M."""
 AUTO_ANN = "hnsw"
 """The approximate method ``auto`` uses above :data:`EXACT_MAX` (see ``benchmarks/search.py``)."""
 DEFAULT_K_MAX = 100
@@ -183,6 +184,15 @@ def default_nprobe(nlist: int) -> int:
     return int(min(nlist, max(8, nlist // 64)))
 
 
+def default_ef(n: int) -> int:
+    """HNSW search breadth for ``n`` vectors: 200 up to 100k, growing as ``n^0.6`` beyond.
+
+    Measured with ``benchmarks/search.py`` (clustered 1280-d, top 100, M = 32): recall@100
+    0.97 at 100k with 200 (3 ms per query), 0.96 at a million with 800 (9 ms per query).
+    """
+    return int(min(4096, round(200 * max(1.0, n / 100_000) ** 0.6)))
+
+
 class SearchIndex:
     """A built search index over ``N`` unit-norm vectors (see :func:`build_index`).
 
@@ -287,7 +297,7 @@ def build_index(
     rerank: float = 4.0,
     hnsw_m: int = 32,
     ef_construction: int = 64,
-    ef: int = 128,
+    ef: int | None = None,
     seed: int = 0,
     threads: int | None = None,
 ) -> SearchIndex:
@@ -305,7 +315,7 @@ def build_index(
         rerank: ``ivfpq`` re-ranks ``rerank * k`` candidates with the exact vectors.
         hnsw_m: HNSW links per node.
         ef_construction: HNSW build breadth.
-        ef: HNSW search breadth.
+        ef: HNSW search breadth; default :func:`default_ef`.
         seed: Seed of the training sample and k-means.
         threads: FAISS OpenMP threads (``None``: all cores).
 
@@ -334,7 +344,8 @@ def build_index(
         index = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(ef_construction)
         index.add(xf)
-        params = {"m": int(hnsw_m), "ef_construction": int(ef_construction), "ef": int(ef)}
+        ef = int(ef or default_ef(len(x)))
+        params = {"m": int(hnsw_m), "ef_construction": int(ef_construction), "ef": ef}
     else:
         nl = int(nlist or default_nlist(len(x)))
         nl = max(1, min(nl, len(x)))
