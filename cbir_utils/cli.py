@@ -26,13 +26,13 @@ from pathlib import Path
 
 # Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree).
 DEFAULTS = {
-    "BACKBONE": "efficientnet_lite0",  # differs on purpose: offline weights
+    "BACKBONE": "efficientnet_lite0",  # offline ImageNet weights
     "WEIGHTS": "imagenet",
     "POOLING": "avg",
-    "IMAGE_SIZE": 224,
+    "IMAGE_SIZE": 128,
     "RESIZE": "letterbox",
     "GRAYSCALE": True,
-    "DESCREEN": 0.0,
+    "DESCREEN": 3.0,
     "MIRROR": False,
     "BATCH_SIZE": 32,
     "NUM_WORKERS": 0,

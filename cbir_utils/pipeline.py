@@ -107,6 +107,46 @@ class PipelineConfig:
         return d
 
 
+PARAM_FIELDS: dict[str, str] = {
+    "IMAGE_SIZE": "image_size",
+    "RESIZE": "resize",
+    "GRAYSCALE": "grayscale",
+    "DESCREEN": "descreen",
+    "POOLING": "pooling",
+    "MIRROR": "mirror",
+    "SCALES": "scales",
+    "WHITEN_DIM": "whiten_dim",
+    "DBA_K": "dba_k",
+    "QE_K": "qe_k",
+    "RERANK": "rerank",
+    "RERANK_TOP_N": "rerank_top_n",
+    "GRAPH": "graph",
+}
+"""Notebook parameter -> :class:`PipelineConfig` field."""
+
+_FROM_META = ("image_size", "resize", "grayscale", "pooling")
+
+
+def config_from_params(params: dict, meta: dict | None = None) -> PipelineConfig:
+    """The pipeline configuration of a notebook's parameters (:data:`PARAM_FIELDS`).
+
+    Args:
+        params: The notebook's checked parameters; names it lacks keep their default.
+        meta: A fine-tuned checkpoint's meta: its input size, resize, grayscale and pooling
+            are the network's and override ``params`` (descreening, scales and the
+            post-processing stay the notebook's: they may differ from fine-tuning's).
+
+    Raises:
+        ValueError: An inconsistent combination (e.g. ``GRAPH`` without ``RERANK``).
+    """
+    kwargs = {f: params[name] for name, f in PARAM_FIELDS.items() if name in params}
+    if meta is not None:
+        kwargs.update({f: meta[f] for f in _FROM_META if f in meta})
+    if "scales" in kwargs:
+        kwargs["scales"] = tuple(kwargs["scales"])
+    return PipelineConfig(**kwargs)
+
+
 def describe(
     model: models.RetrievalNet,
     meta: dict,

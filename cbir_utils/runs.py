@@ -223,6 +223,19 @@ PARAM_SPECS: dict[str, Param] = {
     "GROUP_THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
     "N_EXPLAIN": Param("int", low=0),
     "MAP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.layout").layout.LAYOUTS),
+    "SCALES": Param("floats", low=0.0, low_open=True, help="input sizes relative to IMAGE_SIZE"),
+    "WHITEN_DIM": Param("int", low=0, help="0 for no whitening"),
+    "DBA_K": Param("int", low=0, help="0 for no database-side augmentation"),
+    "QE_K": Param("int", low=0, help="0 for no query expansion"),
+    "RERANK": Param("bool"),
+    "RERANK_TOP_N": Param("int", low=1),
+    "GRAPH": Param("bool"),
+    "METRIC_LOSS": Param("str", choices=_training("METRIC_LOSSES")),
+    "METRIC_WEIGHT": Param("float", low=0.0),
+    "METRIC_MARGIN": Param("float", optional=True, low=0.0, low_open=True),
+    "PK_VIEWS": Param("int", low=2),
+    "USE_CHECKPOINT": Param("str", choices=("best", "last")),
+    "RUN_BENCHMARK": Param("bool"),
 }
 """Parameters of the notebooks, by name (a name means the same in every notebook)."""
 
@@ -410,6 +423,16 @@ def _cross_check(p: dict[str, Any], check_paths: bool) -> list[str]:
             f"STAGE_LRS has {len(p['STAGE_LRS'])} value(s) but STAGES has {len(p['STAGES'])} "
             "stage(s); give one learning rate per stage, or None."
         )
+    if p.get("GRAPH") and not p.get("RERANK", False):
+        problems.append("GRAPH=True needs RERANK=True (the graph is made of verifications).")
+    if "SCALES" in p and not p["SCALES"]:
+        problems.append("SCALES must hold at least one scale, e.g. [1.0].")
+    if p.get("CLASS_BALANCE") == "pk_sampler" and "BATCH_SIZE" in p and "PK_VIEWS" in p:
+        if p["BATCH_SIZE"] % p["PK_VIEWS"]:
+            problems.append(
+                f"With CLASS_BALANCE='pk_sampler', BATCH_SIZE ({p['BATCH_SIZE']}) must be a "
+                f"multiple of PK_VIEWS ({p['PK_VIEWS']})."
+            )
     if "KS" in p and len(set(p["KS"])) != len(p["KS"]):
         problems.append(f"KS has duplicate cut-offs: {p['KS']}.")
     run = p.get("RUN_NAME")

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import papermill as pm
 import pytest
+import torch
 from PIL import Image
 
 from cbir_utils.paths import NOTEBOOKS_DIR
@@ -65,6 +66,11 @@ def test_notebook_01(outputs):
     for name in ("class_imbalance.png", "pr_curve.png", "gallery.png"):
         _png_ok(run_dir / name)
     assert json.loads((run_dir / "params.json").read_text())["IMAGE_SIZE"] == 96
+    # the defaults run the whole pipeline: multi-scale, whitening, expansion, re-ranking
+    pipe = json.loads((run_dir / "pipeline.json").read_text())
+    assert pipe["config"]["rerank"] and pipe["config"]["graph"]
+    assert pipe["config"]["scales"] == [0.75, 1.0, 1.25] and pipe["config"]["whiten_dim"] == 64
+    assert pipe["seconds"]["rerank"] > 0
     split = pd.read_csv(next((out / "splits").glob("*.csv")))
     assert set(split["split"]) <= {"train", "val", "test", "heldout"}
     # a rerun with the same parameters reuses the folder and the cached descriptors
@@ -93,6 +99,12 @@ def test_notebooks_02_and_03(outputs):
     test_metrics = json.loads((d02 / "test_metrics.json").read_text())
     assert 0.0 <= test_metrics["accuracy"] <= 1.0 and test_metrics["n_test"] > 0
 
+    # the default recipe: reprint augmentation, scene-pair batches, contrastive loss
+    cfg = torch.load(d02 / "checkpoints" / "last.pt", weights_only=False)["meta"]["train_config"]
+    assert (cfg["augment"], cfg["class_balance"], cfg["metric_loss"]) == (
+        "press", "pk_sampler", "contrastive"
+    )  # fmt: skip
+
     p03 = {k: v for k, v in params.items() if k not in ("BACKBONE", "WEIGHTS", "IMAGE_SIZE")}
     run("03_finetuned_retrieval", out, p03)
     d03 = out / "03_finetuned_retrieval" / "smoke"
@@ -106,5 +118,8 @@ def test_notebooks_02_and_03(outputs):
     assert pre["mAP"] > 0.5
     for name in ("comparison.png", "pr_curve_disjoint.png", "gallery_pretrained.png"):
         _png_ok(d03 / name)
+    pipe = json.loads((d03 / "pipeline.json").read_text())
+    assert pipe["checkpoint"].endswith("last.pt") and pipe["config"]["pooling"] == "gem"
+    assert set(pipe["seconds"]) == {"pretrained", "fine-tuned descriptors"}
     side = pd.read_csv(d03 / "study_vs_reimplementation.csv", index_col=0)
     assert side.loc["precision", "original study (reported)"] == 0.905

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import source_photo
@@ -98,3 +100,83 @@ def test_two_hop_finds_a_printing_the_query_does_not_share(tmp_path):
     # the query's own node is ignored: with "whole" as the query's node, nothing hops
     none = graph.two_hop(np.array([True, False, False, False, False]), exclude=0)
     assert not none.any()
+
+
+def _notebook_defaults(name: str) -> dict:
+    import ast
+
+    import nbformat
+
+    from cbir_utils.paths import NOTEBOOKS_DIR
+
+    nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.Assign)
+    }
+
+
+def _profile(name: str) -> dict:
+    import yaml
+
+    from cbir_utils.paths import NOTEBOOKS_DIR
+
+    return yaml.safe_load((NOTEBOOKS_DIR / "params" / f"{name}.yaml").read_text())
+
+
+def test_notebook_defaults_are_the_benchmarks_best_pipeline():
+    """Notebooks 01 and 03 default to every step benchmarks/quality.py kept."""
+    best = pipeline.PipelineConfig(
+        image_size=128, descreen=3.0, scales=(0.75, 1.0, 1.25), whiten_dim=64,
+        dba_k=1, qe_k=1, rerank=True, graph=True,
+    )  # fmt: skip
+    from cbir_utils import runs
+
+    nb01 = runs.check_params(_notebook_defaults("01_pretrained_retrieval"), check_paths=False)
+    assert pipeline.config_from_params(nb01) == best
+    nb03 = runs.check_params(_notebook_defaults("03_finetuned_retrieval"), check_paths=False)
+    ckpt_meta = {"image_size": 128, "resize": "letterbox", "grayscale": True, "pooling": "gem"}
+    assert pipeline.config_from_params(nb03, ckpt_meta) == replace(best, pooling="gem")
+
+
+def test_paper_profile_is_the_studys_method():
+    """The paper profile switches every added step off: plain cosine, the study's recipe."""
+    from cbir_utils import runs, training
+
+    for nb in ("01_pretrained_retrieval", "03_finetuned_retrieval"):
+        params = runs.check_params(
+            {**_notebook_defaults(nb), **_profile("paper")}, check_paths=False
+        )
+        cfg = pipeline.config_from_params(params)
+        assert cfg == pipeline.PipelineConfig(image_size=224, resize="center_crop")
+    p02 = runs.check_params(
+        {**_notebook_defaults("02_finetune_classification"), **_profile("paper")},
+        check_paths=False,
+    )
+    study = training.TrainConfig()  # its defaults are the study's recipe
+    fields = {
+        "backbone": "BACKBONE", "pooling": "POOLING", "image_size": "IMAGE_SIZE",
+        "resize": "RESIZE", "grayscale": "GRAYSCALE", "descreen": "DESCREEN",
+        "optimizer": "OPTIMIZER", "lr": "LR", "batch_size": "BATCH_SIZE", "loss": "LOSS",
+        "class_balance": "CLASS_BALANCE", "augment": "AUGMENT", "metric_loss": "METRIC_LOSS",
+        "freeze": "FREEZE",
+    }  # fmt: skip
+    for field, name in fields.items():
+        assert p02[name] == getattr(study, field), name
+    assert tuple(p02["STAGES"]) == study.stages == (30, 50, 50)
+
+
+def test_config_from_params_takes_the_network_from_the_checkpoint():
+    meta = {"image_size": 96, "resize": "center_crop", "grayscale": False, "pooling": "gem"}
+    cfg = pipeline.config_from_params({"IMAGE_SIZE": 128, "DESCREEN": 2.0, "RERANK": True}, meta)
+    assert (cfg.image_size, cfg.resize, cfg.grayscale, cfg.pooling) == (
+        96,
+        "center_crop",
+        False,
+        "gem",
+    )
+    assert cfg.descreen == 2.0 and cfg.rerank
+    with pytest.raises(ValueError, match="graph"):
+        pipeline.config_from_params({"RERANK": False, "GRAPH": True})
