@@ -1,9 +1,9 @@
-"""Fast fine-tuning vs the study's full recipe, at the demo profile, in one run.
+"""Fast fine-tuning vs the study's full recipe, at CPU size, in one run.
 
-* **full**: :func:`cbir_utils.training.train` as notebook 02 runs it with
-  ``notebooks/params/demo.yaml`` (efficientnet_lite0, ImageNet weights, stages 3+4+4,
-  batch 32, image 224, center crop, Adam lr 0.001, cross-entropy), timed from start to
-  ``best.pt``.
+* **full**: :func:`cbir_utils.training.train` with the study's recipe (the paper
+  profile's values) sized for a CPU: efficientnet_lite0, ImageNet weights, stages 3+4+4
+  instead of 30+50+50, batch 32, image 224, center crop, Adam lr 0.001, cross-entropy;
+  timed from start to ``best.pt``.
 * **fast**: :func:`cbir_utils.fast_finetune.fast_finetune` with the same network and
   input (frozen backbone, learned whitening chosen by scene-disjoint cross-validation),
   timed from start to its checkpoint, with an empty descriptor cache ("cold") and again

@@ -376,10 +376,10 @@ def _hash_scores(paths: Sequence[Path], kind: str, timing_idx: np.ndarray) -> _S
 
 
 TRAIN_CONFIGS: dict[str, dict] = {
-    # the study's recipe, CPU-sized epochs (as notebooks/params/demo.yaml)
+    # the study's recipe (notebooks/params/paper.yaml), CPU-sized epochs
     "study": dict(image_size=224, resize="center_crop", pooling="avg", stages=(3, 4, 4)),
-    # retrieval-oriented: whole image at the pipeline's input size, GeM, reprint
-    # augmentation, scene-balanced batches of positive pairs, contrastive + CE
+    # retrieval-oriented (notebook 02's defaults): whole image at the pipeline's input size,
+    # GeM, reprint augmentation, scene-balanced batches of positive pairs, contrastive + CE
     "press": dict(
         image_size=128,
         resize="letterbox",
