@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -315,7 +316,7 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts) -> int:
         args,
         f"Shard {args.shard} of {args.num_shards} ({len(res.rows)} images) is in {res.folder}"
         f"{'' if res.complete else ' (unfinished: run it again to resume)'}. When every shard "
-        f"is done: python -m cbir_utils index {args.source} --num-shards {args.num_shards} --merge",
+        f"is done: {merge_command(getattr(args, 'argv', None), args)}",
     )
     return 0 if res.complete else 1
 
@@ -827,12 +828,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def merge_command(argv: Sequence[str] | None, args: argparse.Namespace) -> str:
+    """The command that merges the shards of this ``index --shard`` call.
+
+    The same arguments (collection, ``--name``/``--out``, model options), ``--shard``
+    dropped and ``--merge`` added, so the merge finds the same shards folder and settings.
+    """
+    if not argv:
+        return f"python -m cbir_utils index {args.source} --num-shards {args.num_shards} --merge"
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--shard":
+            skip = True
+        elif not a.startswith("--shard="):
+            kept.append(a)
+    return shlex.join(["python", "-m", "cbir_utils", *kept, "--merge"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cbir_utils`` and ``cbir``; returns the exit status."""
     from .errors import cli_main
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if getattr(args, "checkpoint", ""):
         args.checkpoint = str(Path(args.checkpoint).expanduser())
     return cli_main(args.func, args)

@@ -6,6 +6,7 @@ import ast
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -133,13 +134,18 @@ def test_add_and_update(local, tiny_collection, tmp_path, capsys):
     assert len(Index.load(folder)) == 20
 
 
-def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path):
+def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path, capsys):
     out = local[0]
     folder = tmp_path / "sharded"
+    args = ["index", str(tiny_collection), "--out", str(folder), *SIZE]
     for shard in ("0", "1"):
-        args = ["index", str(tiny_collection), "--out", str(folder), *SIZE, "-q"]
+        capsys.readouterr()
         assert cli.main([*args, "--num-shards", "2", "--shard", shard]) == 0
-    assert cli.main([*args, "--num-shards", "2", "--merge"]) == 0
+    # the merge command a shard job prints keeps --out and the model options
+    said = capsys.readouterr().err.split("When every shard is done: ")[1].split("\n")[0]
+    merge = shlex.split(said)
+    assert merge[:3] == ["python", "-m", "cbir_utils"] and "--shard" not in merge
+    assert cli.main(merge[3:]) == 0
     merged, whole = Index.load(folder), Index.load(out / "index" / "tiny")
     assert merged.relpaths == whole.relpaths
     np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
