@@ -21,6 +21,10 @@ Rows (``family`` column):
   A step is *kept* for the following rows only when it raises the mAP of the validation
   queries (never the test queries); the ``kept`` column says so, and the last kept row is
   the recommended configuration (:func:`best_pipeline`).
+* ``recipe``: the fine-tuning recipe built up one element at a time (:data:`RECIPE_STEPS`:
+  plain cross-entropy, + reprint augmentation, + scene-pair batches, + contrastive loss, or
+  triplet / ArcFace instead), each checkpoint evaluated with the fine-tuned family's kept
+  pipeline; kept, as above, only when validation mAP rises.
 
 ``s_per_query`` is the time to answer one new query (median over the same sample of query
 images for every method, one CPU thread, measured in this run): decode + embed the query
@@ -31,7 +35,7 @@ indexing time. ``s_rerank`` is the re-ranking part of it.
 Fine-tuned rows need checkpoints, trained beforehand by a separate command (a few minutes
 each on a CPU); without them those rows are skipped with a note::
 
-    .venv/bin/python benchmarks/quality.py train   # both checkpoints (~15 + 25 min, 2-core CPU)
+    .venv/bin/python benchmarks/quality.py train   # 7 checkpoints (~5 min, idle 2-core CPU)
     .venv/bin/python benchmarks/quality.py         # the benchmark (~10-25 min, 2-core CPU)
 
 Writes ``outputs/benchmarks/quality.csv``, ``quality.md``, ``quality.json`` and
@@ -378,20 +382,41 @@ def _hash_scores(paths: Sequence[Path], kind: str, timing_idx: np.ndarray) -> _S
 TRAIN_CONFIGS: dict[str, dict] = {
     # the study's recipe (notebooks/params/paper.yaml), CPU-sized epochs
     "study": dict(image_size=224, resize="center_crop", pooling="avg", stages=(3, 4, 4)),
-    # retrieval-oriented (notebook 02's defaults): whole image at the pipeline's input size,
-    # GeM, reprint augmentation, scene-balanced batches of positive pairs, contrastive + CE
+    # retrieval-oriented, notebook 02's defaults (the recipe rows' last kept one): whole image
+    # at the pipeline's input size, GeM, reprint augmentation, cross-entropy, lr 1e-4
     "press": dict(
         image_size=128,
         resize="letterbox",
         pooling="gem",
         augment="press",
-        class_balance="pk_sampler",
-        metric_loss="contrastive",
+        class_balance="none",
+        metric_loss="none",
         lr=1e-4,
         stages=(6,),
     ),
 }
+_PRESS = TRAIN_CONFIGS["press"]
+_PK = {**_PRESS, "class_balance": "pk_sampler"}
+TRAIN_CONFIGS.update(
+    recipe_base={**_PRESS, "augment": "none"},
+    press_pk=_PK,
+    press_contrastive={**_PK, "metric_loss": "contrastive"},
+    press_triplet={**_PK, "metric_loss": "triplet"},
+    press_arcface={**_PK, "loss": "arcface"},
+)
 """Fine-tuning runs of ``train`` (``efficientnet_lite0``, ImageNet weights, batch 32)."""
+
+RECIPE_STEPS: list[tuple[str, str]] = [
+    ("cross-entropy, no augmentation (GeM, 128 px, lr 1e-4, 6 epochs)", "recipe_base"),
+    ("+ reprint augmentation", "press"),
+    ("+ scene-pair batches (pk_sampler)", "press_pk"),
+    ("+ scene-pair batches + contrastive loss", "press_contrastive"),
+    ("+ scene-pair batches + batch-hard triplet loss", "press_triplet"),
+    ("+ scene-pair batches + ArcFace instead of cross-entropy", "press_arcface"),
+]
+"""Fine-tuning recipes compared, each evaluated with the fine-tuned family's kept pipeline:
+(label, checkpoint name in :data:`TRAIN_CONFIGS`). A row is kept when validation mAP rises
+over the last kept one; the metric losses need scene pairs in a batch, hence pk_sampler."""
 
 
 def train_checkpoints(
@@ -411,13 +436,13 @@ def train_checkpoints(
         t0 = time.perf_counter()
         res = training.train(cfg, collection, split, Path(out_dir) / name, progress=progress)
         print(f"{name}: best epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s")
-        out[name] = res.last_checkpoint if name == "press" else res.best_checkpoint
+        out[name] = res.last_checkpoint if name.startswith("press") else res.best_checkpoint
     return out
 
 
 def _checkpoint(out_dir: Path, name: str) -> Path | None:
     # the metric-learning run keeps its last epoch (its val classification F1 says little)
-    f = out_dir / name / "checkpoints" / ("last.pt" if name == "press" else "best.pt")
+    f = out_dir / name / "checkpoints" / ("last.pt" if name.startswith("press") else "best.pt")
     return f if f.exists() else None
 
 
@@ -593,7 +618,7 @@ def run(
             pooling=meta["pooling"],
         )
         steps = [
-            ("press augmentation + contrastive (GeM, 128 px)", {}),
+            ("reprint augmentation, cross-entropy (GeM, 128 px)", {}),
             (
                 "+ descriptor options kept above (descreen, mirror, scales)",
                 {"descreen": best.descreen, "mirror": best.mirror, "scales": best.scales},
@@ -625,6 +650,29 @@ def run(
         )
     else:
         notes.append("Fine-tuned pipeline: no checkpoint (run `benchmarks/quality.py train`).")
+
+    # ---- the fine-tuning recipe, one element at a time, each with the kept pipeline
+    best_val, recipe = -math.inf, ""
+    for label, name in RECIPE_STEPS if best_ft is not None else []:
+        ckpt = press_ckpt if name == "press" else _checkpoint(train_dir, name)
+        if ckpt is None:
+            notes.append(f"Recipe row {label!r}: no checkpoint (`benchmarks/quality.py train`).")
+            continue
+        say(f"recipe: {label}")
+        model, meta, _ = models.load_checkpoint(ckpt)
+        meta = {**meta, "checkpoint_sha1": models.file_digest(ckpt)}
+        sc = _score_pipeline(model.eval(), meta, paths, best_ft, cache, store, timing_idx, progress)
+        m = _evaluate(sc.S, split)
+        val_map = next(iter(m.values()))["val_mAP"]
+        keep = not recipe or val_map > best_val + 1e-3
+        if keep:
+            best_val, recipe = val_map, name
+        rows += _rows("recipe", label, m, sc.s_per_query, "yes" if keep else "no", sc.s_rerank)
+    if recipe:
+        notes.append(
+            f"Recommended fine-tuning recipe (last kept recipe row): {recipe} = "
+            f"{TRAIN_CONFIGS[recipe]}; rows evaluated with the fine-tuned family's kept pipeline."
+        )
 
     table = pd.DataFrame(rows)[COLUMNS]
     result = BenchmarkResult(table, best, best_ft, ft_ckpt, notes, time.perf_counter() - t_start)
@@ -747,7 +795,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-dir", default="data/demo")
     ap.add_argument("--out-dir", default=str(OUT_DIR))
     ap.add_argument("--train-dir", default=str(TRAIN_DIR))
-    ap.add_argument("--only", nargs="*", default=None, help="train: which runs (study, press)")
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="train: which runs (default all of TRAIN_CONFIGS)",
+    )
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.command == "train":

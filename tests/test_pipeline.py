@@ -180,3 +180,30 @@ def test_config_from_params_takes_the_network_from_the_checkpoint():
     assert cfg.descreen == 2.0 and cfg.rerank
     with pytest.raises(ValueError, match="graph"):
         pipeline.config_from_params({"RERANK": False, "GRAPH": True})
+
+
+def test_notebook_02_defaults_are_the_benchmarks_recipe():
+    """Notebook 02's defaults train the recipe the quality benchmark kept ("press")."""
+    import sys
+
+    from cbir_utils import runs, training
+    from cbir_utils.paths import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import quality
+
+    p = runs.check_params(_notebook_defaults("02_finetune_classification"), check_paths=False)
+    nb = training.TrainConfig(
+        backbone=p["BACKBONE"], weights=p["WEIGHTS"], pooling=p["POOLING"],
+        image_size=p["IMAGE_SIZE"], resize=p["RESIZE"], grayscale=p["GRAYSCALE"],
+        descreen=p["DESCREEN"], optimizer=p["OPTIMIZER"], lr=p["LR"],
+        batch_size=p["BATCH_SIZE"], stages=p["STAGES"], loss=p["LOSS"],
+        class_balance=p["CLASS_BALANCE"], augment=p["AUGMENT"], freeze=p["FREEZE"],
+        metric_loss=p["METRIC_LOSS"], metric_weight=p["METRIC_WEIGHT"],
+        metric_margin=p["METRIC_MARGIN"], pk_views=p["PK_VIEWS"], seed=p["SEED"],
+    )  # fmt: skip
+    bench = training.TrainConfig(
+        backbone=quality.BACKBONE, weights="imagenet", batch_size=32,
+        **quality.TRAIN_CONFIGS["press"],
+    )  # fmt: skip
+    assert nb.to_dict() == bench.to_dict()
