@@ -80,8 +80,24 @@ def _empty_skipped() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in SKIPPED_COLUMNS})
 
 
+class ItemTable:
+    """Paths and scenes of a table of images (``items`` with ``path`` and ``scene`` columns)."""
+
+    items: pd.DataFrame
+
+    @property
+    def paths(self) -> list[Path]:
+        """Absolute image paths, in table order."""
+        return [Path(p) for p in self.items["path"]]
+
+    @property
+    def scenes(self) -> np.ndarray:
+        """Scene label of every image (``""`` when unlabelled)."""
+        return self.items["scene"].to_numpy(dtype=object)
+
+
 @dataclass
-class Collection:
+class Collection(ItemTable):
     """An image collection: ``items`` has columns ``relpath``, ``path`` (absolute) and ``scene``.
 
     ``scene`` is ``""`` for images without a scene label (distractors).
@@ -101,16 +117,6 @@ class Collection:
 
     def __len__(self) -> int:
         return len(self.items)
-
-    @property
-    def paths(self) -> list[Path]:
-        """Absolute image paths, in collection order."""
-        return [Path(p) for p in self.items["path"]]
-
-    @property
-    def scenes(self) -> np.ndarray:
-        """Scene label of every image (``""`` when unlabelled)."""
-        return self.items["scene"].to_numpy(dtype=object)
 
     def scene_counts(self) -> pd.Series:
         """Images per labelled scene, largest first."""

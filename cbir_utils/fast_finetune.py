@@ -140,14 +140,8 @@ class FastConfig:
 
     def preprocess(self) -> Preprocess:
         """The preprocessing of this configuration."""
-        norm = models.normalisation_for(self.backbone)
-        return Preprocess(
-            image_size=self.image_size,
-            resize=self.resize,
-            grayscale=self.grayscale,
-            descreen=self.descreen,
-            mean=tuple(norm["mean"]),
-            std=tuple(norm["std"]),
+        return models.preprocess_for(
+            self.backbone, self.image_size, self.resize, self.grayscale, self.descreen
         )
 
     def model_meta(self, classes: list[str] | None = None, **extra: Any) -> dict[str, Any]:

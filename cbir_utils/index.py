@@ -30,7 +30,14 @@ import numpy as np
 import pandas as pd
 
 from . import features, models
-from .data import UNLABELLED, Collection, load_collection, load_image, preprocess_from_meta
+from .data import (
+    UNLABELLED,
+    Collection,
+    ItemTable,
+    load_collection,
+    load_image,
+    preprocess_from_meta,
+)
 from .io import atomic_write_bytes, save_json, save_npy
 
 INDEX_FILE = "index.json"
@@ -142,7 +149,7 @@ class AddReport:
 
 
 @dataclass
-class Index:
+class Index(ItemTable):
     """Descriptors of a collection with everything needed to query it later.
 
     Attributes:
@@ -173,16 +180,6 @@ class Index:
     def relpaths(self) -> list[str]:
         """File names relative to :attr:`root` (absolute for images added from elsewhere)."""
         return self.items["relpath"].tolist()
-
-    @property
-    def paths(self) -> list[Path]:
-        """Absolute image paths."""
-        return [Path(p) for p in self.items["path"]]
-
-    @property
-    def scenes(self) -> np.ndarray:
-        """Scene label per image (``""`` when unlabelled)."""
-        return self.items["scene"].to_numpy(dtype=object)
 
     @property
     def has_labels(self) -> bool:

@@ -219,6 +219,27 @@ def normalisation_for(backbone: str) -> dict[str, list[float]]:
     return dict(LITE_NORM if family == "efficientnet_lite" else IMAGENET_NORM)
 
 
+def preprocess_for(
+    backbone: str,
+    image_size: int,
+    resize: str = "letterbox",
+    grayscale: bool = True,
+    descreen: float = 0.0,
+):
+    """The :class:`cbir_utils.data.Preprocess` of ``backbone`` (its input normalisation)."""
+    from .data import Preprocess
+
+    norm = normalisation_for(backbone)
+    return Preprocess(
+        image_size=image_size,
+        resize=resize,
+        grayscale=grayscale,
+        descreen=descreen,
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
+    )
+
+
 def _check_backbone(backbone: str) -> None:
     if backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")

@@ -81,14 +81,8 @@ class PipelineConfig:
 
     def preprocess(self, backbone: str) -> Preprocess:
         """The preprocessing at scale 1 (normalisation of ``backbone``)."""
-        norm = models.normalisation_for(backbone)
-        return Preprocess(
-            self.image_size,
-            self.resize,
-            self.grayscale,
-            self.descreen,
-            tuple(norm["mean"]),
-            tuple(norm["std"]),
+        return models.preprocess_for(
+            backbone, self.image_size, self.resize, self.grayscale, self.descreen
         )
 
     def post(self) -> D.PostProcess:

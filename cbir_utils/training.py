@@ -309,14 +309,8 @@ class TrainConfig:
 
     def preprocess(self) -> Preprocess:
         """The (un-augmented) preprocessing of this configuration."""
-        norm = models.normalisation_for(self.backbone)
-        return Preprocess(
-            image_size=self.image_size,
-            resize=self.resize,
-            grayscale=self.grayscale,
-            descreen=self.descreen,
-            mean=tuple(norm["mean"]),
-            std=tuple(norm["std"]),
+        return models.preprocess_for(
+            self.backbone, self.image_size, self.resize, self.grayscale, self.descreen
         )
 
     def to_dict(self) -> dict[str, Any]:
