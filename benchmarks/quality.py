@@ -20,7 +20,9 @@ Rows (``family`` column):
 * ``pretrained`` / ``fine-tuned``: this pipeline, each method switched on cumulatively.
   A step is *kept* for the following rows only when it raises the mAP of the validation
   queries (never the test queries); the ``kept`` column says so, and the last kept row is
-  the recommended configuration (:func:`best_pipeline`).
+  the recommended configuration (:func:`best_pipeline`). The CSV also has ``val_mAP`` (the
+  criterion) and ``val_mAP_global`` (the validation mAP before re-ranking, which shows
+  whether re-ranking saturates the validation signal).
 * ``recipe``: the fine-tuning recipe built up one element at a time (:data:`RECIPE_STEPS`:
   plain cross-entropy, + reprint augmentation, + scene-pair batches, + contrastive loss, or
   triplet / ArcFace instead), each checkpoint evaluated with the fine-tuned family's kept
@@ -96,6 +98,7 @@ COLUMNS = [
     "study_R",
     "study_F1",
     "val_mAP",
+    "val_mAP_global",
     "s_per_query",
     "s_rerank",
 ]
@@ -150,15 +153,22 @@ class BenchmarkResult:
 
 
 def _evaluate(
-    S: np.ndarray, split: pd.DataFrame, protocols: Sequence[str] = PROTOCOLS
+    S: np.ndarray,
+    split: pd.DataFrame,
+    protocols: Sequence[str] = PROTOCOLS,
+    cosine: np.ndarray | None = None,
 ) -> dict[str, dict]:
-    """Metrics of a full ``(N, N)`` score matrix under each protocol (+ ``val`` mAP)."""
+    """Metrics of a full ``(N, N)`` score matrix under each protocol, with the ``val``
+    mAP of ``S`` and of ``cosine`` (the global descriptors' scores before re-ranking)."""
     scenes = split["scene"].to_numpy(dtype=object)
     n = len(scenes)
     val = retrieval.protocol_queries(split, "val")
     rel_v, mask_v = retrieval.relevance(scenes[val], scenes), retrieval.self_mask(val, n)
     thr = M.best_threshold(S[val], rel_v, mask_v)
     val_map = M.retrieval_metrics(S[val], rel_v, mask_v, ks=(1,)).map
+    val_global = val_map
+    if cosine is not None:
+        val_global = M.retrieval_metrics(cosine[val], rel_v, mask_v, ks=(1,)).map
     out = {}
     for p in protocols:
         q = retrieval.protocol_queries(split, p)
@@ -182,6 +192,7 @@ def _evaluate(
             "study_R": st.recall,
             "study_F1": st.f1,
             "val_mAP": val_map,
+            "val_mAP_global": val_global,
         }
     return out
 
@@ -204,7 +215,11 @@ def _rows(
 
 
 def _markdown(table: pd.DataFrame) -> str:
-    cols = [c for c in COLUMNS if c in table.columns and c not in ("threshold", "val_mAP")]
+    cols = [
+        c
+        for c in COLUMNS
+        if c in table.columns and c not in ("threshold", "val_mAP", "val_mAP_global")
+    ]
     t = table[cols].copy()
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in t.iterrows():
@@ -239,6 +254,7 @@ class _Scored:
     S: np.ndarray
     s_per_query: float
     s_rerank: float = math.nan
+    cosine: np.ndarray | None = None  # scores before re-ranking
 
 
 @contextlib.contextmanager
@@ -334,6 +350,7 @@ def _score_pipeline(
         ranked.scores,
         float(np.median(times)),
         float(np.median(rerank_times)) if rerank_times else math.nan,
+        ranked.cosine,
     )
 
 
@@ -477,7 +494,7 @@ def _chain(
         say(f"{family}: {label}")
         model, meta = model_for(cand)
         sc = _score_pipeline(model, meta, paths, cand, cache, store, timing_idx, progress)
-        m = _evaluate(sc.S, split)
+        m = _evaluate(sc.S, split, cosine=sc.cosine)
         val_map = next(iter(m.values()))["val_mAP"]
         keep = not change or val_map > best_val + 1e-3
         if keep:
@@ -662,7 +679,7 @@ def run(
         model, meta, _ = models.load_checkpoint(ckpt)
         meta = {**meta, "checkpoint_sha1": models.file_digest(ckpt)}
         sc = _score_pipeline(model.eval(), meta, paths, best_ft, cache, store, timing_idx, progress)
-        m = _evaluate(sc.S, split)
+        m = _evaluate(sc.S, split, cosine=sc.cosine)
         val_map = next(iter(m.values()))["val_mAP"]
         keep = not recipe or val_map > best_val + 1e-3
         if keep:

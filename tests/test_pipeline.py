@@ -207,3 +207,28 @@ def test_notebook_02_defaults_are_the_benchmarks_recipe():
         **quality.TRAIN_CONFIGS["press"],
     )  # fmt: skip
     assert nb.to_dict() == bench.to_dict()
+
+
+def test_quality_benchmark_reports_validation_before_and_after_reranking():
+    """``val_mAP`` is the kept/not-kept criterion on the final scores; ``val_mAP_global``
+    the same queries on the scores before re-ranking (hand-computed APs)."""
+    import sys
+
+    import pandas as pd
+
+    from cbir_utils.paths import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import quality
+
+    split = pd.DataFrame(
+        {"scene": ["x", "x", "y", "y", "z", "z"], "split": ["val", "train", "train"] + ["test"] * 3}
+    )
+    final = np.array([[1, 0.9, 0.5, 0.1, 0.2, 0.3]] + [[0.0] * 6] * 5)
+    cosine = final.copy()
+    cosine[0, 1] = 0.4  # the sibling falls behind 0.5: rank 2 -> AP 1/2
+    m = quality._evaluate(final, split, protocols=("study",), cosine=cosine)["study"]
+    assert m["val_mAP"] == pytest.approx(1.0)
+    assert m["val_mAP_global"] == pytest.approx(0.5)
+    plain = quality._evaluate(final, split, protocols=("study",))["study"]
+    assert plain["val_mAP_global"] == plain["val_mAP"]
