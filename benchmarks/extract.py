@@ -399,7 +399,7 @@ def _plot(df: pd.DataFrame, summary: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.suptitle(
         f"Extraction, efficientnet_lite0 {summary['image_size']}px, {summary['cores']} cores "
-        f"(shared machine), {summary['workers']} worker(s)"
+        f"(load {summary['load_average_start_end'][0]:.1f}), {summary['workers']} worker(s)"
     )
     fig.tight_layout()
     save_figure(path, fig)

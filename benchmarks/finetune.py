@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)  # timings need a fresh start: no resumed run, no warm cache
     collection = data.load_collection(resolve(args.data))
     split, split_path = data.split_for(collection)
-    print(f"{len(collection)} images; split {split_path}; {os.cpu_count()} cores (shared)")
+    print(
+        f"{len(collection)} images; split {split_path}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+    )
     load0 = os.getloadavg()[0]
 
     cfg = training.TrainConfig(
@@ -221,7 +223,7 @@ def _plot(df: pd.DataFrame, summary: dict, path: Path) -> None:
     g.plot.bar(ax=a2, rot=20)
     a2.set(ylabel="mAP", title="Retrieval quality (notebook 03 protocols)", ylim=(0, 1))
     a2.tick_params(axis="x", labelsize=8)
-    fig.suptitle("Fast fine-tuning vs the full recipe, demo profile, 2 shared CPU cores")
+    fig.suptitle(f"Fast fine-tuning vs the full recipe, demo profile, {os.cpu_count()} CPU cores")
     fig.tight_layout()
     save_figure(path, fig)
     plt.close(fig)

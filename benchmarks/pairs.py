@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.exact_max, args.dim, args.sample = [3000], 3000, 128, 300
     rows = []
     load0 = os.getloadavg()[0]
-    print(f"{os.cpu_count()} cores (shared machine), load average {load0:.2f}")
+    print(f"{os.cpu_count()} cores, load average {load0:.2f}")
     for n in args.sizes:
         x, planted = with_duplicates(n, args.dim, args.seed)
         rng = np.random.default_rng(args.seed)
@@ -182,7 +182,7 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
     a2.set(xscale="log", xlabel="images", ylabel="peak memory growth (MiB)", title="Memory")
     a1.legend(fontsize=8)
     a2.legend(fontsize=8)
-    fig.suptitle("Duplicate pairs, 1280-d, 2 shared CPU cores")
+    fig.suptitle(f"Duplicate pairs, 1280-d, {os.cpu_count()} CPU cores")
     fig.tight_layout()
     save_figure(path, fig)
     plt.close(fig)

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    print(f"{os.cpu_count()} cores (shared machine), load average {load0:.2f}")
+    print(f"{os.cpu_count()} cores, load average {load0:.2f}")
     for kind in args.kinds:
         for n in args.sizes:
             run_size(kind, n, args, rows)
@@ -218,7 +218,9 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
         ax.set(xscale="log", xlabel="ms per query (batch)", ylabel="recall@100",
                title=f"{kind}, N = {n:,}", ylim=(0, 1.02))  # fmt: skip
         ax.legend(fontsize=8)
-    fig.suptitle("Top-100 search, 1280-d unit vectors, 2 shared CPU cores (dotted: target)")
+    fig.suptitle(
+        f"Top-100 search, 1280-d unit vectors, {os.cpu_count()} CPU cores (dotted: target)"
+    )
     fig.tight_layout()
     save_figure(path, fig)
     plt.close(fig)

@@ -207,12 +207,16 @@ def _add_output_args(p: argparse.ArgumentParser, kind: str) -> None:
 
 def cmd_index(args) -> int:
     from . import features
-    from .data import load_collection
+    from .data import load_collection, save_skipped
     from .index import Index, model_settings
     from .paths import OUTPUTS_DIR
 
-    col = load_collection(args.source)
-    if len(getattr(col, "skipped", [])):
+    sharded = args.num_shards > 1 or args.merge
+    # a shard job checks only its own images (extract_shard); the listing is not decoded
+    col = load_collection(
+        args.source, validate="none" if sharded else "decode", progress=_progress(args)
+    )
+    if len(getattr(col, "skipped", [])) and not sharded:
         _say(args, col.skipped_summary())
     name = args.name or col.root.name
     folder = Path(args.out).expanduser().resolve() if args.out else OUTPUTS_DIR / "index" / name
@@ -221,7 +225,7 @@ def cmd_index(args) -> int:
         args.grayscale, args.descreen, args.checkpoint,
     )  # fmt: skip
     opts = dict(batch_size=args.batch_size, num_workers=args.num_workers, progress=_progress(args))
-    if args.num_shards > 1 or args.merge:
+    if sharded:
         return _index_sharded(args, col, name, folder, meta, ckpt, opts)
     stats = features.ExtractStats()
     if (folder / "index.json").exists() and not args.rebuild:
@@ -236,6 +240,7 @@ def cmd_index(args) -> int:
         if gone and args.prune:
             index.remove(gone)
         index.save(folder)
+        save_skipped(col, folder)
         _say(
             args,
             f"Index {folder}: {len(index)} images; {report.added} added, {report.replaced} "
@@ -261,6 +266,7 @@ def cmd_index(args) -> int:
         **opts,
     )
     index.save(folder)
+    save_skipped(col, folder)
     _say(
         args,
         f"Index {folder}: {len(index)} images, {index.vectors.shape[1]}-d; "
@@ -270,10 +276,13 @@ def cmd_index(args) -> int:
 
 
 def _index_sharded(args, col, name, folder, meta, ckpt, opts) -> int:
+    from dataclasses import replace
+
     import numpy as np
+    import pandas as pd
 
     from . import features, models
-    from .data import preprocess_from_meta
+    from .data import SKIPPED_COLUMNS, preprocess_from_meta, save_skipped
     from .index import Index, load_model
 
     shards_dir = folder.with_name(folder.name + ".shards")
@@ -286,7 +295,9 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts) -> int:
                     f"The index in {folder} was built with other model settings; pass --rebuild "
                     "to replace it, or --name/--out for a new index."
                 )
-        merged = features.merge_shards(shards_dir, None, progress=_progress(args))
+        merged = features.merge_shards(
+            shards_dir, args.num_shards if args.num_shards > 1 else None, progress=_progress(args)
+        )
         if models.identity(merged.meta.get("model", {})) != models.identity(meta) or bool(
             merged.meta.get("mirror")
         ) != bool(args.mirror):
@@ -297,24 +308,45 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts) -> int:
             raise ValueError(
                 f"The shards in {shards_dir} were made for another list of files than {args.source}."
             )
+        # the images the shards left out (each job checked its own)
+        as_str = col.items["path"].map(str)
+        items = col.items[as_str.isin(set(merged.paths))].reset_index(drop=True)
+        bad = col.items.iloc[0:0].assign(kind="", reason="")
+        if (merged.folder / "skipped.csv").exists():
+            listed = pd.read_csv(merged.folder / "skipped.csv", dtype=str, keep_default_na=False)
+            why = dict(zip(listed["path"], zip(listed["kind"], listed["reason"])))
+            bad = col.items[as_str.isin(set(why))].copy()
+            bad["kind"] = [why[str(p)][0] for p in bad["path"]]
+            bad["reason"] = [why[str(p)][1] for p in bad["path"]]
+        skipped = pd.concat(
+            [col.skipped, bad[list(SKIPPED_COLUMNS)]],
+            ignore_index=True,
+        )
+        col = replace(col, items=items, skipped=skipped)
         index = Index.from_vectors(
             np.asarray(merged.vectors), col, meta, ckpt, mirror=args.mirror, name=name
         )
         index.save(folder)
+        save_skipped(col, folder)
         _say(
             args,
-            f"Index {folder}: {len(index)} images merged from {merged.meta.get('merged_from')} shard(s).",
+            f"Index {folder}: {len(index)} images merged from "
+            f"{merged.meta.get('merged_from')} shard(s)"
+            + (f"; {len(bad)} unusable image(s) left out (skipped.csv)" if len(bad) else "")
+            + ".",
         )
         return 0
     if not 0 <= args.shard < args.num_shards:
         raise ValueError(f"--shard must be in [0, {args.num_shards}), got {args.shard}.")
     res = features.extract_shard(
         load_model(meta, ckpt), paths, preprocess_from_meta(meta), shards_dir, args.shard,
-        args.num_shards, meta, mirror=args.mirror, **opts,
+        args.num_shards, meta, mirror=args.mirror, validate="decode", **opts,
     )  # fmt: skip
     _say(
         args,
-        f"Shard {args.shard} of {args.num_shards} ({len(res.rows)} images) is in {res.folder}"
+        f"Shard {args.shard} of {args.num_shards} ({len(res.rows)} images"
+        + (f", {res.skipped} unusable: see skipped.csv" if res.skipped else "")
+        + f") is in {res.folder}"
         f"{'' if res.complete else ' (unfinished: run it again to resume)'}. When every shard "
         f"is done: {merge_command(getattr(args, 'argv', None), args)}",
     )

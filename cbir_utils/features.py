@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import ImageDataset, Preprocess
-from .io import atomic_write_text, save_json, save_npy
+from .data import ImageDataset, Preprocess, check_image
+from .io import atomic_write_text, save_csv, save_json, save_npy
 from .models import RetrievalNet, default_device, file_digest, identity, l2_normalise
 
 OUTPUTS = ("descriptor", "logits")
@@ -523,6 +524,7 @@ class ShardResult:
         computed: Images computed by this call.
         resumed_from: Images of the shard already on disk when the call started.
         complete: Every image of the shard is on disk.
+        skipped: Images of the shard left out as unusable (listed in its ``skipped.csv``).
     """
 
     folder: Path
@@ -530,6 +532,7 @@ class ShardResult:
     computed: int
     resumed_from: int
     complete: bool
+    skipped: int = 0
 
 
 def _extraction_meta(
@@ -556,6 +559,28 @@ def _extraction_meta(
             default=str,
         )
     )
+
+
+SHARD_SKIPPED_COLUMNS = ("path", "kind", "reason")
+
+
+def _usable_paths(folder: Path, paths: list[str], validate: str, progress: bool) -> list[str]:
+    """The shard's paths that pass :func:`data.check_image` at level ``validate``; the
+    others are listed in ``folder/skipped.csv`` (written once: a resumed job reads it)."""
+    if validate == "none":
+        return paths
+    listed = folder / "skipped.csv"
+    if listed.exists():
+        bad = set(pd.read_csv(listed, dtype=str, keep_default_na=False)["path"])
+    else:
+        rows = []
+        for p in tqdm(paths, desc="Checking images", unit="img", disable=not progress):
+            check = check_image(p, validate)
+            if not check.usable:
+                rows.append((p, check.kind, check.reason))
+        save_csv(listed, pd.DataFrame(rows, columns=list(SHARD_SKIPPED_COLUMNS)))
+        bad = {r[0] for r in rows}
+    return [p for p in paths if p not in bad]
 
 
 def _read_progress(folder: Path) -> int:
@@ -585,6 +610,7 @@ def extract_shard(
     prefetch_factor: int | None = None,
     amp: bool | None = None,
     threads: int | None = None,
+    validate: str = "none",
 ) -> ShardResult:
     """Extract shard ``shard`` of ``num_shards`` of a collection into ``out_dir`` (resumable).
 
@@ -607,6 +633,11 @@ def extract_shard(
         chunk_size: Images per progress record (the resume granularity).
         progress: Show a progress bar.
         on_chunk: ``on_chunk(done, total)`` after each recorded chunk (rows of this shard).
+        validate: Check this shard's images first (a :func:`data.check_image` level:
+            ``"decode"``, ``"header"`` or ``"none"``): unusable ones are left out of the
+            shard and listed in its ``skipped.csv``, so that each job checks only its own
+            files (give every job the unchecked listing, e.g. ``validate="none"`` in
+            :func:`data.load_collection`).
 
     Raises:
         ValueError: ``out_dir`` holds a shard of another extraction (other model, paths,
@@ -617,6 +648,7 @@ def extract_shard(
     rows = shard_rows(len(paths), shard, num_shards)
     dim = output_dim(model, output)
     meta = _extraction_meta(model_meta, preprocess, output, mirror, paths, num_shards, dim)
+    meta = {**meta, "validate": validate}
     meta_shard = {**meta, "shard": int(shard), "rows": [rows.start, rows.stop]}
     folder = shard_dir(out_dir, shard, num_shards)
     folder.mkdir(parents=True, exist_ok=True)
@@ -633,23 +665,28 @@ def extract_shard(
                 "Use another output folder; nothing was overwritten."
             )
         if vec_path.exists():
-            return ShardResult(folder, rows, 0, len(rows), True)
+            n_kept = len(np.load(vec_path, mmap_mode="r"))
+            return ShardResult(folder, rows, 0, n_kept, True, len(rows) - n_kept)
     else:
-        for stale in (vec_path, partial, folder / "progress.json"):
+        for stale in (vec_path, partial, folder / "progress.json", folder / "skipped.csv"):
             if stale.exists():
                 stale.unlink()
         save_json(meta_path, meta_shard)
-    shard_paths = [str(paths[i]) for i in rows]
+    shard_paths = _usable_paths(folder, [str(paths[i]) for i in rows], validate, progress)
+    n_rows, n_skipped = len(shard_paths), len(rows) - len(shard_paths)
     if not (folder / "paths.txt").exists():
         atomic_write_text(folder / "paths.txt", "".join(p + "\n" for p in shard_paths))
+    if n_rows == 0:  # nothing usable (or an empty shard)
+        save_npy(vec_path, np.zeros((0, dim), np.float32))
+        return ShardResult(folder, rows, 0, 0, True, n_skipped)
     done = _read_progress(folder) if partial.exists() else 0
-    done = min(done, len(rows))
+    done = min(done, n_rows)
     resumed_from = done
     try:
-        writer = NpyRowWriter(partial, (len(rows), dim), create=done == 0)
+        writer = NpyRowWriter(partial, (n_rows, dim), create=done == 0)
     except ValueError:  # a damaged partial file: start the shard again
         done = resumed_from = 0
-        writer = NpyRowWriter(partial, (len(rows), dim), create=True)
+        writer = NpyRowWriter(partial, (n_rows, dim), create=True)
     computed = 0
     with writer:
         batches = iter_vectors(
@@ -671,17 +708,17 @@ def extract_shard(
         for v in batches:
             writer.write(done + since, v)
             since += len(v)
-            if since >= chunk_size or done + since == len(rows):
+            if since >= chunk_size or done + since == n_rows:
                 writer.flush()
                 done += since
                 computed += since
                 since = 0
-                save_json(folder / "progress.json", {"done": done, "total": len(rows)})
+                save_json(folder / "progress.json", {"done": done, "total": n_rows})
                 if on_chunk is not None:
-                    on_chunk(done, len(rows))
-    if done == len(rows):
+                    on_chunk(done, n_rows)
+    if done == n_rows:
         os.replace(partial, vec_path)
-    return ShardResult(folder, rows, computed, resumed_from, done == len(rows))
+    return ShardResult(folder, rows, computed, resumed_from, done == n_rows, n_skipped)
 
 
 @dataclass
@@ -729,7 +766,9 @@ def merge_shards(
 
     Vectors are copied block by block into ``dest/vectors.npy`` (memory stays flat);
     ``paths.txt`` and ``meta.json`` follow, each written atomically, so a merge that was
-    interrupted is simply run again.
+    interrupted is simply run again. Images the shards left out as unusable (their
+    ``skipped.csv``) are not in the index; when the shards checked their images, the
+    index folder gets the combined ``skipped.csv`` and ``meta["n_skipped"]``.
 
     Args:
         out_dir: The folder given to :func:`extract_shard`.
@@ -763,7 +802,27 @@ def merge_shards(
     if any(c != common[0] for c in common[1:]):
         raise ValueError(f"The shards in {out_dir} come from different extractions.")
     meta = common[0]
-    n, dim = int(meta["n_items"]), int(meta["dim"])
+    n_listed, dim = int(meta["n_items"]), int(meta["dim"])
+    # rows kept by each shard (a shard that checked its images may have left some out)
+    kept, skipped = [], []
+    for s, (f, m) in enumerate(zip(folders, metas)):
+        expected = shard_rows(n_listed, s, num_shards)
+        if m["rows"] != [expected.start, expected.stop]:
+            raise ValueError(f"{f} does not hold the rows of shard {s}.")
+        n_vec = len(np.load(f / "vectors.npy", mmap_mode="r"))
+        n_lines = len((f / "paths.txt").read_text(encoding="utf-8").splitlines())
+        n_bad = 0
+        if (f / "skipped.csv").exists():
+            bad = pd.read_csv(f / "skipped.csv", dtype=str, keep_default_na=False)
+            skipped.append(bad)
+            n_bad = len(bad)
+        if n_vec != n_lines or n_vec + n_bad != len(expected):
+            raise ValueError(
+                f"{f} is incomplete: {n_vec} vectors and {n_lines} paths for "
+                f"{len(expected)} rows ({n_bad} skipped)."
+            )
+        kept.append(n_vec)
+    n = sum(kept)
     dest = Path(dest) if dest is not None else out_dir / "index"
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".vectors.npy.{uuid.uuid4().hex[:8]}.partial"
@@ -771,24 +830,15 @@ def merge_shards(
     try:
         with NpyRowWriter(tmp, (n, dim)) as writer:
             bar = tqdm(total=n, desc="Merging shards", unit="img", disable=not progress)
-            for s, (f, m) in enumerate(zip(folders, metas)):
-                start, stop = m["rows"]
-                if [start, stop] != [
-                    shard_rows(n, s, num_shards).start,
-                    shard_rows(n, s, num_shards).stop,
-                ]:
-                    raise ValueError(f"{f} does not hold the rows of shard {s}.")
+            offset = 0
+            for f in folders:
                 vec = np.load(f / "vectors.npy", mmap_mode="r")
-                shard_lines = (f / "paths.txt").read_text(encoding="utf-8").splitlines()
-                if len(vec) != stop - start or len(shard_lines) != stop - start:
-                    raise ValueError(
-                        f"{f} is incomplete: {len(vec)} vectors for {stop - start} rows."
-                    )
                 for a in range(0, len(vec), block_rows):
                     block = np.asarray(vec[a : a + block_rows])
-                    writer.write(start + a, block)
+                    writer.write(offset + a, block)
                     bar.update(len(block))
-                lines.extend(shard_lines)
+                offset += len(vec)
+                lines.extend((f / "paths.txt").read_text(encoding="utf-8").splitlines())
                 del vec
             bar.close()
             writer.flush()
@@ -797,7 +847,12 @@ def merge_shards(
         if tmp.exists():
             tmp.unlink()
     atomic_write_text(dest / "paths.txt", "".join(p + "\n" for p in lines))
-    save_json(dest / "meta.json", {**meta, "merged_from": num_shards})
+    if meta.get("validate", "none") != "none":
+        frame = pd.concat(skipped, ignore_index=True) if skipped else None
+        if frame is None or frame.empty:
+            frame = pd.DataFrame(columns=list(SHARD_SKIPPED_COLUMNS))
+        save_csv(dest / "skipped.csv", frame)
+    save_json(dest / "meta.json", {**meta, "merged_from": num_shards, "n_skipped": n_listed - n})
     return load_index(dest)
 
 

@@ -151,6 +151,47 @@ def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path, capsys
     np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
 
 
+def test_shard_jobs_check_only_their_own_images(
+    local, tiny_collection, tmp_path, capsys, monkeypatch
+):
+    """Each shard job decodes only its own files; an unusable one is left out of the merged
+    index and listed in its skipped.csv, as a one-machine run does."""
+    from cbir_utils import data, features
+
+    col = tmp_path / "collection"
+    shutil.copytree(tiny_collection, col)
+    broken = col / "scene_zz_broken" / "torn.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes((tiny_collection / "scene_camera" / "camera_0.jpg").read_bytes()[:300])
+    whole_dir, sharded = tmp_path / "whole", tmp_path / "sharded"
+    assert cli.main(["index", str(col), "--out", str(whole_dir), *SIZE, "-q"]) == 0
+    listing = data.load_collection(col, validate="none", progress=False).items["path"]
+    checked: list[str] = []
+    check_image = data.check_image
+
+    def counting(path, level="decode"):
+        if level != "none":
+            checked.append(str(path))
+        return check_image(path, level)
+
+    monkeypatch.setattr(data, "check_image", counting)
+    monkeypatch.setattr(features, "check_image", counting)
+    args = ["index", str(col), "--out", str(sharded), *SIZE, "-q", "--num-shards", "2"]
+    for shard in (0, 1):
+        checked.clear()
+        assert cli.main([*args, "--shard", str(shard)]) == 0
+        rows = features.shard_rows(len(listing), shard, 2)
+        assert sorted(checked) == sorted(str(p) for p in listing.iloc[rows.start : rows.stop])
+    assert cli.main([*args, "--merge"]) == 0
+    merged, whole = Index.load(sharded), Index.load(whole_dir)
+    assert len(whole) == 20 and merged.relpaths == whole.relpaths
+    np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
+    for folder in (sharded, whole_dir):
+        skipped = pd.read_csv(folder / "skipped.csv", keep_default_na=False)
+        assert skipped["relpath"].tolist() == ["scene_zz_broken/torn.jpg"]
+        assert skipped["kind"].tolist() == ["truncated"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -159,3 +159,27 @@ def test_cache_reads_the_single_file_layout(tmp_path):
     # a part whose keys file never got written (killed writer) is ignored
     np.save(folder / "part-zzz.npy", np.zeros((1, 3), dtype=np.float32))
     assert len(features.DescriptorCache(tmp_path, "key")) == 3
+
+
+def test_shard_leaves_out_unusable_images_and_remembers_them(
+    tmp_path, lite0, paths, prep, reference, monkeypatch
+):
+    broken = tmp_path / "torn.jpg"
+    broken.write_bytes(paths[0].read_bytes()[:200])
+    listing = [*paths[:3], broken, *paths[3:6]]  # shard 0 of 2: rows 0-2; shard 1: 3-6
+    out = tmp_path / "shards"
+    kw = dict(batch_size=4, progress=False, validate="decode")
+    for s in (0, 1):
+        res = features.extract_shard(lite0, listing, prep, out, s, 2, META, **kw)
+        assert res.complete and res.skipped == (s == 1)
+    # a finished shard is neither checked nor computed again
+    checks = []
+    monkeypatch.setattr(features, "check_image", lambda *a: checks.append(a))
+    again = features.extract_shard(lite0, listing, prep, out, 1, 2, META, **kw)
+    assert (again.computed, again.skipped, checks) == (0, 1, [])
+    merged = features.merge_shards(out)
+    assert merged.paths == [str(p) for p in paths[:6]]
+    np.testing.assert_allclose(merged.vectors, reference[:6], atol=1e-5)
+    assert merged.meta["n_skipped"] == 1
+    skipped = (merged.folder / "skipped.csv").read_text().splitlines()
+    assert skipped[0] == "path,kind,reason" and skipped[1].startswith(f"{broken},truncated,")
