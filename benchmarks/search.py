@@ -15,9 +15,12 @@ Writes ``outputs/benchmarks/search.csv`` and ``search.png``. Usage::
 
     .venv/bin/python benchmarks/search.py                    # clustered, 10k and 100k (~5 min)
     .venv/bin/python benchmarks/search.py --kinds uniform --tag uniform   # the worst case (~15 min)
+    .venv/bin/python benchmarks/search.py --sizes 1000000 --methods exact hnsw \
+        --efs 400 800 1200 --queries 300 --single 30 --hnsw-max 2000000 --tag 1m
+                                         # the 1M target: ~10 min (idle), ~11 GB of memory
     .venv/bin/python benchmarks/search.py --sizes 1000000 --methods exact ivf ivfsq8 hnsw \
-        --nprobes 16 32 64 128 256 --efs 100 200 400 800 --queries 300 --single 30 --tag 1m
-                                                             # once: ~40 min, 12 GB of memory
+        --nprobes 16 32 64 128 256 --efs 100 200 400 800 --queries 300 --single 30 \
+        --hnsw-max 2000000 --tag 1m_all  # every method at 1M: ~40 min, 12 GB
     .venv/bin/python benchmarks/search.py --quick            # smoke run
 """
 
