@@ -792,7 +792,7 @@ def quality_figure(table: pd.DataFrame, path: Path | None = None, protocol: str 
             ax.text(
                 min(v, 0.97) + 0.01,
                 yi,
-                f"{v:.2f}",
+                f"{v:.3f}",
                 va="center",
                 fontsize=7,
                 color="0.4" if k == "no" else "0.0",

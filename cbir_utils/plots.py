@@ -743,7 +743,7 @@ def comparison_bars(
             )
             ax.bar_label(
                 bars,
-                labels=["n/a" if np.isnan(v) else f"{v:.2f}" for v in heights],
+                labels=["n/a" if np.isnan(v) else f"{v:.3f}" for v in heights],
                 padding=2,
                 fontsize=label_fs,
                 rotation=rotation,

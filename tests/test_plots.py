@@ -313,7 +313,7 @@ def test_comparison_bars(tmp_path):
         assert len(ax.patches) == 6  # 2 protocols x 3 methods
         assert [t.get_text() for t in ax.get_xticklabels()] == ["val", "test"]
     labels = [t.get_text() for t in axes[0].texts]
-    assert "0.50" in labels and "0.70" in labels
+    assert "0.500" in labels and "0.700" in labels
     assert "n/a" in [t.get_text() for t in axes[3].texts]
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == [
