@@ -38,6 +38,7 @@ DEFAULTS = {
     "BATCH_SIZE": 32,
     "NUM_WORKERS": 0,
     "TOP_K": 9,
+    "RERANK_TOP_N": 50,
     "KS": [1, 5, 10],
     "THRESHOLD": None,
     "SPLIT_SEED": 0,
@@ -397,6 +398,7 @@ def cmd_search(args) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=_progress(args),
+        rerank_top_n=args.rerank_top_n,
     )
     if box is not None:
         table.insert(1, "box", ",".join(f"{v:g}" for v in box))
@@ -761,6 +763,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-self",
         action="store_true",
         help="keep the query's own file in the results when it is indexed",
+    )
+    p.add_argument(
+        "--rerank-top-n",
+        type=int,
+        default=DEFAULTS["RERANK_TOP_N"],
+        help="candidates per query verified by local features (SIFT + RANSAC; verified "
+        "printings rise, an 'inliers' column says why); 0 = cosine only (default %(default)s)",
     )
     p.add_argument("--out", default="", help="CSV file to write (default: print to the terminal)")
     _add_extract_args(p)

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from . import features, models
+from . import verify as V
 from .data import (
     UNLABELLED,
     Collection,
@@ -577,11 +579,16 @@ class Index(ItemTable):
         exclude_self: bool = True,
         cache_dir: str | os.PathLike | None = None,
         stats: features.ExtractStats | None = None,
+        rerank_top_n: int = 0,
+        store: V.LocalFeatureStore | None = None,
         **extract_kwargs,
     ) -> pd.DataFrame:
         """Search the index with image files (or the region ``box`` of each).
 
-        The collection is not re-embedded; only the queries are.
+        The collection is not re-embedded; only the queries are. With ``rerank_top_n``,
+        the best candidates by cosine are verified by local features (SIFT + RANSAC,
+        :func:`verify.rerank`): verified printings rise above look-alikes, and the table
+        gets an ``inliers`` column (``-1``: not verified).
 
         Args:
             paths: Query images (inside or outside the collection).
@@ -590,22 +597,49 @@ class Index(ItemTable):
             exclude_self: Leave out the query's own file when it is indexed (same content).
             cache_dir: Descriptor cache for whole-image queries.
             stats: Filled with the extraction counts of the queries.
+            rerank_top_n: Candidates verified per query (0: none; the notebooks use 50).
+            store: Local features of the indexed images, kept between calls (default: a
+                new one, computed for the candidates that need it).
             **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
 
         Returns:
-            Long table ``query, rank, candidate, score, scene, path`` (best first).
+            Long table ``query, rank, candidate, score, scene, path`` (best first; score =
+            cosine, plus the verification bonus when re-ranked), and ``inliers`` when
+            re-ranked.
         """
         if len(self) == 0:
             raise ValueError("The index is empty.")
+        if rerank_top_n < 0:
+            raise ValueError(f"rerank_top_n must be >= 0, got {rerank_top_n!r}.")
         qv = self.embed_images(paths, box, cache_dir, stats, **extract_kwargs)
         exclude = None
         if exclude_self:
             row_of = {d: i for i, d in enumerate(self.items["sha1"])}
             exclude = [row_of.get(models.file_digest(p)) for p in paths]
-        idx, val = self.search_vectors(qv, k, exclude)
+        idx, val = self.search_vectors(qv, max(k, rerank_top_n), exclude)
+        inl = np.full(idx.shape, -1, dtype=np.int64)
+        if rerank_top_n:
+            store = store if store is not None else V.LocalFeatureStore()
+            bar = tqdm(
+                total=len(paths),
+                desc="Verifying",
+                unit="query",
+                disable=not extract_kwargs.get("progress", True),
+            )
+            for r, p in enumerate(paths):
+                ok = idx[r] >= 0
+                query = p if box is None else crop_box(load_image(p), box)
+                cand = [self.items["path"].iloc[int(i)] for i in idx[r][ok]]
+                rr = V.rerank(query, cand, val[r][ok], top_n=rerank_top_n, store=store)
+                order = np.flatnonzero(ok)[rr.order]
+                idx[r, : len(order)] = idx[r][order]
+                val[r, : len(order)] = rr.scores[rr.order]
+                inl[r, : len(order)] = rr.inliers[rr.order]
+                bar.update()
+            bar.close()
         rows = []
-        for p, ids, scores in zip(paths, idx, val):
-            for rank, (i, s) in enumerate(zip(ids, scores), start=1):
+        for p, ids, scores, n_in in zip(paths, idx[:, :k], val[:, :k], inl[:, :k]):
+            for rank, (i, s, n) in enumerate(zip(ids, scores, n_in), start=1):
                 if i < 0:
                     continue
                 it = self.items.iloc[int(i)]
@@ -617,9 +651,12 @@ class Index(ItemTable):
                         "score": round(float(s), 6),
                         "scene": it["scene"],
                         "path": it["path"],
+                        "inliers": int(n),
                     }
                 )
-        return pd.DataFrame(rows, columns=["query", "rank", "candidate", "score", "scene", "path"])
+        columns = ["query", "rank", "candidate", "score", "scene", "path"]
+        table = pd.DataFrame(rows, columns=[*columns, "inliers"])
+        return table if rerank_top_n else table[columns]
 
 
 def _default_cache() -> Path:

@@ -88,6 +88,29 @@ def test_search_a_new_image(local, capsys):
     assert table["scene"][0] == "scene_camera" and table["candidate"][0].startswith("scene_camera/")
 
 
+def test_search_reranks_by_verified_local_features(local, capsys):
+    """--rerank-top-n verifies the best candidates: the query's three sister printings get
+    inliers and the bonus on top of their cosine; look-alikes keep their cosine."""
+    from cbir_utils import verify
+
+    query = str(local[2])
+    assert cli.main(["search", "tiny", query, "--top-k", "5", "--rerank-top-n", "0", "-q"]) == 0
+    plain = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert "inliers" not in plain.columns
+    assert cli.main(["search", "tiny", query, "--top-k", "5", "--rerank-top-n", "19", "-q"]) == 0
+    got = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert got["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert got["score"].is_monotonic_decreasing
+    sisters = got[got["scene"] == "scene_camera"]
+    assert len(sisters) == 3 and sisters["rank"].max() == 3
+    assert (sisters["inliers"] >= verify.MIN_INLIERS).all()
+    cosine = dict(zip(plain["candidate"], plain["score"]))
+    for _, row in got.iterrows():
+        bonus = verify.inlier_bonus(np.array([row["inliers"]]))[0] if row["inliers"] >= 0 else 0
+        assert row["score"] == pytest.approx(cosine[row["candidate"]] + bonus, abs=1e-5)
+    assert (got[got["scene"] != "scene_camera"]["inliers"] < verify.MIN_INLIERS).all()
+
+
 def test_evaluate_map_and_explain(local, capsys, tiny_collection, tmp_path):
     out = local[0]
     assert cli.main(["evaluate", "tiny", "-q"]) == 0
@@ -251,4 +274,5 @@ def test_defaults_are_the_notebooks(tmp_path):
     )  # fmt: skip
     assert args.mirror == params["MIRROR"] and args.batch_size == params["BATCH_SIZE"]
     assert parser.parse_args(["search", "i", "q"]).top_k == params["TOP_K"]
+    assert parser.parse_args(["search", "i", "q"]).rerank_top_n == params["RERANK_TOP_N"]
     assert parser.parse_args(["evaluate", "i"]).ks == params["KS"]
