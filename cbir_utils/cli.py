@@ -97,6 +97,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return v
+
+
 def _image_files(targets: Sequence[str]) -> list[Path]:
     """Image files named, or found recursively in named folders (sorted)."""
     from .data import IMAGE_EXTENSIONS
@@ -133,9 +140,12 @@ def _open_index(name: str):
 def _run_dir(kind: str, index, args, params: dict) -> Path:
     from . import runs
 
-    if args.out:
+    if args.out:  # the user's folder: its files are replaced, params.json says by what
+        from .io import save_json
+
         out = Path(args.out).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
+        save_json(out / "params.json", params)
         return out
     run = args.run_name or index.name
     try:
@@ -507,10 +517,21 @@ def cmd_evaluate(args) -> int:
     split = _split(index, args)
     params = {
         "INDEX": index.name, "KS": args.ks, "THRESHOLD": args.threshold, "TOP_K": args.top_k,
-        "SPLIT_SEED": args.split_seed,
+        "SPLIT_SEED": args.split_seed, "RERANK_TOP_N": args.rerank_top_n,
     }  # fmt: skip
     out = _run_dir("evaluate", index, args, params)
-    evals = retrieval.evaluate_protocols(index.vectors, split, ks=args.ks, threshold=args.threshold)
+    if args.rerank_top_n:  # what `search` returns: cosine, then local-feature verification
+        from . import pipeline
+
+        config = pipeline.PipelineConfig(rerank=True, rerank_top_n=args.rerank_top_n)
+        ranked = pipeline.rank_collection(
+            index.vectors, index.paths, config, progress=_progress(args)
+        )
+        evals = pipeline.evaluate_scores(ranked.scores, split, ks=args.ks, threshold=args.threshold)
+    else:
+        evals = retrieval.evaluate_protocols(
+            index.vectors, split, ks=args.ks, threshold=args.threshold
+        )
     table = retrieval.results_table({index.name: evals})
     save_csv(out / "metrics.csv", table)
     save_json(out / "metrics.json", {p: ev.to_dict() for p, ev in evals.items()})
@@ -614,6 +635,16 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
         "--cache-dir",
         default=None,
         help="descriptor cache, keyed by file content and model (default outputs/cache, shared with the notebooks)",
+    )
+
+
+def _add_rerank_arg(p: argparse.ArgumentParser, note: str) -> None:
+    p.add_argument(
+        "--rerank-top-n",
+        type=_non_negative_int,
+        default=DEFAULTS["RERANK_TOP_N"],
+        help="candidates per query verified by local features (SIFT + RANSAC): verified "
+        f"printings rise, {note}; 0 = cosine only (default %(default)s)",
     )
 
 
@@ -764,13 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the query's own file in the results when it is indexed",
     )
-    p.add_argument(
-        "--rerank-top-n",
-        type=int,
-        default=DEFAULTS["RERANK_TOP_N"],
-        help="candidates per query verified by local features (SIFT + RANSAC; verified "
-        "printings rise, an 'inliers' column says why); 0 = cosine only (default %(default)s)",
-    )
+    _add_rerank_arg(p, "an 'inliers' column says why")
     p.add_argument("--out", default="", help="CSV file to write (default: print to the terminal)")
     _add_extract_args(p)
     p.set_defaults(func=cmd_search)
@@ -825,7 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=_unit_interval,
         default=DEFAULTS["THRESHOLD"],
-        help="cosine threshold of the pairwise metrics; default: chosen on the validation images",
+        help="score threshold of the pairwise metrics (cosine, plus the verification bonus "
+        "when re-ranked); default: chosen on the validation images",
     )
     p.add_argument(
         "--top-k",
@@ -833,6 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS["TOP_K"],
         help="results per query in topk.csv",
     )
+    _add_rerank_arg(p, "as `search` ranks")
     _add_output_args(p, "evaluate")
     _add_split_args(p)
     p.set_defaults(func=cmd_evaluate)

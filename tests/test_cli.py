@@ -130,6 +130,25 @@ def test_evaluate_map_and_explain(local, capsys, tiny_collection, tmp_path):
     assert (tmp_path / "why.png").exists()
 
 
+def test_evaluate_ranks_as_search_does(local, capsys, tmp_path):
+    """`evaluate` scores what `search` returns: the same candidates, order and re-ranked
+    scores for an indexed query (and plain cosine with --rerank-top-n 0)."""
+    index = Index.load(local[0] / "index" / "tiny")
+    query = index.paths[4]
+    for n in ("0", "19"):
+        out = tmp_path / f"eval{n}"
+        assert cli.main(["evaluate", "tiny", "--rerank-top-n", n, "--out", str(out), "-q"]) == 0
+        capsys.readouterr()
+        assert json.loads((out / "params.json").read_text())["RERANK_TOP_N"] == int(n)
+        topk = pd.read_csv(out / "topk.csv", keep_default_na=False)
+        topk = topk[topk["query"] == index.relpaths[4]]
+        assert cli.main(["search", "tiny", str(query), "--rerank-top-n", n, "-q"]) == 0
+        found = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+        assert found["candidate"].tolist() == topk["candidate"].tolist()
+        np.testing.assert_allclose(found["score"], topk["score"], atol=1e-4)
+    assert found["score"].max() > 1  # re-ranked: verified printings got the bonus
+
+
 def test_add_and_update(local, tiny_collection, tmp_path, capsys):
     out = local[0]
     folder = tmp_path / "idx"
