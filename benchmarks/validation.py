@@ -53,7 +53,7 @@ def main() -> None:
         rows["decode, cache cold"] = time.perf_counter() - t0
         rows["decode, cache warm"], _ = _best(source, args.repeats, cache_dir=cache)
     n = len(col)
-    print(f"{source}: {n} images ({platform.node()}, shared machine: compare ratios)")
+    print(f"{source}: {n} images ({platform.node()}; compare ratios, not times, across runs)")
     for k, v in rows.items():
         print(f"  {k:22s} {v * 1000:8.1f} ms  {v / n * 1000:6.2f} ms/image  "
               f"{v / rows['scan only']:5.1f}x scan")  # fmt: skip

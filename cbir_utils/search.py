@@ -32,13 +32,14 @@ METHODS = ("exact", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
 EXACT_MAX = 50_000
 """``method="auto"`` searches exactly below this many database vectors, with HNSW above.
 
-Measured with ``benchmarks/search.py`` (2 shared CPU cores, 1280-d, top 100, clustered
-data): exact search costs about 75-140 ns per database vector and query in batches (0.8 ms
-at 10k, 7 ms at 100k, 124-140 ms at 1M); HNSW answers in 3 ms at 100k (recall@100 0.97)
-and 9.4 ms at 1M (recall@100 0.96, ``ef`` 800), but its build costs 1-1.4 ms per vector,
-so it pays off when the whole collection is queried above roughly 50k images (and for any
-large collection queried often). IVF needed a quarter of its lists probed for recall 0.95,
-which is slower than exact search at 100k and 1M."""
+Measured with ``benchmarks/search.py`` (2 idle CPU cores, 1280-d, top 100, clustered
+data): exact search costs about 27-29 ns per database vector and query in batches (0.27 ms
+at 10k, 2.7 ms at 100k, 29 ms at 1M; 6-8 times more one query at a time); HNSW answers in
+0.9 ms at 100k (recall@100 0.97, ``ef`` 200) and 4.9 ms at 1M (recall@100 0.96, ``ef``
+800), but its build costs 0.3-0.6 ms per vector, so it pays off when the whole collection
+is queried above roughly 50k images (and for any large collection queried often). IVF
+needed a quarter of its lists probed for recall 0.95, which is slower than exact search at
+100k."""
 AUTO_ANN = "hnsw"
 """The approximate method ``auto`` uses above :data:`EXACT_MAX` (see ``benchmarks/search.py``)."""
 DEFAULT_K_MAX = 100
@@ -187,8 +188,9 @@ def default_nprobe(nlist: int) -> int:
 def default_ef(n: int) -> int:
     """HNSW search breadth for ``n`` vectors: 200 up to 100k, growing as ``n^0.6`` beyond.
 
-    Measured with ``benchmarks/search.py`` (clustered 1280-d, top 100, M = 32): recall@100
-    0.97 at 100k with 200 (3 ms per query), 0.96 at a million with 800 (9 ms per query).
+    Measured with ``benchmarks/search.py`` (clustered 1280-d, top 100, M = 32, 2 idle
+    cores): recall@100 0.97 at 100k with 200 (0.9 ms per query), 0.96 at a million with 800
+    (4.9 ms per query in batches, 10 ms one at a time).
     """
     return int(min(4096, round(200 * max(1.0, n / 100_000) ** 0.6)))
 
