@@ -804,13 +804,15 @@ def merge_shards(
     meta = common[0]
     n_listed, dim = int(meta["n_items"]), int(meta["dim"])
     # rows kept by each shard (a shard that checked its images may have left some out)
-    kept, skipped = [], []
+    lines: list[str] = []
+    skipped = []
     for s, (f, m) in enumerate(zip(folders, metas)):
         expected = shard_rows(n_listed, s, num_shards)
         if m["rows"] != [expected.start, expected.stop]:
             raise ValueError(f"{f} does not hold the rows of shard {s}.")
         n_vec = len(np.load(f / "vectors.npy", mmap_mode="r"))
-        n_lines = len((f / "paths.txt").read_text(encoding="utf-8").splitlines())
+        shard_lines = (f / "paths.txt").read_text(encoding="utf-8").splitlines()
+        n_lines = len(shard_lines)
         n_bad = 0
         if (f / "skipped.csv").exists():
             bad = pd.read_csv(f / "skipped.csv", dtype=str, keep_default_na=False)
@@ -821,12 +823,11 @@ def merge_shards(
                 f"{f} is incomplete: {n_vec} vectors and {n_lines} paths for "
                 f"{len(expected)} rows ({n_bad} skipped)."
             )
-        kept.append(n_vec)
-    n = sum(kept)
+        lines.extend(shard_lines)
+    n = len(lines)  # each shard's vectors match its paths (checked above)
     dest = Path(dest) if dest is not None else out_dir / "index"
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".vectors.npy.{uuid.uuid4().hex[:8]}.partial"
-    lines: list[str] = []
     try:
         with NpyRowWriter(tmp, (n, dim)) as writer:
             bar = tqdm(total=n, desc="Merging shards", unit="img", disable=not progress)
@@ -838,7 +839,6 @@ def merge_shards(
                     writer.write(offset + a, block)
                     bar.update(len(block))
                 offset += len(vec)
-                lines.extend((f / "paths.txt").read_text(encoding="utf-8").splitlines())
                 del vec
             bar.close()
             writer.flush()
