@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from cbir_utils.paths import DEMO_DIR
+from cbir_utils.paths import CHECK_DIR, DEMO_DIR
 
 BUILDER_VERSION = 1
 """Bump when the output of :func:`build_demo_collection` changes for the same parameters."""
@@ -49,6 +49,13 @@ OUTPUT_LONG_SIDE = (320, 560)
 
 MULTI_SHOT_SHARE = 0.12
 """Share of scenes that are "another shot of the same scene"."""
+
+COLLECTION_KINDS = ("demo", "check")
+CHECK_SEED = 1
+"""Seed of the check collection (the demo's is 0)."""
+CHECK_SCENES = 52
+"""Scenes of the check collection (2 bands of each of its 26 photos)."""
+CHECK_MULTI_SHOT_SHARE = 0.25
 
 MANIFEST_COLUMNS = ("path", "scene", "source", "shot", "transforms")
 
@@ -140,6 +147,45 @@ _BAND_NAMES = {2: ("a", "b"), 3: ("a", "b", "c")}
 
 Box = tuple[float, float, float, float]
 
+# The check collection (build_check_collection): photographs of Debian wallpaper packages,
+# none of which the demo uses, fetched with `apt-get download` into a cache under outputs/
+# (never committed; each package's copyright file is kept beside its photos and named in the
+# manifest). Renders, gradients and textures of those packages are left out.
+CHECK_PACKAGES: dict[str, tuple[str, ...]] = {
+    "lomiri-wallpapers-16.04": (
+        "Bridge_by_Sander_Klootwijk.jpg",
+        "Dragonfly_by_Bolly.jpg",
+        "Picture_0B_by_freespace.jpg",
+        "Picture_1A_by_freespace.jpg",
+        "Wine_by_Jakkub_Mede.jpg",
+        "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "free_by_Peter_Nerlich.jpg",
+        "friends_by_Aitzol_Berasategi.jpg",
+        "greentock_by_Peter_Nerlich.jpg",
+        "life_by_Aitzol_Berasategi.jpg",
+        "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "seeding_by_Clements_Engelhardt.jpg",
+        "sunset_by_Aitzol_Berasategi.jpg",
+    ),
+    "lomiri-wallpapers-20.04": ("Kleiber_by_Lukas_Baubkus.jpg",),
+    "mate-backgrounds": (
+        "Aqua.jpg",
+        "Blinds.jpg",
+        "Dune.jpg",
+        "FreshFlower.jpg",
+        "Garden.jpg",
+        "GreenMeadow.jpg",
+        "LadyBird.jpg",
+        "RainDrops.jpg",
+        "Storm.jpg",
+        "TwoWings.jpg",
+        "Wood.jpg",
+        "YellowFlower.jpg",
+    ),
+}
+CHECK_BANDS = 2
+"""Scenes cut from each check photo: non-overlapping bands along its long side."""
+
 
 @dataclass(frozen=True)
 class _Scene:
@@ -189,6 +235,77 @@ def _source_loaders() -> dict[str, Callable[[], Image.Image]]:
     except ImportError:  # pragma: no cover - declared dependency
         pass
     return loaders
+
+
+def fetch_check_photos(cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """The check collection's photographs, fetched once with Debian's ``apt-get download``.
+
+    Each package of :data:`CHECK_PACKAGES` is downloaded into ``cache_dir`` (default
+    ``outputs/cache/debian``) and unpacked there with ``dpkg-deb``; nothing is written in the
+    repository or the system. Returns ``{source key: file}``.
+
+    Raises:
+        RuntimeError: ``apt-get``/``dpkg-deb`` missing, or a package cannot be downloaded
+            (the message says what to do).
+    """
+    import shutil
+    import subprocess
+
+    from cbir_utils.paths import OUTPUTS_DIR
+
+    cache = Path(cache_dir) if cache_dir is not None else OUTPUTS_DIR / "cache" / "debian"
+    out: dict[str, Path] = {}
+    for pkg, names in CHECK_PACKAGES.items():
+        root = cache / pkg
+        if not (root / ".complete").is_file():
+            if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+                raise RuntimeError(
+                    "The check collection is made of photographs from Debian packages "
+                    f"({', '.join(CHECK_PACKAGES)}): it needs apt-get and dpkg-deb (a Debian or "
+                    "Ubuntu machine). Build it there, or use the demo collection."
+                )
+            root.mkdir(parents=True, exist_ok=True)
+            for old in root.glob("*.deb"):
+                old.unlink()
+            run = subprocess.run(
+                ["apt-get", "download", pkg], cwd=root, capture_output=True, text=True
+            )
+            debs = sorted(root.glob(f"{pkg}_*.deb"))
+            if run.returncode != 0 or not debs:
+                raise RuntimeError(
+                    f"apt-get download {pkg} failed ({run.stderr.strip()[-300:]}). Run "
+                    "`apt-get update` first (as root), then build the check collection again."
+                )
+            subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root / "x")], check=True)
+            (root / ".complete").write_text(debs[-1].name + "\n")
+        found = {f.name: f for f in (root / "x").rglob("*") if f.is_file()}
+        for name in names:
+            if name in found:
+                out[f"debian:{pkg}:{name}"] = found[name]
+    return out
+
+
+def _check_pool(available: Sequence[str]) -> list[_Scene]:
+    """Scenes of the check collection: :data:`CHECK_BANDS` bands of each photo."""
+    pool = []
+    for key in sorted(available):
+        name = key.rsplit(":", 1)[1]
+        slug = re.sub(r"[^a-z0-9]+", "", name.lower().removesuffix(".jpg").split("_by_")[0])
+        for j, suffix in enumerate(_BAND_NAMES[CHECK_BANDS]):
+            region = (j / CHECK_BANDS, 0.0, (j + 1) / CHECK_BANDS, 1.0)
+            pool.append(_Scene(f"{slug[:14]}{suffix}", (key,), region))
+    return pool
+
+
+def _check_overrides(rng: np.random.Generator) -> dict[str, Any]:
+    """The check collection's other print settings: coarser and finer screens, heavier crops."""
+    extra: dict[str, Any] = {}
+    if rng.random() < 0.9:
+        pitch = rng.uniform(1.8, 2.5) if rng.random() < 0.5 else rng.uniform(5.5, 8.0)
+        extra["halftone"] = {"angle": _r(rng.uniform(0.0, 90.0), 1), "pitch": _r(pitch, 2)}
+    if rng.random() < 0.7:
+        extra["crop"] = float(rng.uniform(0.3, 0.6))
+    return extra
 
 
 def _scene_pool(available: Sequence[str]) -> list[_Scene]:
@@ -664,10 +781,17 @@ def _shot_windows(n_shots: int, rng: np.random.Generator, frac: float = 0.7) -> 
     return [(round(x, 4), round(y, 4), round(x + frac, 4), round(y + frac, 4)) for x, y in pos]
 
 
-def _plan(seed: int, n_scenes: int) -> tuple[list[tuple[_Scene, int, bool]], dict]:
+def _plan(
+    seed: int, n_scenes: int, kind: str = "demo", cache_dir: str | Path | None = None
+) -> tuple[list[tuple[_Scene, int, bool]], dict]:
     """Choose the scenes, their printing counts and which are synthetic multi-shot scenes."""
-    loaders = _source_loaders()
-    pool = _scene_pool(list(loaders))
+    if kind == "check":
+        files = fetch_check_photos(cache_dir)
+        loaders = {k: (lambda f=f: Image.open(f)) for k, f in files.items()}
+        pool = _check_pool(list(loaders))
+    else:
+        loaders = _source_loaders()
+        pool = _scene_pool(list(loaders))
     if not 1 <= n_scenes <= len(pool):
         raise ValueError(
             f"n_scenes must be between 1 and {len(pool)} (scenes available from the installed "
@@ -677,17 +801,20 @@ def _plan(seed: int, n_scenes: int) -> tuple[list[tuple[_Scene, int, bool]], dic
     chosen = sorted(rng.choice(len(pool), size=n_scenes, replace=False).tolist())
     scenes = [pool[i] for i in chosen]
     counts = _printing_counts(n_scenes, rng)
-    n_multi = round(MULTI_SHOT_SHARE * n_scenes)
+    n_multi = round((CHECK_MULTI_SHOT_SHARE if kind == "check" else MULTI_SHOT_SHARE) * n_scenes)
     natural = sum(len(s.sources) > 1 for s in scenes)
     # Synthetic multi-shot scenes come from whole, large photos (windows stay >= ~640 px).
-    eligible = [
-        i
-        for i, s in enumerate(scenes)
-        if len(s.sources) == 1
-        and s.region is None
-        and s.sources[0].startswith("interior_photos:")
-        and s.sources[0].split(":", 1)[1] not in _NEARLY_BLANK
-    ]
+    if kind == "check":  # bands of large photos: windows of a band are other shots
+        eligible = [i for i, s in enumerate(scenes) if len(s.sources) == 1]
+    else:
+        eligible = [
+            i
+            for i, s in enumerate(scenes)
+            if len(s.sources) == 1
+            and s.region is None
+            and s.sources[0].startswith("interior_photos:")
+            and s.sources[0].split(":", 1)[1] not in _NEARLY_BLANK
+        ]
     if not eligible:
         eligible = [i for i, s in enumerate(scenes) if len(s.sources) == 1 and s.region is None]
     k = min(max(0, n_multi - natural), len(eligible))
@@ -730,8 +857,13 @@ def build_demo_collection(
     n_scenes: int = 70,
     overwrite: bool = False,
     progress: bool = True,
+    kind: str = "demo",
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """Build the demo collection of simulated press reprints (deterministic for a seed).
+
+    ``kind="check"`` builds the independent check collection instead (see
+    :func:`build_check_collection`).
 
     Writes ``out_dir/<scene>/<scene>_<k>.jpg``, ``out_dir/manifest.csv`` (columns ``path``,
     ``scene``, ``source``, ``shot``, ``transforms``) and ``out_dir/demo_params.json``. A finished
@@ -744,6 +876,9 @@ def build_demo_collection(
         overwrite: Replace an earlier build made with other parameters (only the files it
             wrote are deleted).
         progress: Show a tqdm progress bar.
+        kind: ``"demo"`` (photos of Python packages) or ``"check"`` (Debian's wallpaper
+            photos, other print settings).
+        cache_dir: Where the check collection's Debian packages are kept.
 
     Returns:
         Path of ``manifest.csv``.
@@ -754,11 +889,16 @@ def build_demo_collection(
     """
     from tqdm.auto import tqdm
 
-    out = Path(out_dir) if out_dir is not None else DEMO_DIR
+    if kind not in COLLECTION_KINDS:
+        raise ValueError(f"kind must be one of {COLLECTION_KINDS}, got {kind!r}")
+    default_dir = DEMO_DIR if kind == "demo" else CHECK_DIR
+    out = Path(out_dir) if out_dir is not None else default_dir
     out = out.expanduser().resolve()
     manifest = out / "manifest.csv"
     params_file = out / "demo_params.json"
     params = {"builder_version": BUILDER_VERSION, "seed": int(seed), "n_scenes": int(n_scenes)}
+    if kind != "demo":
+        params["kind"] = kind
 
     previous = params_file.is_file() or manifest.is_file()
     if params_file.is_file():
@@ -776,7 +916,7 @@ def build_demo_collection(
             f"{manifest} exists but was not written by build_demo_collection "
             "(no demo_params.json). Pass overwrite=True or choose another out_dir."
         )
-    plan, loaders = _plan(int(seed), int(n_scenes))  # validates n_scenes before any deletion
+    plan, loaders = _plan(int(seed), int(n_scenes), kind, cache_dir)  # validates n_scenes
     if previous:
         _clean_previous(out)
 
@@ -808,6 +948,8 @@ def build_demo_collection(
                 base, base_info = bases[j]
                 rng = np.random.default_rng([int(seed), 2, si, k])
                 extra: dict[str, Any] = {}
+                if kind == "check":
+                    extra.update(_check_overrides(np.random.default_rng([int(seed), 3, si, k])))
                 if synthetic:  # the shot window already reframes: keep crops small
                     extra["crop"] = float(rng.uniform(0.05, 0.2)) if rng.random() < 0.6 else False
                 printed, applied = press_reprint(base, rng, **extra)
@@ -836,15 +978,52 @@ def build_demo_collection(
     return manifest
 
 
+def build_check_collection(
+    out_dir: str | Path | None = None,
+    seed: int = CHECK_SEED,
+    n_scenes: int = CHECK_SCENES,
+    overwrite: bool = False,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Build the check collection: a second, independent collection of press reprints.
+
+    Made from the photographs of Debian wallpaper packages (:data:`CHECK_PACKAGES`; licences
+    CC0, CC-BY and CC-BY-SA, their copyright files kept in the cache and each printing's
+    ``source`` in the manifest), none of which the demo uses. Each photo gives
+    :data:`CHECK_BANDS` scenes; a quarter of the scenes are several overlapping shots; the
+    printings use another seed, coarser and finer halftone screens and heavier crops than
+    the demo. Defaults are never chosen on it: it checks that they hold elsewhere.
+    Written to ``data/check/`` by default; see :func:`build_demo_collection` for the rest.
+    """
+    return build_demo_collection(
+        out_dir, seed, n_scenes, overwrite, progress, kind="check", cache_dir=cache_dir
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m cbir_utils.demo [--out DIR] [--seed N] [--n-scenes N]``."""
+    """Command line: ``python -m cbir_utils.demo [--check] [--out DIR] [--seed N] [--n-scenes N]``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help=f"output folder (default {DEMO_DIR})")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-scenes", type=int, default=70)
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help=f"build the independent check collection (Debian's wallpaper photos; default "
+        f"folder {CHECK_DIR}) instead of the demo",
+    )
+    ap.add_argument("--seed", type=int, default=None, help=f"default 0 ({CHECK_SEED} with --check)")
+    ap.add_argument(
+        "--n-scenes", type=int, default=None, help=f"default 70 ({CHECK_SCENES} with --check)"
+    )
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    path = build_demo_collection(args.out, args.seed, args.n_scenes, args.overwrite)
+    if args.check:
+        seed = CHECK_SEED if args.seed is None else args.seed
+        n = CHECK_SCENES if args.n_scenes is None else args.n_scenes
+        path = build_check_collection(args.out, seed, n, args.overwrite)
+    else:
+        seed, n = (args.seed or 0), (70 if args.n_scenes is None else args.n_scenes)
+        path = build_demo_collection(args.out, seed, n, args.overwrite)
     print(path)
     return 0
 

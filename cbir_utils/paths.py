@@ -16,6 +16,7 @@ PROJECT_ROOT: Path = Path(
 ).resolve()
 DATA_DIR: Path = PROJECT_ROOT / "data"
 DEMO_DIR: Path = DATA_DIR / "demo"
+CHECK_DIR: Path = DATA_DIR / "check"
 OUTPUTS_DIR: Path = Path(os.environ.get("CBIR_OUTPUTS_DIR", PROJECT_ROOT / "outputs")).resolve()
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
 

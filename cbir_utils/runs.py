@@ -453,9 +453,23 @@ def _cross_check(p: dict[str, Any], check_paths: bool) -> list[str]:
             "02, or leave it empty to use FINETUNE_RUN's best.pt."
         )
     weights = p.get("WEIGHTS")
-    if weights is not None and weights.strip().lower() not in ("imagenet", "none", "random", ""):
+    backbone = p.get("BACKBONE", "")
+    from . import models
+
+    if backbone in models.BACKBONES and models.family_of(backbone) in ("onnx", "torchscript"):
+        try:  # the SSCD model files: installed package or a local file
+            models.weights_file(backbone, weights or "default")
+        except (models.WeightsUnavailableError, FileNotFoundError) as err:
+            problems.append(str(err))
+    elif weights is not None and weights.strip().lower() not in (
+        "imagenet",
+        "default",
+        "none",
+        "random",
+        "",
+    ):
         try:
-            check_weights_file(p.get("BACKBONE", ""), weights)
+            check_weights_file(backbone, weights)
         except SettingsError as err:
             problems.append(str(err))
     return problems
