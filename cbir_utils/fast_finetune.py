@@ -431,7 +431,7 @@ class FastResult:
     """What :func:`fast_finetune` produced.
 
     Attributes:
-        checkpoint: ``out_dir/checkpoints/best.pt``.
+        checkpoint: ``out_dir/checkpoints/best.pt`` (``last.pt`` is the same model).
         seconds: Wall time of the whole call (embedding + fitting + saving).
         embed_seconds: Embedding the training and validation images (0 when cached).
         fit_seconds: Cross-validating the candidates and fitting the chosen projection.
@@ -551,7 +551,11 @@ def fast_finetune(
     # ---- checkpoint
     proj_dim = out_dim if proj is not None else 0
     net = models.build_model(
-        config.backbone, "none", config.pooling, n_classes=len(classes), proj_dim=proj_dim
+        config.backbone,
+        models.rebuild_weights(config.backbone, config.weights),
+        config.pooling,
+        n_classes=len(classes),
+        proj_dim=proj_dim,
     )
     state = model.state_dict()
     if proj is not None:
@@ -574,6 +578,8 @@ def fast_finetune(
         },
     )
     ckpt = models.save_checkpoint(out_dir / "checkpoints" / "best.pt", net, ckpt_meta)
+    # the fit has no epochs: its last checkpoint is its best (notebook 03 may ask for either)
+    models.save_checkpoint(out_dir / "checkpoints" / "last.pt", net, ckpt_meta)
     from .io import save_csv
 
     save_csv(out_dir / "candidates.csv", ranked)

@@ -386,6 +386,15 @@ def normalisation_for(backbone: str) -> dict[str, list[float]]:
     return dict(LITE_NORM if family == "efficientnet_lite" else IMAGENET_NORM)
 
 
+def rebuild_weights(backbone: str, weights: str | None) -> str | None:
+    """The ``weights`` that rebuild a backbone's architecture before a state dict is loaded.
+
+    ``"none"`` (no download) for the PyTorch-built networks; the file itself for the ONNX and
+    TorchScript ones, whose architecture lives in their file.
+    """
+    return weights if family_of(backbone) in ("onnx", "torchscript") else "none"
+
+
 def weights_identity(backbone: str, weights: str | None) -> str | None:
     """SHA-1 of the backbone's weights file when it is a local file (``None`` otherwise).
 
@@ -524,11 +533,9 @@ def load_checkpoint(
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a cbir_utils checkpoint (no 'meta'/'model').")
     meta = ckpt["meta"]
-    # the ONNX and TorchScript networks live in their files: rebuilt from them
-    file_based = BACKBONES.get(meta["backbone"], {}).get("family") in ("onnx", "torchscript")
     model = build_model(
         meta["backbone"],
-        weights=meta["weights"] if file_based else "none",
+        weights=rebuild_weights(meta["backbone"], meta["weights"]),
         pooling=meta["pooling"],
         n_classes=len(meta.get("classes", [])),
         proj_dim=int(meta.get("proj_dim", 0) or 0),

