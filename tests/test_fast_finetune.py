@@ -178,3 +178,25 @@ def test_query_map_matches_the_metrics_module(rng):
     mask = retrieval.self_mask(q, 30)
     ref = metrics.retrieval_metrics(scores, retrieval.relevance(y[q], y), mask=mask, ks=(1,))
     assert n == ref.n_queries and got == pytest.approx(ref.map, abs=1e-9)
+
+
+def test_reprint_augmentation_becomes_extra_views():
+    """``augment="press"`` in notebook 02 gives the frozen path REPRINT_VIEWS reprints per
+    image; each view of an image is the same every time (so it is cached), views differ."""
+    from cbir_utils.fast_finetune import REPRINT_VIEWS, ReprintedPreprocess
+    from cbir_utils.training import TrainConfig
+    from tests.conftest import source_photo
+
+    press = TrainConfig(backbone="sscd", augment="press", image_size=96)
+    f = FastConfig.from_train_config(press)
+    assert f.reprint_views == REPRINT_VIEWS > 0 and not f.mirror_views
+    assert FastConfig.from_train_config(TrainConfig(augment="none")).reprint_views == 0
+    assert FastConfig.from_train_config(TrainConfig(augment="flip")).mirror_views
+    with pytest.raises(ValueError, match="reprint_views"):
+        FastConfig(reprint_views=-1)
+    pre = models.preprocess_for("sscd", 96, "letterbox")
+    im = source_photo("camera")
+    v0, v1 = ReprintedPreprocess(pre, 0), ReprintedPreprocess(pre, 1)
+    assert torch.equal(v0(im), ReprintedPreprocess(pre, 0)(im))  # reproducible
+    assert not torch.equal(v0(im), v1(im)) and not torch.equal(v0(im), pre(im))
+    assert v0.to_dict() != v1.to_dict() != pre.to_dict()  # cached apart

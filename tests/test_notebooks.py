@@ -121,3 +121,31 @@ def test_notebooks_02_and_03(outputs):
     assert set(pipe["seconds"]) == {"pretrained", "fine-tuned descriptors"}
     side = pd.read_csv(d03 / "study_vs_reimplementation.csv", index_col=0)
     assert side.loc["precision", "original study (reported)"] == 0.905
+
+
+def test_notebooks_02_and_03_with_the_default_frozen_sscd(outputs):
+    """The default backbone (an ONNX SSCD model, frozen): notebook 02 learns a projection
+    and a classifier in one step, notebook 03 compares it with the pretrained SSCD."""
+    out, params = outputs
+    sscd = {**params, "BACKBONE": "sscd_distilled", "WEIGHTS": "default", "RUN_NAME": "sscd"}
+    p02 = {k: v for k, v in sscd.items() if k not in ("N_GALLERY", "TOP_K")}
+    run("02_finetune_classification", out, p02)
+    d02 = out / "02_finetune_classification" / "sscd"
+    assert not (d02 / "history.csv").exists()  # no epochs
+    assert (d02 / "candidates.csv").is_file()
+    scores = pd.read_csv(d02 / "classification.csv").set_index("split")
+    assert set(scores.index) == {"val", "test"}
+    # printings of seen scenes are classified (7 scenes: chance is 1/7)
+    assert scores.loc["val", "accuracy"] >= 0.75 and scores.loc["test", "accuracy"] >= 0.75
+    test_metrics = json.loads((d02 / "test_metrics.json").read_text())
+    assert test_metrics["n_test"] == scores.loc["test", "n"] and "f1" in test_metrics["val"]
+    _png_ok(d02 / "confusion_matrix_test.png")
+    meta = torch.load(d02 / "checkpoints" / "last.pt", weights_only=False)["meta"]
+    assert meta["backbone"] == "sscd_distilled" and meta["weights_sha1"]
+
+    p03 = {k: v for k, v in sscd.items() if k not in ("BACKBONE", "WEIGHTS", "IMAGE_SIZE")}
+    run("03_finetuned_retrieval", out, p03)
+    table = pd.read_csv(out / "03_finetuned_retrieval" / "sscd" / "comparison.csv")
+    rows = table.set_index(["method", "protocol"])
+    assert rows.loc[("pretrained", "all"), "mAP"] > 0.9  # SSCD finds these printings
+    assert rows.loc[("fine-tuned descriptors", "all"), "mAP"] > 0.9

@@ -1,0 +1,170 @@
+"""Indexing throughput, decode to saved index, side by side with peer tools on the same folder.
+
+Measured in one run, one after the other, on the same folder (the demo by default), each
+from cold (no descriptor cache):
+
+* ``cbir index`` (this project's command line, default backbone ``sscd`` at 288 px): decode,
+  check, embed, write the index folder;
+* the notebooks' whole default pipeline at indexing time: descriptors at three scales
+  (:func:`cbir_utils.pipeline.describe`) plus the local features every image needs for
+  re-ranking (:class:`cbir_utils.verify.LocalFeatureStore`);
+* ``immaculate --method sscd`` / ``sscd_distilled`` (Python >= 3.12: pass its executable
+  with ``--immaculate``), which embeds the same folder with the same ONNX models and groups
+  near duplicates;
+* ``imagededup``'s CNN method (``--imagededup``: the package importable by this Python); its
+  MobileNet weights download at run time, so it runs with this project's offline
+  ``efficientnet_lite0`` as its custom model (its own decoding, resizing and search).
+
+Writes ``outputs/benchmarks/indexing.csv`` and ``indexing.md``. Usage::
+
+    .venv/bin/python benchmarks/indexing.py --immaculate /path/to/py312-venv/bin/immaculate
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cbir_utils import data, models, pipeline  # noqa: E402
+from cbir_utils import verify as V  # noqa: E402
+from cbir_utils.io import atomic_write_text, save_csv  # noqa: E402
+from cbir_utils.paths import OUTPUTS_DIR, PROJECT_ROOT, resolve  # noqa: E402
+
+
+def _timed(cmd: list[str], env: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - t0
+
+
+def cbir_index(folder: Path, tmp: Path) -> float:
+    """Seconds of ``cbir index`` from cold (its own outputs folder, empty cache)."""
+    env = {**os.environ, "CBIR_OUTPUTS_DIR": str(tmp / "cli_outputs")}
+    cmd = [sys.executable, "-m", "cbir_utils", "index", str(folder), "--name", "bench", "-q"]
+    return _timed(cmd, env)
+
+
+def full_pipeline(folder: Path) -> float:
+    """Seconds of the notebooks' default indexing work: 3-scale descriptors + local features."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(PROJECT_ROOT / "notebooks" / "01_pretrained_retrieval.ipynb", 4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params = {
+        n.targets[0].id: ast.literal_eval(n.value)
+        for n in ast.parse(cell.source).body
+        if isinstance(n, ast.Assign)
+    }
+    config = pipeline.config_from_params(params)
+    collection = data.open_collection(folder, build_demo=False)
+    t0 = time.perf_counter()
+    model = models.build_model(params["BACKBONE"], params["WEIGHTS"], params["POOLING"]).eval()
+    meta = models.model_meta(params["BACKBONE"], params["WEIGHTS"], params["POOLING"], 0)
+    pipeline.describe(model, meta, collection.paths, config, None, progress=False)
+    store = V.LocalFeatureStore()
+    for p in collection.paths:
+        store.get(p)
+    return time.perf_counter() - t0
+
+
+def immaculate(exe: str, folder: Path, method: str) -> float:
+    """Seconds of ``immaculate --method METHOD --json FOLDER``."""
+    return _timed([exe, "--json", "--method", method, str(folder)])
+
+
+def imagededup_cnn(folder: Path) -> float:
+    """Seconds of imagededup's CNN encode + find_duplicates with the offline lite0 model."""
+    from cbir_utils._compat import import_torchvision
+
+    import_torchvision()  # the torchvision "nms" workaround, before imagededup imports it
+    from imagededup.methods import CNN
+    from imagededup.utils import CustomModel
+
+    net = models.build_model("efficientnet_lite0", "imagenet").eval()
+
+    class _Lite(models.torch.nn.Module):  # imagededup calls model(x) and squeezes the output
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.descriptor(x)
+
+    pre = models.preprocess_for("efficientnet_lite0", 224, "center_crop", grayscale=False)
+    t0 = time.perf_counter()
+    cnn = CNN(model_config=CustomModel(name="lite0", model=_Lite(), transform=pre))
+    enc = cnn.encode_images(image_dir=str(folder), recursive=True)
+    cnn.find_duplicates(encoding_map=enc, min_similarity_threshold=0.9)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data/demo")
+    ap.add_argument("--immaculate", default=shutil.which("immaculate") or "")
+    ap.add_argument("--imagededup", action="store_true", help="also imagededup's CNN")
+    ap.add_argument("--out", default=str(OUTPUTS_DIR / "benchmarks"))
+    args = ap.parse_args(argv)
+    folder = resolve(args.data)
+    n = len(data.load_collection(folder, validate="none"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_indexing_"))
+    load0 = os.getloadavg()[0]
+    runs = [("cbir index (sscd, 288 px, 1 scale)", lambda: cbir_index(folder, tmp))]
+    runs.append(
+        ("notebooks' pipeline (sscd, 3 scales + SIFT features)", lambda: full_pipeline(folder))
+    )
+    if args.immaculate:
+        for method in ("sscd", "sscd_distilled"):
+            runs.append(
+                (
+                    f"immaculate --method {method}",
+                    lambda m=method: immaculate(args.immaculate, folder, m),
+                )
+            )
+    if args.imagededup:
+        runs.append(
+            ("imagededup CNN (efficientnet_lite0 as its model)", lambda: imagededup_cnn(folder))
+        )
+    rows = []
+    for label, fn in runs:
+        try:
+            s = fn()
+            rows.append({"tool": label, "images": n, "seconds": s, "img_per_s": n / s})
+            print(f"{label}: {n / s:.1f} img/s ({s:.1f} s)")
+        except Exception as err:  # a peer tool that is not installed or fails: said, not hidden
+            rows.append({"tool": label, "images": n, "note": f"{type(err).__name__}: {err}"[:200]})
+            print(f"{label}: not measured ({err})")
+    shutil.rmtree(tmp, ignore_errors=True)
+    table = pd.DataFrame(rows)
+    out = Path(args.out)
+    save_csv(out / "indexing.csv", table)
+    md = [
+        f"{n} images of {folder.name}, {os.cpu_count()} cores, load average {load0:.2f} at start",
+        "",
+        "| tool | img/s | seconds |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        if "seconds" in r:
+            md.append(f"| {r['tool']} | {r['img_per_s']:.1f} | {r['seconds']:.1f} |")
+        else:
+            md.append(f"| {r['tool']} | not measured: {r['note']} | |")
+    atomic_write_text(out / "indexing.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
