@@ -211,6 +211,7 @@ PARAM_SPECS: dict[str, Param] = {
     "LR": Param("float", low=0.0, low_open=True),
     "STAGES": Param("ints", low=1, help="epochs per stage"),
     "STAGE_LRS": Param("floats", optional=True, low=0.0, low_open=True),
+    "HEAD_LR": Param("float", optional=True, low=0.0, low_open=True),
     "LOSS": Param("str", choices=_training("LOSSES")),
     "CLASS_BALANCE": Param("str", choices=_training("CLASS_BALANCES")),
     "AUGMENT": Param("str", choices=_training("AUGMENTATIONS")),

@@ -178,6 +178,9 @@ class TrainConfig:
         batch_size: Training images per step.
         stages: Epochs per stage, run one after the other on the same model and optimiser.
         stage_lrs: Learning rate of each stage; ``None`` uses ``lr`` throughout.
+        head_lr: Learning rate of the new classifier head, scaled with the stages as
+            ``lr``; ``None`` uses ``lr`` (the study). A head that starts from random weights
+            needs a larger step than the pretrained layers under it.
         loss: ``ce`` (cross-entropy, study), ``label_smoothing`` (CE, smoothing 0.1) or
             ``arcface`` (additive angular margin on a cosine classifier of the descriptor,
             :class:`cbir_utils.losses.ArcFace`, instead of cross-entropy; the head is that
@@ -213,6 +216,7 @@ class TrainConfig:
     batch_size: int = 32
     stages: tuple[int, ...] = (30, 50, 50)
     stage_lrs: tuple[float, ...] | None = None
+    head_lr: float | None = None
     loss: str = "ce"
     class_balance: str = "none"
     augment: str = "none"
@@ -266,6 +270,12 @@ class TrainConfig:
         self.stages = tuple(int(e) for e in self.stages)
         if not _is_number(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
+        if self.head_lr is not None:
+            if not _is_number(self.head_lr) or self.head_lr <= 0:
+                raise ValueError(
+                    f"head_lr must be a positive number or None, got {self.head_lr!r}."
+                )
+            self.head_lr = float(self.head_lr)
         if self.stage_lrs is not None:
             self.stage_lrs = tuple(self.stage_lrs)
             if len(self.stage_lrs) != len(self.stages):
@@ -513,6 +523,7 @@ _LATER_DEFAULTS = {
     "metric_weight": 1.0,
     "metric_margin": None,
     "pk_views": 2,
+    "head_lr": None,
 }
 
 
@@ -560,12 +571,20 @@ def _resolve_split(
     return train, val
 
 
-def _make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _make_optimizer(config: TrainConfig, model: models.RetrievalNet) -> torch.optim.Optimizer:
+    """The optimiser; with ``head_lr`` the head is its own group (``lr_scale`` = head_lr / lr)."""
+    head = {id(p) for p in model.head.parameters()} if config.head_lr is not None else set()
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+    groups = [{"params": body, "lr_scale": 1.0}]
+    if head:
+        tops = [p for p in model.head.parameters() if p.requires_grad]
+        groups.append({"params": tops, "lr_scale": config.head_lr / config.lr})
+    groups = [g for g in groups if g["params"]]
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr)
+        return torch.optim.Adam(groups, lr=config.lr)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr)
-    return torch.optim.SGD(params, lr=config.lr, momentum=0.9)
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
 
 
 def _class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -710,7 +729,7 @@ def train(
             model.head.bias.zero_()
         model.head.bias.requires_grad_(False)
         arcface.weight = model.head.weight
-    optimizer = _make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    optimizer = _make_optimizer(config, model)
 
     history: list[dict[str, Any]] = []
     start_epoch = 1
@@ -766,7 +785,7 @@ def train(
             stage = config.stage_of(epoch)
             lr = config.lr_of(stage)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             epoch_seed = _epoch_seed(config.seed, epoch)
             gen = _seed_everything(epoch_seed)
             train_ds.epoch_seed = epoch_seed

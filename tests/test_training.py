@@ -292,3 +292,18 @@ def test_augmented_run_does_not_depend_on_num_workers(tiny, tmp_path) -> None:
         weights.append(torch.load(tmp_path / f"w{nw}" / "checkpoints" / "last.pt")["model"])
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_head_lr_is_its_own_group_scaled_with_the_stages(tiny, tmp_path):
+    """``head_lr``: the new head steps at head_lr, the pretrained layers at lr, and both
+    follow ``stage_lrs`` (stage 2 at a tenth: head 1e-3, backbone 1e-5)."""
+    coll, split = tiny
+    cfg = tiny_config(lr=1e-4, head_lr=1e-2, stage_lrs=(1e-4, 1e-5))
+    train(cfg, coll, split, tmp_path, progress=False)
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    lrs = sorted(g["lr"] for g in saved["optimizer"]["param_groups"])
+    assert lrs == pytest.approx([1e-5, 1e-3])
+    n_head = sum(len(g["params"]) for g in saved["optimizer"]["param_groups"] if g["lr_scale"] > 1)
+    assert n_head == 2  # the head's weight and bias
+    with pytest.raises(ValueError, match="head_lr"):
+        tiny_config(head_lr=0)
