@@ -441,12 +441,15 @@ def _threshold(args, index) -> tuple[float | None, str]:
         if len(val):
             t = groups.choose_group_threshold(index.vectors, split["scene"], val)
             return t, "chosen on the validation images (pairwise F1)"
+    backbone = index.meta.get("backbone")
+    t = groups.fallback_threshold(backbone)
+    measured = backbone if backbone in groups.FALLBACK_THRESHOLDS else "the default backbone"
     _say(
         args,
-        f"No scene labels to choose a threshold on: using {groups.FALLBACK_THRESHOLD} "
-        "(chosen on the demo collection for efficientnet_lite0); pass --threshold to change it.",
+        f"No scene labels to choose a threshold on: using {t} (chosen on the demo "
+        f"collection for {measured}); pass --threshold to change it.",
     )
-    return groups.FALLBACK_THRESHOLD, "fallback (no labels)"
+    return t, "fallback (no labels)"
 
 
 def cmd_groups(args) -> int:

@@ -706,6 +706,8 @@ class Preprocess:
             thousandths (0 = off), applied before resizing to remove a halftone screen.
         mean: Normalisation mean (0-1 pixel scale), per channel.
         std: Normalisation std, per channel.
+        pixels: Give ``uint8`` 0-255 pixels instead of normalised floats (the padding is
+            still the mean colour): what the ONNX models take, with no float round trip.
     """
 
     image_size: int = 224
@@ -714,6 +716,7 @@ class Preprocess:
     descreen: float = 0.0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pixels: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in ("letterbox", "center_crop"):
@@ -725,7 +728,10 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (part of the cache key)."""
-        return asdict(self)
+        d = asdict(self)
+        if not self.pixels:  # keys of caches written before the field existed
+            del d["pixels"]
+        return d
 
     def prepare(self, im: Image.Image) -> Image.Image:
         """Tone, descreen and resize a PIL image (letterbox: long side = ``image_size``, unpadded)."""
@@ -746,7 +752,12 @@ class Preprocess:
         return im.convert("RGB")
 
     def to_tensor(self, im: Image.Image) -> torch.Tensor:
-        """Normalised float tensor ``(3, S, S)``; letterbox padding is zero (the mean colour)."""
+        """Normalised float tensor ``(3, S, S)``; letterbox padding is zero (the mean colour).
+
+        With ``pixels``: the ``uint8`` image ``(3, S, S)``, padded with the mean colour.
+        """
+        if self.pixels:
+            return self._to_pixels(im)
         arr = np.asarray(im, dtype=np.float32) / 255.0
         t = torch.from_numpy(arr).permute(2, 0, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
@@ -759,13 +770,26 @@ class Preprocess:
             t = torch.nn.functional.pad(t, (left, s - w - left, top, s - h - top))
         return t
 
+    def _to_pixels(self, im: Image.Image) -> torch.Tensor:
+        s = int(self.image_size)
+        w, h = im.size
+        fill = tuple(int(round(255 * m)) for m in self.mean)
+        if (w, h) != (s, s):
+            canvas = Image.new("RGB", (s, s), fill)
+            canvas.paste(im, ((s - w) // 2, (s - h) // 2))
+            im = canvas
+        return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)
+
     def __call__(self, im: Image.Image) -> torch.Tensor:
         return self.to_tensor(self.prepare(im))
 
 
 def preprocess_from_meta(meta: dict) -> Preprocess:
     """The exact preprocessing a model's meta describes (see :func:`models.model_meta`)."""
+    from . import models  # lazy: models imports this module
+
     norm = meta.get("normalisation", {})
+    backbone = meta.get("backbone")
     return Preprocess(
         image_size=int(meta.get("image_size", 224)),
         resize=meta.get("resize", "letterbox"),
@@ -773,6 +797,7 @@ def preprocess_from_meta(meta: dict) -> Preprocess:
         descreen=float(meta.get("descreen", 0.0)),
         mean=tuple(norm.get("mean", Preprocess.mean)),
         std=tuple(norm.get("std", Preprocess.std)),
+        pixels=backbone in models.BACKBONES and models.family_of(backbone) == "onnx",
     )
 
 

@@ -155,10 +155,16 @@ class OnnxTrunk(nn.Module):
         return self._session
 
     def to_pixels(self, x: torch.Tensor) -> np.ndarray:
-        """Normalised ``(N, 3, H, W)`` float tensor -> ``(N, H, W, 3)`` uint8 array."""
-        px = (x.detach().float().cpu() * self.std.cpu() + self.mean.cpu()) * 255.0
-        px = px.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        return np.ascontiguousarray(px.numpy())
+        """``(N, 3, H, W)`` batch -> ``(N, H, W, 3)`` uint8 array.
+
+        A ``uint8`` batch (``Preprocess(pixels=True)``, the default for ONNX backbones) is
+        only transposed (free when it is channels-last); a normalised float batch is first
+        turned back into 0-255 pixels.
+        """
+        if x.dtype != torch.uint8:
+            x = (x.detach().float().cpu() * self.std.cpu() + self.mean.cpu()) * 255.0
+            x = x.round_().clamp_(0, 255).to(torch.uint8)
+        return np.ascontiguousarray(x.detach().cpu().permute(0, 2, 3, 1).numpy())
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """The model's embeddings of a uint8 ``(N, H, W, 3)`` batch."""
@@ -436,6 +442,7 @@ def preprocess_for(
         descreen=descreen,
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
+        pixels=family_of(backbone) == "onnx",  # uint8 straight to onnxruntime
     )
 
 

@@ -295,3 +295,28 @@ def test_defaults_are_the_notebooks(tmp_path):
     assert parser.parse_args(["search", "i", "q"]).top_k == params["TOP_K"]
     assert parser.parse_args(["search", "i", "q"]).rerank_top_n == params["RERANK_TOP_N"]
     assert parser.parse_args(["evaluate", "i"]).ks == params["KS"]
+
+
+def test_groups_without_labels_use_the_backbones_measured_threshold(local, tmp_path, capsys):
+    """An unlabelled folder: SSCD's fallback threshold (0.47), not the old lite0 one."""
+    from cbir_utils import groups
+    from tests.conftest import SOURCES, reprint, source_photo
+
+    flat = tmp_path / "unlabelled"
+    flat.mkdir()
+    for name in SOURCES[:4]:
+        for v in range(2):
+            reprint(source_photo(name), v).save(flat / f"{name}_{v}.jpg")
+    assert cli.main(["index", str(flat), "--name", "flat", *SIZE, "-q"]) == 0
+    out = tmp_path / "groups_flat"
+    assert cli.main(["groups", "flat", "--out", str(out)]) == 0
+    summary = json.loads((out / "groups.json").read_text())
+    assert summary["threshold"] == groups.fallback_threshold("sscd") == 0.47
+    assert summary["threshold_from"].startswith("fallback")
+    assert "chosen on the demo collection for sscd" in capsys.readouterr().err
+    assert groups.fallback_threshold("efficientnet_lite0") == 0.65
+    assert groups.fallback_threshold("resnet50") == groups.FALLBACK_THRESHOLD
+    # the printings of each photo end up together
+    df = pd.read_csv(out / "groups.csv")
+    df["photo"] = df["image"].str.split("_").str[0]
+    assert (df.groupby("photo")["group"].nunique() == 1).all()
