@@ -51,16 +51,18 @@ ITEM_COLUMNS = ("relpath", "path", "scene", "sha1")
 
 
 def model_settings(
-    backbone: str = "efficientnet_lite0",
-    weights: str = "imagenet",
+    backbone: str = "sscd",
+    weights: str = "default",
     pooling: str = "avg",
-    image_size: int = 224,
+    image_size: int = 288,
     resize: str = "letterbox",
     grayscale: bool = True,
-    descreen: float = 0.0,
+    descreen: float = 3.0,
     checkpoint: str | os.PathLike | None = None,
 ) -> tuple[dict, str | None]:
     """The model meta an index is built with, as the notebooks write it.
+
+    The defaults are notebook 01's and the command line's (``cli.DEFAULTS``; a test checks).
 
     With ``checkpoint`` (a fine-tuned model of notebook 02), the checkpoint's own meta
     plus its SHA-1 is used, exactly as notebook 03 does, so cached vectors are shared;

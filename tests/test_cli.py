@@ -295,6 +295,13 @@ def test_defaults_are_the_notebooks(tmp_path):
     assert parser.parse_args(["search", "i", "q"]).top_k == params["TOP_K"]
     assert parser.parse_args(["search", "i", "q"]).rerank_top_n == params["RERANK_TOP_N"]
     assert parser.parse_args(["evaluate", "i"]).ks == params["KS"]
+    import inspect
+
+    from cbir_utils.index import model_settings
+
+    sig = inspect.signature(model_settings).parameters
+    for name in ("backbone", "weights", "pooling", "image_size", "resize", "grayscale", "descreen"):
+        assert sig[name].default == cli.DEFAULTS[name.upper()], name
 
 
 def test_groups_without_labels_use_the_backbones_measured_threshold(local, tmp_path, capsys):

@@ -17,7 +17,8 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def settings():
-    return I.model_settings(image_size=SIZE)
+    # the shared lite0 fixture's settings (the default backbone is tested in test_cli/test_sscd)
+    return I.model_settings("efficientnet_lite0", "imagenet", image_size=SIZE, descreen=0.0)
 
 
 @pytest.fixture(scope="module")
