@@ -205,6 +205,7 @@ def test_paper_profile_is_the_studys_method():
     for field, name in fields.items():
         assert p02[name] == getattr(study, field), name
     assert tuple(p02["STAGES"]) == study.stages == (30, 50, 50)
+    assert p02["HEAD_LR"] is None and study.head_lr is None  # one learning rate, as the study
 
 
 def test_config_from_params_takes_the_network_from_the_checkpoint():
@@ -237,14 +238,16 @@ def test_notebook_02_defaults_are_the_benchmarks_recipe():
         class_balance=p["CLASS_BALANCE"], augment=p["AUGMENT"], freeze=p["FREEZE"],
         metric_loss=p["METRIC_LOSS"], metric_weight=p["METRIC_WEIGHT"],
         metric_margin=p["METRIC_MARGIN"], pk_views=p["PK_VIEWS"], seed=p["SEED"],
+        head_lr=p["HEAD_LR"],
     )  # fmt: skip
     bench = quality.finetune_recipe(*quality.DEFAULT_BACKBONE)
+    assert p["HEAD_LR"] == quality.HEAD_LR
     assert nb.to_dict() == bench.to_dict()
     press = training.TrainConfig(
         backbone=quality.BACKBONE, weights="imagenet", batch_size=32,
         **quality.TRAIN_CONFIGS["press"],
     ).to_dict()  # fmt: skip
-    network = ("backbone", "weights", "image_size", "descreen")
+    network = ("backbone", "weights", "image_size", "descreen", "head_lr")
     assert {k: v for k, v in nb.to_dict().items() if k not in network} == {
         k: v for k, v in press.items() if k not in network
     }
