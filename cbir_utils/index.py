@@ -75,9 +75,8 @@ def model_settings(
         ckpt = Path(checkpoint).expanduser().resolve()
         if not ckpt.is_file():
             raise FileNotFoundError(f"Checkpoint not found: {ckpt}")
-        import torch
 
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = models.safe_load(ckpt)
         if not isinstance(saved, dict) or "meta" not in saved:
             raise ValueError(f"{ckpt} is not a cbir_utils checkpoint (no 'meta').")
         return {**saved["meta"], "checkpoint_sha1": models.file_digest(ckpt)}, str(ckpt)

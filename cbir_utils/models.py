@@ -336,11 +336,42 @@ def _download_torchvision_state(backbone: str) -> dict:
         socket.setdefaulttimeout(old)
 
 
+class WeightsFileError(ValueError):
+    """A file given as weights or checkpoint cannot be read safely, or is no PyTorch file."""
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of a file a user gave, with ``weights_only=True`` (no code runs).
+
+    Raises:
+        WeightsFileError: The file holds more than tensors and plain containers (a pickle
+            that could run code), or is not a PyTorch file at all; the message says which.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        import re
+
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found is None:  # not a pickle of tensors at all
+            raise WeightsFileError(f"{path} is not a PyTorch weights file.") from err
+        raise WeightsFileError(
+            f"{path} cannot be loaded safely: it holds Python objects besides tensors "
+            f"({found.group(1)}). Only weights files and checkpoints of plain tensors and "
+            "containers are read (torch.load with weights_only=True), so that no code in a "
+            "file runs."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise WeightsFileError(f"{path} is not a PyTorch weights file ({str(err)[:200]}).") from err
+
+
 def _load_state_file(path: str | os.PathLike) -> dict:
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"Weights file not found: {p}")
-    state = torch.load(p, map_location="cpu", weights_only=False)
+    state = safe_load(p)
     if isinstance(state, dict) and "model" in state and "meta" in state:
         raise ValueError(
             f"{p} is a cbir_utils checkpoint, not a backbone weights file; "
@@ -536,7 +567,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a cbir_utils checkpoint (no 'meta'/'model').")
     meta = ckpt["meta"]

@@ -527,6 +527,8 @@ def check_weights_file(backbone: str, weights: str | os.PathLike) -> Path:
             with torch.device("meta"):
                 models.build_model(backbone, weights=str(path))
         return path
+    except models.WeightsFileError as err:  # unsafe, or not a PyTorch file at all
+        raise SettingsError(f"WEIGHTS file {path}: {err}") from err
     except ValueError as err:  # a cbir_utils checkpoint given as backbone weights
         raise SettingsError(
             f"WEIGHTS {path} is a fine-tuned checkpoint, not backbone weights: use it as "
@@ -534,7 +536,7 @@ def check_weights_file(backbone: str, weights: str | os.PathLike) -> Path:
         ) from err
     except RuntimeError as err:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = models.safe_load(path)
         except Exception:
             raise SettingsError(
                 f"WEIGHTS file {path} is not a PyTorch weights file ({str(err)[:200]})."

@@ -677,7 +677,7 @@ def train(
     # ---- resume or start
     saved: dict[str, Any] | None = None
     if last_path.exists():
-        saved = torch.load(last_path, map_location="cpu", weights_only=False)
+        saved = models.safe_load(last_path)
         saved_cfg = saved.get("meta", {}).get("train_config", {})
         if _comparable(saved_cfg) != _comparable(cfg_dict):
             diff = sorted(

@@ -205,3 +205,44 @@ def test_split_is_never_replaced_silently(tmp_path, tiny_collection):
         col, path, seed=0, val_frac=0.2, test_frac=0.2, heldout_frac=0.3
     )
     pd.testing.assert_frame_equal(first, again)
+
+
+class _Evil:
+    """A pickle that would run code when loaded without weights_only."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/cbir_pwned_by_pickle",))
+
+
+def test_user_files_are_loaded_without_running_code(tmp_path):
+    """Weights files and checkpoints are read with weights_only=True: a pickle that runs
+    code is refused with a message, and nothing runs."""
+    import os
+
+    import torch
+
+    from cbir_utils import models, runs
+    from cbir_utils.errors import SettingsError
+
+    marker = "/tmp/cbir_pwned_by_pickle"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(), "meta": {}}, bad)
+    with pytest.raises(models.WeightsFileError, match="cannot be loaded safely"):
+        models.load_checkpoint(bad)
+    with pytest.raises(models.WeightsFileError, match="cannot be loaded safely"):
+        models.build_model("resnet18", str(bad))
+    with pytest.raises(SettingsError, match="cannot be loaded safely"):
+        runs.check_params({"BACKBONE": "resnet18", "WEIGHTS": str(bad)})
+    assert not os.path.exists(marker)
+    # our own checkpoints hold only tensors and plain values: they load safely
+    net = models.build_model("resnet18", "none", n_classes=2)
+    ok = models.save_checkpoint(
+        tmp_path / "ok.pt",
+        net,
+        models.model_meta("resnet18", "none", "avg", 64, classes=["a", "b"]),
+    )
+    assert models.load_checkpoint(ok)[1]["backbone"] == "resnet18"
