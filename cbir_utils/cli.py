@@ -220,7 +220,7 @@ def cmd_index(args) -> int:
     from . import features
     from .data import load_collection, save_skipped
     from .index import Index, model_settings
-    from .paths import OUTPUTS_DIR
+    from .paths import OUTPUTS_DIR, ensure_outside
 
     sharded = args.num_shards > 1 or args.merge
     # a shard job checks only its own images (extract_shard); the listing is not decoded
@@ -231,6 +231,7 @@ def cmd_index(args) -> int:
         _say(args, col.skipped_summary())
     name = args.name or col.root.name
     folder = Path(args.out).expanduser().resolve() if args.out else OUTPUTS_DIR / "index" / name
+    ensure_outside(folder, col.root)  # an index never goes into the collection it reads
     meta, ckpt = model_settings(
         args.backbone, args.weights, args.pooling, args.image_size, args.resize,
         args.grayscale, args.descreen, args.checkpoint,

@@ -243,6 +243,7 @@ def test_shard_jobs_check_only_their_own_images(
         (["index", "/no/such/folder"], "not found"),
         (["index", "{collection}", "--name", "tiny", "--pooling", "gem"], "other model settings"),
         (["evaluate", "{unlabelled}"], "no scene labels"),
+        (["index", "{collection}", "--out", "{collection}/scene_camera/idx"], "inside the input"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(local, capsys, tmp_path, tiny_collection, argv, message):
@@ -257,6 +258,7 @@ def test_bad_input_exits_2_with_one_line(local, capsys, tmp_path, tiny_collectio
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    assert not (tiny_collection / "scene_camera" / "idx").exists()  # nothing written inside
 
 
 def test_usage_errors_and_help(capsys):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 
-import tomllib
 import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10 (the README's minimum): the same parser, from PyPI
+    import tomli as tomllib
 
 from cbir_utils.paths import PROJECT_ROOT
 
