@@ -35,10 +35,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbir_utils import data, models, pipeline  # noqa: E402
+from cbir_utils import data, models, pipeline, runs  # noqa: E402
 from cbir_utils import verify as V  # noqa: E402
 from cbir_utils.io import atomic_write_text, save_csv  # noqa: E402
-from cbir_utils.paths import OUTPUTS_DIR, PROJECT_ROOT, resolve  # noqa: E402
+from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
 
 
 def _timed(cmd: list[str], env: dict | None = None) -> float:
@@ -56,17 +56,7 @@ def cbir_index(folder: Path, tmp: Path) -> float:
 
 def full_pipeline(folder: Path) -> float:
     """Seconds of the notebooks' default indexing work: 3-scale descriptors + local features."""
-    import ast
-
-    import nbformat
-
-    nb = nbformat.read(PROJECT_ROOT / "notebooks" / "01_pretrained_retrieval.ipynb", 4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params = {
-        n.targets[0].id: ast.literal_eval(n.value)
-        for n in ast.parse(cell.source).body
-        if isinstance(n, ast.Assign)
-    }
+    params = runs.notebook_defaults("01_pretrained_retrieval")
     config = pipeline.config_from_params(params)
     collection = data.open_collection(folder, build_demo=False)
     t0 = time.perf_counter()

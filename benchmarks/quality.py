@@ -900,8 +900,7 @@ def _backbone_rows(
         ft = training.finetune(recipe, collection, split, run_dir, cache, progress=False)
         ft_model, ft_meta, _ = models.load_checkpoint(ft.last_checkpoint)
         ft_meta = {**ft_meta, "checkpoint_sha1": models.file_digest(ft.last_checkpoint)}
-        ft_cfg = pipeline.config_from_params({}, ft_meta)
-        ft_cfg = replace(cfg, pooling=ft_cfg.pooling)
+        ft_cfg = replace(cfg, pooling=ft_meta["pooling"])  # the fine-tuned network's
         for label, m, mm, c in (
             ("pretrained", model, meta, cfg),
             (f"fine-tuned ({ft.method})", ft_model, ft_meta, ft_cfg),

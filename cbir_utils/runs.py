@@ -60,6 +60,31 @@ def notebook_params(namespace: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
+    """The defaults of a notebook's ``parameters`` cell, evaluated as literals.
+
+    Args:
+        notebook: A notebook name (``"01_pretrained_retrieval"``, looked up in
+            ``notebooks/``) or the path of an ``.ipynb`` file.
+    """
+    import ast
+
+    import nbformat
+
+    from .paths import NOTEBOOKS_DIR
+
+    path = Path(notebook)
+    if path.suffix != ".ipynb":
+        path = NOTEBOOKS_DIR / f"{notebook}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.Assign)
+    }
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch."""
     import torch

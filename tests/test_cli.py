@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import os
@@ -11,7 +10,6 @@ import shutil
 import subprocess
 import sys
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -278,12 +276,9 @@ def test_usage_errors_and_help(capsys):
 
 def test_defaults_are_the_notebooks(tmp_path):
     """The CLI's defaults equal notebook 01's parameters, the SSCD backbone included."""
-    nb = nbformat.read(paths.NOTEBOOKS_DIR / "01_pretrained_retrieval.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params: dict = {}
-    for node in ast.parse(cell.source).body:
-        if isinstance(node, ast.Assign):
-            params[node.targets[0].id] = ast.literal_eval(node.value)
+    from cbir_utils.runs import notebook_defaults
+
+    params = notebook_defaults("01_pretrained_retrieval")
     for name, value in cli.DEFAULTS.items():
         assert params[name] == value, name
     assert cli.DEFAULTS["BACKBONE"] == "sscd"

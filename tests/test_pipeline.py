@@ -103,19 +103,9 @@ def test_two_hop_finds_a_printing_the_query_does_not_share(tmp_path):
 
 
 def _notebook_defaults(name: str) -> dict:
-    import ast
+    from cbir_utils.runs import notebook_defaults
 
-    import nbformat
-
-    from cbir_utils.paths import NOTEBOOKS_DIR
-
-    nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    return {
-        node.targets[0].id: ast.literal_eval(node.value)
-        for node in ast.parse(cell.source).body
-        if isinstance(node, ast.Assign)
-    }
+    return notebook_defaults(name)
 
 
 def _profile(name: str) -> dict:

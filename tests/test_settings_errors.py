@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 
 import nbformat
@@ -19,13 +18,7 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("0*.ipynb"))
 
 def _defaults(nb_path) -> dict:
     """The parameters cell's assignments of a notebook, evaluated as literals."""
-    nb = nbformat.read(nb_path, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    out = {}
-    for node in ast.parse(cell.source).body:
-        if isinstance(node, ast.Assign):
-            out[node.targets[0].id] = ast.literal_eval(node.value)
-    return out
+    return runs.notebook_defaults(nb_path)
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
