@@ -1,10 +1,19 @@
-"""Contact sheets of duplicate groups: a self-contained HTML page and a PNG figure.
+"""Review pages (duplicate groups, search results) as self-contained HTML, and a PNG sheet.
 
-The HTML page has one row per group: thumbnails (embedded as base64 JPEG, so the page is
-one file that can be mailed or archived), each image's file name, scene when known, and
-its cosine similarity to the group's centre; clicking a thumbnail opens the full image
-(a link relative to the page, or ``file://``). A filter box narrows the groups by file name
-or scene. The PNG version (matplotlib) shows the first groups for a notebook.
+Both pages are one file each (thumbnails embedded as base64 JPEG) that works offline and
+can be mailed or archived. The contact sheet has one row per duplicate group: each
+image's file name, scene when known, provenance (periodical, date, page; every metadata
+value in its tooltip) and cosine similarity to the group's centre; a filter box narrows
+the groups. The search-results page has one row per query and its ranked candidates.
+Clicking a thumbnail opens the full image (a link relative to the page, or ``file://``),
+or the source it came from (``source_url``, IIIF) when the metadata gives one.
+
+Review: every proposed reprint has three buttons (:data:`cbir_utils.review.VERDICTS`).
+Decisions are kept in the browser (``localStorage``, per index) and exported with one click
+as ``verdicts.csv`` for ``python -m cbir_utils verdicts import``; verdicts already imported
+into the index are shown when the page is made. Groups with dates get their reprint list
+sorted by date (the circulation of the photograph). The PNG version (matplotlib) shows the
+first groups for a notebook.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -19,10 +29,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
+from . import circulation, provenance
 from .groups import DuplicateGroups
 from .io import atomic_write_text
+from .review import VERDICTS
 
 PathLike = str | os.PathLike
 MAJORITY_COLOR = "#1a9850"
@@ -60,6 +73,108 @@ figcaption .scene { color: #666; display: block; }
 figure.odd .scene { color: var(--odd); }
 .hidden { display: none; }
 footer { padding: 0 24px 24px; color: #777; font-size: 12px; }
+figcaption .prov { display: block; color: #444; }
+figure[data-role="reference"] a { border-style: double; }
+.verdict { display: flex; gap: 2px; margin-top: 3px; }
+.verdict button { flex: 1; font-size: 10px; padding: 2px 1px; border: 1px solid #bbb;
+                  background: #fafafa; border-radius: 3px; cursor: pointer; }
+.verdict button[aria-pressed="true"][data-v="same_photo"] { background: #1a9850; color: #fff; }
+.verdict button[aria-pressed="true"][data-v="same_scene"] { background: #fdae61; }
+.verdict button[aria-pressed="true"][data-v="not_reprint"] { background: #d73027; color: #fff; }
+figure.v-not_reprint img { opacity: .45; }
+#review { margin: 6px 0 2px; display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
+#review button { padding: 4px 10px; }
+details.reprints { margin-top: 8px; font-size: 12px; }
+table.reprints { border-collapse: collapse; margin-top: 4px; }
+table.reprints td, table.reprints th { border-bottom: 1px solid #ddd; padding: 2px 8px;
+                                       text-align: left; }
+table.reprints tr.first td { font-weight: bold; }
+section.query > .row > figure.query a { border-color: #2166ac; }
+"""
+
+_REVIEW_HTML = """<div id="review">
+<label>Reviewer <input id="reviewer" size="14" placeholder="name or initials"></label>
+<button id="export" type="button">Export verdicts.csv</button>
+<span><b id="n-decisions">0</b> decision(s) made in this browser</span>
+<button id="forget" type="button" title="Forget the decisions kept in this browser">Forget</button>
+</div>
+"""
+
+_VERDICT_JS = """
+(function () {
+  var store = "cbir-verdicts:" + document.body.getAttribute("data-store");
+  var initial = JSON.parse(document.getElementById("verdicts-initial").textContent || "[]");
+  var cols = ["query", "candidate", "verdict", "time", "context", "reviewer"];
+  function key(a, b) { return a < b ? a + "\\n" + b : b + "\\n" + a; }
+  function local() {
+    try { return JSON.parse(window.localStorage.getItem(store) || "[]"); }
+    catch (e) { return []; }
+  }
+  function current() {
+    var state = {};
+    initial.concat(local()).forEach(function (d) {
+      var k = key(d.query, d.candidate);
+      if (!state[k] || String(state[k].time || "") <= String(d.time || "")) { state[k] = d; }
+    });
+    return state;
+  }
+  var reviewer = document.getElementById("reviewer");
+  reviewer.value = window.localStorage.getItem("cbir-reviewer") || "";
+  reviewer.addEventListener("input", function () {
+    window.localStorage.setItem("cbir-reviewer", reviewer.value.trim());
+  });
+  var boxes = Array.prototype.slice.call(document.querySelectorAll(".verdict"));
+  function show() {
+    var state = current();
+    boxes.forEach(function (box) {
+      var d = state[key(box.getAttribute("data-query"), box.getAttribute("data-candidate"))];
+      var v = d ? d.verdict : "";
+      Array.prototype.forEach.call(box.querySelectorAll("button"), function (b) {
+        b.setAttribute("aria-pressed", String(b.getAttribute("data-v") === v));
+      });
+      var fig = box.closest("figure");
+      Object.keys(VERDICT_NAMES).forEach(function (name) {
+        fig.classList.toggle("v-" + name, name === v);
+      });
+    });
+    document.getElementById("n-decisions").textContent = String(local().length);
+  }
+  var VERDICT_NAMES = %(names)s;
+  boxes.forEach(function (box) {
+    box.addEventListener("click", function (ev) {
+      var b = ev.target.closest("button");
+      if (!b) { return; }
+      var all = local();
+      all.push({
+        query: box.getAttribute("data-query"), candidate: box.getAttribute("data-candidate"),
+        verdict: b.getAttribute("data-v"), time: new Date().toISOString(),
+        context: box.getAttribute("data-context"), reviewer: reviewer.value.trim()
+      });
+      window.localStorage.setItem(store, JSON.stringify(all));
+      show();
+    });
+  });
+  function cell(v) { return '"' + String(v === undefined ? "" : v).replace(/"/g, '""') + '"'; }
+  document.getElementById("export").addEventListener("click", function () {
+    var lines = [cols.join(",")];
+    local().forEach(function (d) { lines.push(cols.map(function (c) { return cell(d[c]); }).join(",")); });
+    var blob = new Blob([lines.join("\\n") + "\\n"], {type: "text/csv"});
+    var a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = "verdicts.csv";
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+  });
+  document.getElementById("forget").addEventListener("click", function () {
+    if (window.confirm("Forget the decisions kept in this browser? Export them first.")) {
+      window.localStorage.removeItem(store);
+      show();
+    }
+  });
+  show();
+  document.body.setAttribute("data-review-ready", "1");
+})();
 """
 
 _JS = """
@@ -138,6 +253,127 @@ def _status(scene: str | None, majority: str | None) -> str:
     return "same" if scene == majority else "odd"
 
 
+def _verdict_box(query: str, candidate: str, context: str) -> str:
+    esc = html.escape
+    buttons = "".join(
+        f'<button type="button" data-v="{v}" aria-pressed="false" title="{esc(label)}">'
+        f"{esc(label)}</button>"
+        for v, label in VERDICTS.items()
+    )
+    return (
+        f'<div class="verdict" data-query="{esc(query)}" data-candidate="{esc(candidate)}" '
+        f'data-context="{esc(context)}">{buttons}</div>'
+    )
+
+
+def _figure(
+    uri: str,
+    href: str,
+    name: str,
+    score_html: str,
+    meta: dict | None,
+    meta_cols: Sequence[str],
+    cls: str = "",
+    scene: str = "",
+    verdict_html: str = "",
+    role: str = "",
+) -> str:
+    """One thumbnail with its caption (score, name, provenance, scene) and verdict buttons."""
+    esc = html.escape
+    tip = name
+    prov = ""
+    if meta:
+        line = provenance.describe(meta)
+        prov = f'<span class="prov">{esc(line)}</span>' if line else ""
+        more = provenance.tooltip(meta, meta_cols)
+        tip = f"{name}\n{more}" if more else name
+    scene_html = f'<span class="scene">{esc(scene)}</span>' if scene else ""
+    role_attr = f' data-role="{role}"' if role else ""
+    return (
+        f'<figure class="{cls}"{role_attr}>'
+        f'<a href="{esc(href)}" target="_blank" title="{esc(tip)}">'
+        f'<img src="{uri}" alt="{esc(name)}"></a><figcaption>{score_html} '
+        f'<span class="name">{esc(name)}</span>{prov}{scene_html}</figcaption>'
+        f"{verdict_html}</figure>"
+    )
+
+
+def _href(path: PathLike, meta: dict | None, page_dir: Path, relative: bool) -> str:
+    """Where a click on a thumbnail goes: the source page or IIIF image if given, else the file."""
+    for c in ("source_url", "iiif_image"):
+        v = str((meta or {}).get(c, "") or "").strip()
+        if v.startswith(("http://", "https://")):
+            return v
+    return file_link(path, page_dir, relative)
+
+
+def _reprints_html(reprints: pd.DataFrame) -> str:
+    esc = html.escape
+    if not len(reprints):
+        return ""
+    if not reprints["date"].astype(bool).any():
+        return f'<p class="reprints">{esc(circulation.NO_DATES)}</p>'
+    head = "".join(
+        f"<th>{c}</th>" for c in ("date", "periodical", "page", "image", "score", "verdict", "link")
+    )
+    body = []
+    for r in reprints.to_dict("records"):
+        link = f'<a href="{esc(r["link"])}" target="_blank">source</a>' if r["link"] else ""
+        score = "" if pd.isna(r["score"]) else f"{r['score']:.3f}"
+        body.append(
+            f'<tr class="{"first" if r["first"] else ""}"><td>{esc(r["date"])}'
+            f"{' (first)' if r['first'] else ''}</td><td>{esc(r['periodical'])}</td>"
+            f"<td>{esc(r['page'])}</td><td>{esc(r['image'])}</td><td>{score}</td>"
+            f"<td>{esc(VERDICTS.get(r['verdict'], r['verdict']))}</td><td>{link}</td></tr>"
+        )
+    return (
+        '<details class="reprints"><summary>Reprint list, by date</summary>'
+        f'<table class="reprints"><tr>{head}</tr>{"".join(body)}</table></details>'
+    )
+
+
+def _page(
+    title: str,
+    header: str,
+    sections: Sequence[str],
+    empty: str,
+    store: str,
+    initial: pd.DataFrame | None,
+    css_cell: int,
+    filter_hint: str,
+) -> str:
+    esc = html.escape
+    css = _CSS % {"ok": MAJORITY_COLOR, "odd": OTHER_COLOR, "unk": UNKNOWN_COLOR, "cell": css_cell}
+    rows = [] if initial is None else initial.fillna("").to_dict("records")
+    data = json.dumps(rows, ensure_ascii=True).replace("</", "<\\/")
+    names = json.dumps(dict(VERDICTS))
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{css}</style>\n</head>\n"
+        f'<body data-store="{esc(store)}">\n<header>\n<h1>{esc(title)}</h1>\n{header}'
+        + _REVIEW_HTML
+        + f'<input id="filter" type="search" placeholder="{esc(filter_hint)}" '
+        'aria-label="Filter">\n</header>\n<main>\n'
+        + ("\n".join(sections) if sections else f"<p>{esc(empty)}</p>")
+        + "\n</main>\n<footer>Made with cbir_utils (EYCON CBIR). Decisions stay in this "
+        "browser until exported; import them with <code>python -m cbir_utils verdicts import "
+        "verdicts.csv --index NAME</code>.</footer>\n"
+        f'<script type="application/json" id="verdicts-initial">{data}</script>\n'
+        f"<script>{_JS}</script>\n<script>{_VERDICT_JS % {'names': names}}</script>\n"
+        "</body>\n</html>\n"
+    )
+
+
+def _aligned_meta(items: pd.DataFrame | None, n: int) -> tuple[list[dict] | None, list[str]]:
+    if items is None:
+        return None, []
+    if len(items) != n:
+        raise ValueError(f"{len(items)} metadata rows for {n} images.")
+    cols = provenance.metadata_columns(items)
+    return (items[cols].fillna("").to_dict("records") if cols else None), cols
+
+
 def contact_sheet_html(
     groups: DuplicateGroups,
     paths: Sequence[PathLike],
@@ -151,14 +387,21 @@ def contact_sheet_html(
     relative_links: bool = True,
     notes: Sequence[str] = (),
     progress: bool = True,
+    items: pd.DataFrame | None = None,
+    verdicts: pd.DataFrame | None = None,
+    store: str = "",
 ) -> Path:
-    """Write a self-contained HTML contact sheet of the duplicate groups.
+    """Write a self-contained HTML contact sheet of the duplicate groups, with review buttons.
+
+    Each group's first image (closest to its centre) is the reference; every other member
+    gets the three verdict buttons, a decision about the pair (reference, member).
 
     Args:
         groups: The groups (:func:`cbir_utils.groups.duplicate_groups`).
         paths: Image file of each image, in the order of ``groups.labels``.
         path: Where to write the ``.html`` file (atomically).
-        names: Name shown per image (default: the file name).
+        names: Name shown per image (default: the file name); use the index's relpaths so
+            that verdicts can be imported.
         scenes: Scene label per image (``""`` unknown); images outside their group's
             majority scene get a red frame, the others green.
         title: Page title.
@@ -168,10 +411,17 @@ def contact_sheet_html(
         relative_links: Link images relative to the page (else ``file://`` URLs).
         notes: Extra lines for the page header (e.g. the model and threshold).
         progress: Show a progress bar while making thumbnails.
+        items: Collection items in the same order (metadata columns: periodical, date,
+            page...): shown in captions and tooltips, and a reprint list by date per group.
+        verdicts: Decisions already imported (:func:`cbir_utils.review.history`), shown.
+        store: Key of the browser's decision store (the index name; pages of one index
+            share their decisions). Default: the title.
 
     Returns:
         The path written.
     """
+    from . import review
+
     n = len(groups.labels)
     if len(paths) != n:
         raise ValueError(f"{len(paths)} paths for {n} grouped images.")
@@ -185,6 +435,8 @@ def contact_sheet_html(
     page_dir = out.resolve().parent
     names = [Path(p).name for p in paths] if names is None else [str(s) for s in names]
     sc = np.asarray(scenes, dtype=object) if scenes is not None else None
+    meta, meta_cols = _aligned_meta(items, n)
+    lk = review.lookup(verdicts) if verdicts is not None else {}
     shown = groups.groups(min_size)
     total = len(shown)
     if max_groups is not None:
@@ -201,26 +453,37 @@ def contact_sheet_html(
             counts = Counter(s for s in sc[members] if s)
             if counts:
                 info += " · scenes: " + ", ".join(f"{s} ({c})" for s, c in counts.most_common())
+        ref = int(members[0])
         figs = []
         for i in members:
             uri = thumbnail_data_uri(paths[i], thumb_px) or _placeholder(thumb_px)
             scene = str(sc[i]) if sc is not None else ""
-            status = _status(scene, majority)
-            scene_html = f'<span class="scene">{esc(scene)}</span>' if scene else ""
-            figs.append(
-                f'<figure class="{status}"><a href="{esc(file_link(paths[i], page_dir, relative_links))}" '
-                f'target="_blank" title="{esc(names[i])}"><img src="{uri}" alt="{esc(names[i])}">'
-                f'</a><figcaption><span class="score">{groups.centre_scores[i]:.3f}'
-                f'</span> <span class="name">{esc(names[i])}</span>{scene_html}</figcaption></figure>'
+            m = meta[i] if meta is not None else None
+            cls = _status(scene, majority)
+            score = f'<span class="score">{groups.centre_scores[i]:.3f}</span>'
+            box = (
+                '<div class="verdict-ref">reference</div>'
+                if i == ref
+                else _verdict_box(names[ref], names[i], f"group {g_no}")
             )
+            figs.append(
+                _figure(uri, _href(paths[i], m, page_dir, relative_links), names[i], score,
+                        m, meta_cols, cls, scene, box, "reference" if i == ref else "")
+            )  # fmt: skip
             bar.update(1)
-        text = " ".join(
-            [names[i] for i in members] + ([str(sc[i]) for i in members] if sc is not None else [])
+        words = [names[i] for i in members] + (
+            [str(sc[i]) for i in members] if sc is not None else []
         )
+        if meta is not None:
+            words += [provenance.describe(meta[i]) for i in members]
+        reprints = ""
+        if meta is not None:
+            rl = circulation.reprint_list(members, names, items, groups.centre_scores, lk, ref)
+            reprints = _reprints_html(rl)
         sections.append(
-            f'<section class="group" id="group-{g_no}" data-text="{esc(text.lower())}">'
+            f'<section class="group" id="group-{g_no}" data-text="{esc(" ".join(words).lower())}">'
             f"<h2>Group {g_no}<small>{esc(info)}</small></h2>"
-            f'<div class="row">{"".join(figs)}</div></section>'
+            f'<div class="row">{"".join(figs)}</div>{reprints}</section>'
         )
     bar.close()
     legend = ""
@@ -235,22 +498,113 @@ def contact_sheet_html(
         f"{n} images; {groups.n_groups} groups of two or more, {groups.n_singletons} without "
         f'duplicates; method {groups.method}{thr}. Showing <b id="shown">{len(shown)}</b> of '
         f"{total} groups{' (largest first)' if len(shown) < total else ''}. Score: cosine "
-        "similarity to the group's centre. Click a thumbnail to open the image."
+        "similarity to the group's centre. Click a thumbnail to open the image; judge each "
+        "member against the group's reference (first image)."
     )
-    css = _CSS % {"ok": MAJORITY_COLOR, "odd": OTHER_COLOR, "unk": UNKNOWN_COLOR, "cell": thumb_px}
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{esc(title)}</title>\n<style>{css}</style>\n</head>\n<body>\n<header>\n"
-        f"<h1>{esc(title)}</h1>\n<p>{summary}</p>\n"
+    header = f"<p>{summary}</p>\n" + "".join(f"<p>{esc(s)}</p>\n" for s in notes) + legend
+    page = _page(
+        title, header, sections, "No group of duplicates at this threshold.", store or title,
+        verdicts, thumb_px, "Filter groups by file name, scene or periodical",
+    )  # fmt: skip
+    return atomic_write_text(out, page)
+
+
+def search_results_html(
+    table: pd.DataFrame,
+    path: PathLike,
+    query_names: dict[str, str] | None = None,
+    title: str = "Search results",
+    thumb_px: int = 160,
+    relative_links: bool = True,
+    notes: Sequence[str] = (),
+    verdicts: pd.DataFrame | None = None,
+    store: str = "",
+    progress: bool = True,
+) -> Path:
+    """Write a self-contained HTML page of search results, with review buttons.
+
+    One row per query: the query image, then its candidates best first, each with its
+    score, provenance and the three verdict buttons; below, the query's results sorted
+    by date (its circulation) when the metadata has dates.
+
+    Args:
+        table: From :meth:`cbir_utils.index.Index.search` (``query, rank, candidate, score,
+            path`` and the candidates' metadata columns).
+        path: Where to write the ``.html`` file (atomically).
+        query_names: Name of each query file in the index (its relpath when indexed), so
+            that verdicts are about index images; default the query's path.
+        title: Page title.
+        thumb_px: Thumbnail size in pixels.
+        relative_links: Link images relative to the page (else ``file://`` URLs).
+        notes: Extra header lines.
+        verdicts: Decisions already imported (:func:`cbir_utils.review.history`), shown.
+        store: Key of the browser's decision store (the index name).
+        progress: Show a progress bar while making thumbnails.
+    """
+    from . import review
+
+    for c in ("query", "rank", "candidate", "score", "path"):
+        if c not in table.columns:
+            raise ValueError(f"The search table lacks column {c!r}.")
+    out = Path(path)
+    page_dir = out.resolve().parent
+    esc = html.escape
+    meta_cols = provenance.metadata_columns(
+        table.drop(
+            columns=["query", "rank", "candidate", "score", "inliers", "verdict"], errors="ignore"
+        )
+    )
+    lk = review.lookup(verdicts) if verdicts is not None else {}
+    queries = list(dict.fromkeys(table["query"]))
+    bar = tqdm(
+        total=len(table) + len(queries), desc="Search page", unit="img", disable=not progress
+    )
+    sections = []
+    for q_no, q in enumerate(queries, start=1):
+        rows = table[table["query"] == q].sort_values("rank", kind="stable")
+        qname = (query_names or {}).get(q, q)
+        uri = thumbnail_data_uri(q, thumb_px) or _placeholder(thumb_px)
+        figs = [
+            _figure(uri, file_link(q, page_dir, relative_links), Path(qname).name,
+                    '<span class="score">query</span>', None, (), "query", role="query")
+        ]  # fmt: skip
+        bar.update(1)
+        for r in rows.to_dict("records"):
+            m = {c: r.get(c, "") for c in meta_cols}
+            uri = thumbnail_data_uri(r["path"], thumb_px) or _placeholder(thumb_px)
+            extra = (
+                f" · {int(r['inliers'])} inliers" if int(r.get("inliers", -1) or -1) >= 0 else ""
+            )
+            score = (
+                f'<span class="score">#{int(r["rank"])} {float(r["score"]):.3f}</span>{esc(extra)}'
+            )
+            figs.append(
+                _figure(uri, _href(r["path"], m, page_dir, relative_links), str(r["candidate"]),
+                        score, m, meta_cols, "", str(r.get("scene", "") or ""),
+                        _verdict_box(qname, str(r["candidate"]), "search"))
+            )  # fmt: skip
+            bar.update(1)
+        reprints = ""
+        if meta_cols:
+            names = [str(c) for c in rows["candidate"]]
+            items = rows[meta_cols].reset_index(drop=True)
+            rl = circulation.reprint_list(range(len(names)), names, items, rows["score"].to_numpy())
+            rl["verdict"] = [lk.get((qname, n), "") for n in rl["image"]]
+            reprints = _reprints_html(rl)
+        words = [qname, *[str(c) for c in rows["candidate"]]]
+        sections.append(
+            f'<section class="group query" id="query-{q_no}" data-text="{esc(" ".join(words).lower())}">'
+            f"<h2>Query {q_no}<small>{esc(qname)} · {len(rows)} result(s)</small></h2>"
+            f'<div class="row">{"".join(figs)}</div>{reprints}</section>'
+        )
+    bar.close()
+    header = (
+        f'<p>{len(queries)} quer{"y" if len(queries) == 1 else "ies"}; showing <b id="shown">'
+        f"{len(queries)}</b>. Judge each candidate against its query (blue frame).</p>\n"
         + "".join(f"<p>{esc(s)}</p>\n" for s in notes)
-        + legend
-        + '<input id="filter" type="search" placeholder="Filter groups by file name or scene" '
-        'aria-label="Filter groups">\n</header>\n<main>\n'
-        + ("\n".join(sections) if sections else "<p>No group of duplicates at this threshold.</p>")
-        + "\n</main>\n<footer>Made with cbir_utils (EYCON CBIR).</footer>\n"
-        f"<script>{_JS}</script>\n</body>\n</html>\n"
     )
+    page = _page(title, header, sections, "No results.", store or title, verdicts, thumb_px,
+                 "Filter queries by file name")  # fmt: skip
     return atomic_write_text(out, page)
 
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from . import provenance
 from .errors import CollectionError, ImageDecodeError, MissingFilesError
 from .io import save_csv, save_json
 
@@ -108,12 +109,21 @@ class Collection(ItemTable):
         skipped: Files left out, columns :data:`SKIPPED_COLUMNS` (``kind`` is a key of
             :data:`SKIP_KINDS`, ``reason`` says what is wrong and, where useful, what to do).
         downscaled: Relpaths of huge scans that are decoded downscaled.
+        metadata_problems: Metadata rows that cannot be read (unparseable dates), columns
+            :data:`cbir_utils.provenance.DATE_PROBLEM_COLUMNS`.
+
+    Metadata columns (:mod:`cbir_utils.provenance`: periodical, date, page... and any
+    other column of the manifest or of a folder's ``metadata.csv``) follow ``scene`` in
+    ``items``; ``""`` where a value is missing.
     """
 
     root: Path
     items: pd.DataFrame
     skipped: pd.DataFrame = field(default_factory=_empty_skipped)
     downscaled: list[str] = field(default_factory=list)
+    metadata_problems: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(provenance.DATE_PROBLEM_COLUMNS))
+    )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -450,7 +460,21 @@ def _manifest_file(root: Path, rel: str) -> Path | None:
     return None
 
 
-def _load_manifest(src: Path) -> tuple[Path, list[tuple[str, Path, str]], list[dict]]:
+_Loaded = tuple[Path, list[tuple[str, Path, str]], list[dict], pd.DataFrame | None]
+
+
+def _metadata_frame(df: pd.DataFrame, relpaths: Sequence[str]) -> pd.DataFrame | None:
+    """The metadata columns of a manifest (``relpath`` first), or None when it has none."""
+    cols = provenance.metadata_columns(df.drop(columns=["path"]))
+    if not cols:
+        return None
+    meta = df[cols].copy()
+    meta.insert(0, "relpath", list(relpaths))
+    meta["_row"] = df.index.to_numpy() + 2  # the line in the CSV file (header = line 1)
+    return meta.reset_index(drop=True)
+
+
+def _load_manifest(src: Path) -> _Loaded:
     root = src.parent
     df = _read_manifest(src)
     df = df.assign(path=df["path"].str.strip(), scene=df["scene"].map(lambda s: _nfc(s.strip())))
@@ -466,6 +490,7 @@ def _load_manifest(src: Path) -> tuple[Path, list[tuple[str, Path, str]], list[d
             "Give each file one scene (copy the file if it really belongs to two)."
         )
     df = df.drop_duplicates("path")
+    meta = _metadata_frame(df, [Path(r.replace("\\", "/")).as_posix() for r in df["path"]])
     rows, missing = [], []
     for rel, scene in zip(df["path"], df["scene"]):
         found = _manifest_file(root, rel)
@@ -479,13 +504,37 @@ def _load_manifest(src: Path) -> tuple[Path, list[tuple[str, Path, str]], list[d
             f"Manifest {src} names {len(missing)} missing file(s) (paths are relative to "
             f"{root}):\n  {shown}"
         )
-    return root, rows, []
+    return root, rows, [], meta
 
 
-def _load_folder(src: Path) -> tuple[Path, list[tuple[str, Path, str]], list[dict]]:
+def _read_metadata_file(src: Path) -> pd.DataFrame | None:
+    """A folder collection's ``metadata.csv`` (``path`` relative to the folder, any columns)."""
+    f = src / provenance.METADATA_FILE
+    if not f.is_file():
+        return None
+    last: list[str] = []
+    for sep in (",", ";", "\t"):
+        df = pd.read_csv(f, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig")
+        df.columns = [str(c).strip().lower() for c in df.columns]
+        if "path" in df.columns:
+            break
+        last = last or list(df.columns)
+    else:
+        raise CollectionError(
+            f"{f} has no 'path' column (found {last}): it needs 'path' (relative to {src}) "
+            "and the metadata columns, e.g. periodical, date, page."
+        )
+    df = df.assign(path=df["path"].str.strip().str.replace("\\", "/", regex=False))
+    df = df[df["path"] != ""].drop_duplicates("path", keep="last")
+    return _metadata_frame(df.drop(columns=["scene"], errors="ignore"), df["path"].map(_nfc))
+
+
+def _load_folder(src: Path) -> _Loaded:
     rows, skipped = [], []
     for p in _walk(src):
         rel = p.relative_to(src).as_posix()
+        if rel == provenance.METADATA_FILE:
+            continue
         scene = _scene_of(_printable(rel))
         try:
             rel.encode("utf-8")
@@ -522,7 +571,7 @@ def _load_folder(src: Path) -> tuple[Path, list[tuple[str, Path, str]], list[dic
                 }
             )
     rows.sort(key=lambda r: r[0])  # collection order: relpaths sorted as strings
-    return src, rows, skipped
+    return src, rows, skipped, _read_metadata_file(src)
 
 
 def _cache_file(cache_dir: Path, root: Path, level: str) -> Path:
@@ -633,9 +682,9 @@ def load_collection(
             "per scene, or a CSV manifest with 'path' and 'scene' columns."
         )
     if src.is_file():
-        root, rows, skipped = _load_manifest(src)
+        root, rows, skipped, meta = _load_manifest(src)
     else:
-        root, rows, skipped = _load_folder(src)
+        root, rows, skipped, meta = _load_folder(src)
     if not rows:
         others = f" ({len(skipped)} other file(s) found)" if skipped else ""
         raise CollectionError(
@@ -673,15 +722,39 @@ def load_collection(
         }
     )
     items = items.drop_duplicates("relpath").reset_index(drop=True)
+    items, problems = _with_metadata(items, meta, src)
     collection = Collection(
         root=root,
         items=items,
         skipped=skipped_df if skipped_df is not None else _empty_skipped(),
         downscaled=downscaled,
+        metadata_problems=problems,
     )
+    provenance.warn_date_problems(problems, src, stacklevel=2)
     if _image_like(collection.skipped).any():
         warnings.warn(collection.skipped_summary(), SkippedFilesWarning, stacklevel=2)
     return collection
+
+
+def _with_metadata(
+    items: pd.DataFrame, meta: pd.DataFrame | None, src: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Items with their metadata columns, and the rows whose dates cannot be read."""
+    if meta is None:
+        return items, provenance.date_problems(pd.DataFrame())
+    problems = provenance.date_problems(meta)
+    cols = [c for c in meta.columns if c not in ("relpath", "_row")]
+    by_rel = meta.drop_duplicates("relpath", keep="last").set_index("relpath")[cols]
+    joined = by_rel.reindex(items["relpath"].to_numpy()).fillna("").reset_index(drop=True)
+    unused = sorted(set(by_rel.index) - set(items["relpath"]))
+    if unused and src.is_dir():
+        warnings.warn(
+            f"{len(unused)} row(s) of {src / provenance.METADATA_FILE} name no image of the "
+            f"collection (e.g. {unused[0]!r}); their metadata is not used.",
+            provenance.MetadataWarning,
+            stacklevel=3,
+        )
+    return pd.concat([items, joined], axis=1), problems.reset_index(drop=True)
 
 
 def save_skipped(collection: Collection, out_dir: str | os.PathLike) -> Path:

@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,28 @@ CHECK_SCENES = 52
 """Scenes of the check collection (2 bands of each of its 26 photos)."""
 CHECK_MULTI_SHOT_SHARE = 0.25
 
-MANIFEST_COLUMNS = ("path", "scene", "source", "shot", "transforms")
+# The provenance of every printing is invented (marked so in its "provenance" column), so
+# that the reprint lists and circulation timelines have something to show.
+PROVENANCE_COLUMNS = ("periodical", "date", "page", "caption", "provenance")
+MANIFEST_COLUMNS = ("path", "scene", "source", "shot", "transforms", *PROVENANCE_COLUMNS)
+SIMULATED = "simulated for the demo: invented periodical, date, page and caption"
+# Illustrated periodicals of 1914-1918, for the invented provenance only.
+PERIODICALS = (
+    "Le Miroir",
+    "L'Illustration",
+    "Le Petit Journal",
+    "Excelsior",
+    "Le Pays de France",
+    "J'ai vu...",
+    "Sur le vif",
+    "La Guerre illustrée",
+    "The Illustrated London News",
+    "The Graphic",
+    "The War Illustrated",
+    "Berliner Illustrirte Zeitung",
+    "L'Illustrazione Italiana",
+    "La Domenica del Corriere",
+)
 
 # Printings per scene (2..8): EYCON-like imbalance, mean ~3.8 (71 scenes, 268 images).
 _COUNT_WEIGHTS = {2: 0.30, 3: 0.25, 4: 0.15, 5: 0.10, 6: 0.08, 7: 0.06, 8: 0.06}
@@ -846,7 +868,7 @@ def _clean_previous(out: Path) -> None:
                 f.unlink()
         if not any(d.iterdir()):
             d.rmdir()
-    for name in ("manifest.csv", "demo_params.json"):
+    for name in ("manifest.csv", "metadata.csv", "demo_params.json"):
         if (out / name).is_file():
             (out / name).unlink()
 
@@ -905,6 +927,7 @@ def build_demo_collection(
         old = json.loads(params_file.read_text(encoding="utf-8"))
         same = {k: old.get(k) for k in params} == params
         if same and old.get("complete") and manifest.is_file():
+            _add_provenance(out, int(seed))
             return manifest
         if not same and not overwrite:
             raise ValueError(
@@ -969,13 +992,76 @@ def build_demo_collection(
                 )
                 bar.update(1)
 
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_write(manifest, text.getvalue().encode("utf-8"))
+    _write_manifests(out, rows, int(seed))
     _atomic_write(params_file, json.dumps({**params, "complete": True}, indent=2).encode())
     return manifest
+
+
+def simulated_provenance(rows: Sequence[dict], seed: int) -> list[dict[str, str]]:
+    """Invented periodical, date, page and caption of each printing (deterministic).
+
+    Per scene, a first appearance between August 1914 and October 1918, then reprints
+    days to months apart, each in another periodical; a few dates are known to the month
+    or the year only, as in real archives.
+    """
+    out: list[dict[str, str]] = []
+    by_scene: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_scene.setdefault(r["scene"], []).append(i)
+    first_day = date(1914, 8, 1).toordinal()
+    span = date(1918, 10, 31).toordinal() - first_day
+    info: dict[int, dict[str, str]] = {}
+    for si, (scene, members) in enumerate(sorted(by_scene.items())):
+        rng = np.random.default_rng([int(seed), 7, si])
+        day = first_day + int(rng.integers(0, span))
+        titles = rng.permutation(len(PERIODICALS))
+        subject = scene.split("_", 1)[-1].replace("_", " ")
+        for k, i in enumerate(members):
+            if k:
+                day += 1 + int(rng.exponential(25))
+            d = date.fromordinal(day)
+            precision = rng.random()
+            text = (
+                d.isoformat()
+                if precision > 0.15
+                else d.isoformat()[:7]
+                if precision > 0.05
+                else str(d.year)
+            )
+            info[i] = {
+                "periodical": PERIODICALS[int(titles[k % len(titles)])],
+                "date": text,
+                "page": str(int(rng.integers(1, 17))),
+                "caption": f"{subject.capitalize()} (invented caption)",
+                "provenance": SIMULATED,
+            }
+    out = [info[i] for i in range(len(rows))]
+    return out
+
+
+def _write_manifests(out: Path, rows: Sequence[dict], seed: int) -> None:
+    """``manifest.csv`` (build record and invented provenance) and ``metadata.csv``."""
+    prov = simulated_provenance(rows, seed)
+    full = [{**{k: r[k] for k in MANIFEST_COLUMNS[:5]}, **p} for r, p in zip(rows, prov)]
+    for name, cols in (
+        ("manifest.csv", MANIFEST_COLUMNS),
+        ("metadata.csv", ("path", *PROVENANCE_COLUMNS)),
+    ):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(full)
+        _atomic_write(out / name, text.getvalue().encode("utf-8"))
+
+
+def _add_provenance(out: Path, seed: int) -> None:
+    """Give a finished build made before the invented provenance its columns (in place)."""
+    with open(out / "manifest.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and (
+        not set(PROVENANCE_COLUMNS) <= set(rows[0]) or not (out / "metadata.csv").is_file()
+    ):
+        _write_manifests(out, rows, seed)
 
 
 def build_check_collection(

@@ -227,10 +227,17 @@ class DuplicateGroups:
         sizes = self.sizes
         return [self.members(g) for g in range(self.n_groups_total) if sizes[g] >= min_size]
 
-    def table(self, names: Sequence[str], scenes: Sequence[str] | None = None) -> pd.DataFrame:
+    def table(
+        self,
+        names: Sequence[str],
+        scenes: Sequence[str] | None = None,
+        items: pd.DataFrame | None = None,
+    ) -> pd.DataFrame:
         """One row per image: ``group, image, score, size`` (and ``scene`` when given).
 
-        Rows follow the group order, members closest to the centre first.
+        Rows follow the group order, members closest to the centre first. With ``items``
+        (``relpath`` and metadata columns; ``names`` are relpaths) each row also gets the
+        image's metadata (periodical, date, page...).
         """
         names = np.asarray([str(n) for n in names], dtype=object)
         if len(names) != len(self.labels):
@@ -247,13 +254,22 @@ class DuplicateGroups:
         )
         if scenes is not None:
             df["scene"] = np.asarray(scenes, dtype=object)[order]
+        if items is not None:
+            from .provenance import add_columns
+
+            df = add_columns(df, items, on="image")
         return df
 
     def save_csv(
-        self, path, names: Sequence[str], scenes: Sequence[str] | None = None, min_size: int = 1
+        self,
+        path,
+        names: Sequence[str],
+        scenes: Sequence[str] | None = None,
+        min_size: int = 1,
+        items: pd.DataFrame | None = None,
     ):
         """Write :meth:`table` (groups of at least ``min_size`` images) atomically as CSV."""
-        df = self.table(names, scenes)
+        df = self.table(names, scenes, items)
         return save_csv(path, df[df["size"] >= min_size])
 
 

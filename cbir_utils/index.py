@@ -6,7 +6,9 @@ preprocessing that made them (so queries are embedded the same way)::
 
     index.json               settings, model meta, and the names of the two files below
     vectors-<digest>.npy     float32 (N, D), unit-norm rows, in the order of items
-    items-<digest>.csv       relpath, path (absolute), scene ("" when unlabelled), sha1
+    items-<digest>.csv       relpath, path (absolute), scene ("" when unlabelled), sha1,
+                             then the collection's metadata columns (periodical, date...)
+    verdicts.csv             review decisions imported with `verdicts import` (history)
 
 ``index.json`` is written last and atomically, and names the data files by their content,
 so a reader never sees a half-updated index: a killed update leaves the previous one whole.
@@ -30,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import features, models
+from . import features, models, provenance
 from . import verify as V
 from .data import (
     UNLABELLED,
@@ -157,7 +159,8 @@ class Index(ItemTable):
 
     Attributes:
         vectors: ``(N, D)`` float32, unit-norm rows.
-        items: Frame with columns :data:`ITEM_COLUMNS`, one row per image, same order.
+        items: Frame with columns :data:`ITEM_COLUMNS`, then the collection's metadata
+            columns (:mod:`cbir_utils.provenance`), one row per image, same order.
         meta: Model meta (backbone, weights, pooling, preprocessing...), the cache key.
         checkpoint: Fine-tuned checkpoint path, or ``None`` for a pretrained backbone.
         output: ``"descriptor"`` or ``"logits"``.
@@ -197,7 +200,7 @@ class Index(ItemTable):
 
     def collection(self) -> Collection:
         """The indexed images as a :class:`cbir_utils.data.Collection` (for splits)."""
-        return Collection(root=Path(self.root), items=self.items[["relpath", "path", "scene"]])
+        return Collection(root=Path(self.root), items=self.items.drop(columns=["sha1"]))
 
     # ---- building
 
@@ -247,6 +250,7 @@ class Index(ItemTable):
             col.items["relpath"].tolist(),
             cache_dir=cache_dir,
             stats=stats,
+            metadata=_metadata_records(col.items),
             **extract_kwargs,
         )
         return index
@@ -267,8 +271,8 @@ class Index(ItemTable):
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(col):
             raise ValueError(f"{len(vectors)} vectors for {len(col)} images of {col.root}.")
-        items = col.items[["relpath", "path", "scene"]].copy()
-        items["sha1"] = [models.file_digest(p) for p in items["path"]]
+        items = col.items.copy()
+        items.insert(3, "sha1", [models.file_digest(p) for p in items["path"]])
         return cls(
             vectors=vectors,
             items=items.reset_index(drop=True),
@@ -313,6 +317,7 @@ class Index(ItemTable):
         relpaths: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         stats: features.ExtractStats | None = None,
+        metadata: Sequence[dict] | None = None,
         **extract_kwargs,
     ) -> AddReport:
         """Add images, embedding only those whose content is not indexed yet.
@@ -327,6 +332,8 @@ class Index(ItemTable):
             relpaths: Names to show (default: relative to :attr:`root` when inside it).
             cache_dir: Descriptor cache; defaults to ``outputs/cache``.
             stats: Filled with the counts of computed and cached descriptors.
+            metadata: Per image, its metadata (``{"periodical": ..., "date": ...}``);
+                it replaces what the index held for that image, even when unchanged.
             **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
         """
         abs_paths = [Path(p).expanduser().resolve() for p in paths]
@@ -338,6 +345,8 @@ class Index(ItemTable):
             relpaths = [self._relpath(p) for p in abs_paths]
         if not (len(scenes) == len(relpaths) == len(abs_paths)):
             raise ValueError("paths, scenes and relpaths must have the same length.")
+        if metadata is not None and len(metadata) != len(abs_paths):
+            raise ValueError(f"{len(metadata)} metadata rows for {len(abs_paths)} images.")
         report = AddReport(stats=stats if stats is not None else features.ExtractStats())
         digests = [models.file_digest(p) for p in abs_paths]
         row_of = {r: i for i, r in enumerate(self.items["relpath"])}
@@ -348,6 +357,11 @@ class Index(ItemTable):
                 report.unchanged += 1
             else:
                 todo.append(k)
+        if metadata is not None:
+            pending = set(todo)
+            self._set_metadata(
+                {relpaths[k]: metadata[k] for k in range(len(relpaths)) if k not in pending}
+            )
         if not todo:
             return report
         vecs = self._embed_files(
@@ -362,6 +376,7 @@ class Index(ItemTable):
         new_rows, new_vecs = [], []
         for v, k in zip(vecs, todo):
             row = {
+                **(metadata[k] if metadata is not None else {}),
                 "relpath": relpaths[k],
                 "path": str(abs_paths[k]),
                 "scene": scenes[k],
@@ -372,6 +387,8 @@ class Index(ItemTable):
                 vectors = vectors.copy() if vectors is self.vectors else vectors
                 vectors[i] = v
                 for c, val in row.items():
+                    if c not in items.columns:
+                        items[c] = ""
                     items.at[i, c] = val
                 report.replaced += 1
             else:
@@ -382,8 +399,23 @@ class Index(ItemTable):
         if new_rows:
             items = pd.concat([items, pd.DataFrame(new_rows)], ignore_index=True)
             vectors = np.concatenate([vectors, np.stack(new_vecs)]).astype(np.float32)
-        self.items, self.vectors = items[list(ITEM_COLUMNS)], vectors
+        self.items, self.vectors = _ordered(items), vectors
         return report
+
+    def _set_metadata(self, by_relpath: dict[str, dict]) -> None:
+        """Replace the metadata of indexed images (``relpath -> {column: value}``)."""
+        if not by_relpath:
+            return
+        items = self.items.copy()
+        row_of = {r: i for i, r in enumerate(items["relpath"])}
+        for rel, meta in by_relpath.items():
+            for c, val in meta.items():
+                if c in ITEM_COLUMNS:
+                    continue
+                if c not in items.columns:
+                    items[c] = ""
+                items.at[row_of[rel], c] = val
+        self.items = _ordered(items)
 
     def update(
         self,
@@ -404,6 +436,7 @@ class Index(ItemTable):
             rel,
             cache_dir,
             stats,
+            metadata=_metadata_records(col.items),
             **extract_kwargs,
         )
 
@@ -421,7 +454,7 @@ class Index(ItemTable):
         """Write the index into ``folder`` atomically (see the module docstring)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        items_csv = self.items[list(ITEM_COLUMNS)].to_csv(index=False).encode("utf-8")
+        items_csv = _ordered(self.items).to_csv(index=False).encode("utf-8")
         vec = np.ascontiguousarray(self.vectors, dtype=np.float32)
         tag = models.identity({"items": items_csv.decode(), "vec": _array_digest(vec)})
         vec_name, items_name = f"vectors-{tag}.npy", f"items-{tag}.csv"
@@ -466,7 +499,7 @@ class Index(ItemTable):
             items = pd.read_csv(folder / header["items"], dtype=str, keep_default_na=False)
         except (OSError, KeyError) as err:
             raise ValueError(f"The index in {folder} is incomplete ({err}).") from err
-        if len(vectors) != len(items) or list(items.columns) != list(ITEM_COLUMNS):
+        if len(vectors) != len(items) or list(items.columns[:4]) != list(ITEM_COLUMNS):
             raise ValueError(f"The index in {folder} is inconsistent (vectors vs items).")
         return cls(
             vectors=vectors.astype(np.float32),
@@ -605,8 +638,8 @@ class Index(ItemTable):
 
         Returns:
             Long table ``query, rank, candidate, score, scene, path`` (best first; score =
-            cosine, plus the verification bonus when re-ranked), and ``inliers`` when
-            re-ranked.
+            cosine, plus the verification bonus when re-ranked), ``inliers`` when
+            re-ranked, then the candidate's metadata columns (periodical, date...).
         """
         if len(self) == 0:
             raise ValueError("The index is empty.")
@@ -657,7 +690,23 @@ class Index(ItemTable):
                 )
         columns = ["query", "rank", "candidate", "score", "scene", "path"]
         table = pd.DataFrame(rows, columns=[*columns, "inliers"])
-        return table if rerank_top_n else table[columns]
+        table = table if rerank_top_n else table[columns]
+        return provenance.add_columns(table, self.items, on="candidate")
+
+
+def _metadata_records(items: pd.DataFrame) -> list[dict] | None:
+    """Each row's metadata columns as a dict (``None`` when the table has none)."""
+    from .provenance import metadata_columns
+
+    cols = metadata_columns(items)
+    return items[cols].to_dict("records") if cols else None
+
+
+def _ordered(items: pd.DataFrame) -> pd.DataFrame:
+    """Items with :data:`ITEM_COLUMNS` first, then the metadata columns; no missing values."""
+    from .provenance import metadata_columns
+
+    return items[[*ITEM_COLUMNS, *metadata_columns(items)]].fillna("").reset_index(drop=True)
 
 
 def _default_cache() -> Path:

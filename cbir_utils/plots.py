@@ -212,7 +212,9 @@ def retrieval_gallery(
 
     Args:
         query_paths: Image path of each query.
-        results: For each query, its results best first as ``(path, score, relevant)``.
+        results: For each query, its results best first as ``(path, score, relevant)``,
+            or ``(path, score, relevant, caption)`` to write a caption line (e.g. the
+            periodical and date, :func:`cbir_utils.retrieval.gallery_rows`) under it.
         path: Optional PNG path.
         title: Optional figure title.
         thumb: Size of one thumbnail in inches.
@@ -256,7 +258,8 @@ def retrieval_gallery(
                 lines = [lines[0], _short(" ".join(lines[1:]), len(lines[1]))]
             ax.set_title("\n".join(lines), fontsize=fontsize)
         for j, item in enumerate(row):
-            rpath, score, relevant = item
+            rpath, score, relevant = item[:3]
+            caption = str(item[3]) if len(item) > 3 and item[3] else ""
             if relevant is None:
                 color, gid, mark = UNKNOWN_COLOR, "unknown", ""
             elif bool(relevant):
@@ -267,9 +270,10 @@ def retrieval_gallery(
             _framed_image(rax, _thumbnail(rpath, max_px), color, linewidth)
             rax.set_gid(gid)
             sep = "   " if thumb >= 1.6 else "\n"  # narrow cells: two short lines
-            rax.set_xlabel(
-                f"#{j + 1}{sep}cos {float(score):.3f}{mark}", color=color, fontsize=fontsize
-            )
+            text = f"#{j + 1}{sep}cos {float(score):.3f}{mark}"
+            if caption:  # provenance: periodical, date, page
+                text += "\n" + "\n".join(textwrap.wrap(caption, max(12, int(thumb * 11)))[:2])
+            rax.set_xlabel(text, color=color, fontsize=fontsize)
 
     handles = [
         Patch(facecolor="white", edgecolor=QUERY_COLOR, linewidth=2.5, label="query"),

@@ -79,14 +79,19 @@ def topk_table(
     scores: np.ndarray,
     k: int,
     mask: np.ndarray | None = None,
+    items: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Long table ``query, rank, candidate, score, relevant`` of each query's top-k."""
+    """Long table ``query, rank, candidate, score, relevant`` of each query's top-k.
+
+    With ``items`` (the collection's, with ``relpath`` and metadata columns) each row also
+    gets the candidate's metadata (periodical, date, page...).
+    """
     relpaths = np.asarray(relpaths, dtype=object)
     scenes = np.asarray(scenes, dtype=object)
     idx, val = top_k(scores, k, mask)
     q = np.repeat(np.asarray(query_idx, dtype=int), idx.shape[1])
     c = idx.ravel()
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "query": relpaths[q],
             "rank": np.tile(np.arange(1, idx.shape[1] + 1), len(idx)),
@@ -95,6 +100,11 @@ def topk_table(
             "relevant": (scenes[q] == scenes[c]) & (scenes[q] != UNLABELLED),
         }
     )
+    if items is None:
+        return table
+    from .provenance import add_columns
+
+    return add_columns(table, items, on="candidate")
 
 
 def protocol_queries(split: pd.DataFrame, protocol: str) -> np.ndarray:
@@ -252,12 +262,24 @@ def gallery_queries(split: pd.DataFrame, n: int, seed: int = 0) -> np.ndarray:
 
 
 def gallery_rows(
-    ev: Evaluation, paths: Sequence[str], scenes: Sequence[str], queries: Sequence[int], k: int
-) -> tuple[list[str], list[list[tuple[str, float, bool]]]]:
+    ev: Evaluation,
+    paths: Sequence[str],
+    scenes: Sequence[str],
+    queries: Sequence[int],
+    k: int,
+    items: pd.DataFrame | None = None,
+) -> tuple[list[str], list[list[tuple]]]:
     """Query paths and their top-k ``(path, score, relevant)`` for :func:`plots.retrieval_gallery`.
 
-    ``queries`` are collection indices; those not among ``ev``'s queries are skipped.
+    ``queries`` are collection indices; those not among ``ev``'s queries are skipped. With
+    ``items`` (the collection's, in the same order as ``paths``) each result gets a fourth
+    element, its caption line (periodical, date, page).
     """
+    from .provenance import describe
+
+    captions = None
+    if items is not None:
+        captions = [describe(r) for r in items.to_dict("records")]
     paths = [str(p) for p in paths]
     scenes = np.asarray(scenes, dtype=object)
     where = {int(q): r for r, q in enumerate(ev.query_idx)}
@@ -267,10 +289,9 @@ def gallery_rows(
     for r, cand, sc in zip(rows, idx, val):
         q = int(ev.query_idx[r])
         qpaths.append(paths[q])
-        results.append(
-            [
-                (paths[c], float(s), bool(scenes[c] == scenes[q] and scenes[q] != UNLABELLED))
-                for c, s in zip(cand, sc)
-            ]
-        )
+        row = [
+            (paths[c], float(s), bool(scenes[c] == scenes[q] and scenes[q] != UNLABELLED))
+            for c, s in zip(cand, sc)
+        ]
+        results.append(row if captions is None else [(*r, captions[c]) for r, c in zip(row, cand)])
     return qpaths, results
