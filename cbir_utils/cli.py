@@ -6,7 +6,8 @@ Subcommands::
     add       add images (files or folders) to an index, embedding only the new ones
     search    query an index with an image, a folder of images, or a region of an image
     groups    duplicate groups: groups.csv, an HTML contact sheet and its PNG version
-    evaluate  mAP, P@k, R@k, nDCG@k, µAP and pairwise P/R/F1 (needs scene labels)
+    evaluate  mAP, P@k, R@k, nDCG@k, µAP and pairwise P/R/F1 (scene labels, or verdicts)
+    verdicts  import the review decisions exported from a contact sheet or search page
     map       a 2-D map of the collection with thumbnails (t-SNE)
     explain   why two images match: local features verified geometrically, drawn
 
@@ -52,7 +53,10 @@ EPILOG = """examples:
   python -m cbir_utils index data/demo                       # -> outputs/index/demo/
   python -m cbir_utils search demo new_scan.tif --out hits.csv
   python -m cbir_utils search demo page.jpg --box 120,40,620,410
+  python -m cbir_utils search demo scans/ --html review.html # review page with verdict buttons
   python -m cbir_utils groups demo                           # -> outputs/groups/demo/
+  python -m cbir_utils verdicts import ~/Downloads/verdicts.csv --index demo
+  python -m cbir_utils evaluate demo --verdicts              # confirmed pairs as ground truth
   python -m cbir_utils evaluate demo                         # needs scene labels
   python -m cbir_utils map demo
   python -m cbir_utils explain a.jpg b.jpg --out why.png
@@ -393,9 +397,10 @@ def cmd_add(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from . import review
     from .index import parse_box
 
-    index, _ = _open_index(args.index)
+    index, folder = _open_index(args.index)
     files = _image_files([args.query])
     box = parse_box(args.box) if args.box else None
     if box is not None and len(files) != 1:
@@ -413,6 +418,20 @@ def cmd_search(args) -> int:
     )
     if box is not None:
         table.insert(1, "box", ",".join(f"{v:g}" for v in box))
+    decisions = review.history(folder)
+    names = index.query_names(files)
+    table = review.attach(table.assign(_q=table["query"].map(names)), decisions, "_q")
+    table = table.drop(columns="_q")
+    if args.html:
+        from . import contact_sheet
+
+        page = contact_sheet.search_results_html(
+            table, Path(args.html).expanduser(), query_names=names,
+            title=f"Search results: {index.name}", verdicts=decisions, store=index.name,
+            notes=[f"Index {index.name}: {index.meta.get('backbone')}; top {args.top_k}."],
+            progress=_progress(args),
+        )  # fmt: skip
+        _say(args, f"Review page written: {page} (judge the candidates, then export verdicts.csv)")
     if args.out:
         from .io import save_csv
 
@@ -421,7 +440,7 @@ def cmd_search(args) -> int:
             args,
             f"{len(files)} quer{'y' if len(files) == 1 else 'ies'}; top {args.top_k} written to {args.out}",
         )
-    else:
+    elif not args.html:
         table.to_csv(sys.stdout, index=False)
     return 0
 
@@ -454,10 +473,12 @@ def _threshold(args, index) -> tuple[float | None, str]:
 
 
 def cmd_groups(args) -> int:
-    from . import contact_sheet, groups
-    from .io import save_json
+    from . import circulation, contact_sheet, groups, provenance, review
+    from .io import save_csv, save_json
 
-    index, _ = _open_index(args.index)
+    index, folder = _open_index(args.index)
+    import matplotlib.pyplot as plt
+
     threshold, how = _threshold(args, index)
     params = {
         "INDEX": index.name, "METHOD": args.method, "THRESHOLD": threshold, "K": args.k,
@@ -469,7 +490,8 @@ def cmd_groups(args) -> int:
     )
     names, scenes = index.relpaths, index.scenes
     labelled = any(s for s in scenes)
-    g.save_csv(out / "groups.csv", names, scenes if labelled else None, min_size=1)
+    g.save_csv(out / "groups.csv", names, scenes if labelled else None, 1, index.items)
+    decisions = review.history(folder)
     notes = [
         f"Index {index.name}: {index.meta.get('backbone')} ({index.meta.get('weights')}), "
         f"threshold {'' if threshold is None else f'{threshold:.3f} '}{how}."
@@ -478,14 +500,30 @@ def cmd_groups(args) -> int:
         g, index.paths, out / "contact_sheet.html", names=names,
         scenes=scenes if labelled else None, title=f"Duplicate groups: {index.name}",
         min_size=args.min_size, max_groups=args.max_groups, thumb_px=args.thumb_px,
-        notes=notes, progress=_progress(args),
+        notes=notes, progress=_progress(args), items=index.items, verdicts=decisions,
+        store=index.name,
     )  # fmt: skip
+    shown = g.groups(max(2, args.min_size))
+    lk = review.lookup(decisions)
+    circ = circulation.circulation_table(shown, names, index.items, g.centre_scores, lk)
+    save_csv(out / "circulation.csv", circ.drop(columns="row"))
+    timelines = []
+    if provenance.has_dates(index.items):
+        for k, members in enumerate(shown[: args.timelines], start=1):
+            rl = circulation.reprint_list(members, names, index.items, g.centre_scores, lk)
+            fig = circulation.timeline_figure(
+                rl, index.paths, out / "timelines" / f"group_{k:03d}.png",
+                title=f"Group {k}: {len(members)} printings",
+            )  # fmt: skip
+            if fig is not None:
+                plt.close(fig)
+                timelines.append(k)
+    else:
+        _say(args, circulation.NO_DATES)
     fig = contact_sheet.contact_sheet_figure(
         g, index.paths, names=names, scenes=scenes if labelled else None,
         path=out / "contact_sheet.png", min_size=args.min_size,
     )  # fmt: skip
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     summary = {
         "index": index.name, "method": g.method, "threshold": threshold, "threshold_from": how,
@@ -501,29 +539,63 @@ def cmd_groups(args) -> int:
         q = summary["quality"]
         _say(args, f"Against the scene labels: ARI {q['ari']:.3f}, purity {q['purity']:.3f}, "
              f"{q['n_groups']} groups for {q['n_scenes']} scenes.")  # fmt: skip
-    _say(args, f"Written: {out / 'groups.csv'}, {html}, {out / 'contact_sheet.png'}")
+    _say(args, f"Written: {out / 'groups.csv'}, {html}, {out / 'contact_sheet.png'}, "
+         f"{out / 'circulation.csv'}" + (f", {len(timelines)} timeline(s) in {out / 'timelines'}"
+                                         if timelines else ""))  # fmt: skip
     return 0
 
 
 # --------------------------------------------------------------------------- evaluate
 
 
+def _verdict_split(index, folder, args):
+    """A split whose scenes are the confirmed groups of the index's verdicts (all queries)."""
+    import pandas as pd
+
+    from . import groups, review
+
+    decisions = review.history(folder)
+    if not len(decisions):
+        raise ValueError(
+            f"The index {index.name} has no verdicts yet: review a contact sheet or search page, "
+            f"export verdicts.csv, then `python -m cbir_utils verdicts import verdicts.csv --index "
+            f"{index.name}`."
+        )
+    vl = review.labels_from_verdicts(index.relpaths, decisions)
+    if vl.n_groups == 0:
+        raise ValueError(f"No confirmed pair (same photograph) among the verdicts of {index.name}.")
+    if len(vl.conflicts):
+        _say(args, f"warning: {len(vl.conflicts)} pair(s) judged 'not a reprint' were joined by "
+             "other confirmations (see verdicts.csv); they count as relevant here.")  # fmt: skip
+    if args.threshold is None:
+        args.threshold = groups.fallback_threshold(index.meta.get("backbone"))
+    _say(args, f"Ground truth: {vl.n_groups} confirmed group(s), "
+         f"{int((vl.labels != '').sum())} images; every other image counts as not relevant.")  # fmt: skip
+    return pd.DataFrame({"scene": vl.labels, "split": "test"})
+
+
 def cmd_evaluate(args) -> int:
     from . import retrieval
     from .io import save_csv, save_json
 
-    index, _ = _open_index(args.index)
-    if not index.has_labels:
+    index, folder = _open_index(args.index)
+    if args.verdicts:
+        split = _verdict_split(index, folder, args)
+    elif not index.has_labels:
         raise ValueError(
             f"The index {index.name} has no scene labels (no scene with two images): nothing to "
-            "evaluate. Lay the collection out as one folder per scene, or give a manifest."
+            "evaluate. Lay the collection out as one folder per scene, give a manifest, or "
+            "review its candidates and evaluate with --verdicts."
         )
-    split = _split(index, args)
+    else:
+        split = _split(index, args)
     params = {
         "INDEX": index.name, "KS": args.ks, "THRESHOLD": args.threshold, "TOP_K": args.top_k,
         "SPLIT_SEED": args.split_seed, "RERANK_TOP_N": args.rerank_top_n,
+        "VERDICTS": bool(args.verdicts),
     }  # fmt: skip
     out = _run_dir("evaluate", index, args, params)
+    scenes = split["scene"].to_numpy(dtype=object)
     if args.rerank_top_n:  # what `search` returns: cosine, then local-feature verification
         from . import pipeline
 
@@ -541,7 +613,7 @@ def cmd_evaluate(args) -> int:
     save_json(out / "metrics.json", {p: ev.to_dict() for p, ev in evals.items()})
     ev = evals["all"]
     topk = retrieval.topk_table(
-        index.relpaths, index.scenes, ev.query_idx, ev.scores, args.top_k, ev.mask
+        index.relpaths, scenes, ev.query_idx, ev.scores, args.top_k, ev.mask, index.items
     )
     save_csv(out / "topk.csv", topk)
     k = args.ks[-1]
@@ -550,6 +622,23 @@ def cmd_evaluate(args) -> int:
     shown = table[[c for c in cols if c in table.columns]]
     print(shown.round(3).to_string(index=False))
     _say(args, f"Written: {out / 'metrics.csv'}, {out / 'metrics.json'}, {out / 'topk.csv'}")
+    return 0
+
+
+def cmd_verdicts(args) -> int:
+    from . import review
+
+    index, folder = _open_index(args.index)
+    if args.action == "import":
+        if not args.file:
+            raise ValueError("verdicts import needs the verdicts.csv file to import.")
+        report = review.import_verdicts(args.file, folder, known=index.relpaths)
+        _say(args, report.summary())
+        return 0
+    cur = review.current_verdicts(review.history(folder))
+    cur.to_csv(sys.stdout, index=False)
+    _say(args, f"{len(cur)} pair(s) judged: " + ", ".join(
+        f"{(cur['verdict'] == v).sum()} {label}" for v, label in review.VERDICTS.items()))  # fmt: skip
     return 0
 
 
@@ -801,6 +890,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_rerank_arg(p, "an 'inliers' column says why")
     p.add_argument("--out", default="", help="CSV file to write (default: print to the terminal)")
+    p.add_argument(
+        "--html",
+        default="",
+        help="also write a self-contained review page: thumbnails, provenance and the three "
+        "verdict buttons per candidate, exported as verdicts.csv",
+    )
     _add_extract_args(p)
     p.set_defaults(func=cmd_search)
 
@@ -837,6 +932,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="show at most this many groups in the HTML (largest first)",
     )
     p.add_argument("--thumb-px", type=_positive_int, default=160, help="thumbnail size in the HTML")
+    p.add_argument(
+        "--timelines",
+        type=_non_negative_int,
+        default=3,
+        help="circulation timelines (PNG) drawn for the largest groups, when the metadata has dates",
+    )
     _add_output_args(p, "groups")
     _add_split_args(p)
     p.set_defaults(func=cmd_groups)
@@ -864,9 +965,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="results per query in topk.csv",
     )
     _add_rerank_arg(p, "as `search` ranks")
+    p.add_argument(
+        "--verdicts",
+        action="store_true",
+        help="ground truth from the imported verdicts (relevant = confirmed the same "
+        "photograph) instead of the scene labels",
+    )
     _add_output_args(p, "evaluate")
     _add_split_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "verdicts",
+        parents=[common],
+        help="import review decisions (verdicts.csv) into an index, or list them",
+        description="`verdicts import FILE --index NAME` merges the decisions exported from a "
+        "contact sheet or search page into the index folder (history kept, the latest "
+        "decision of a pair wins); `verdicts list --index NAME` prints the current ones.",
+    )
+    p.add_argument("action", choices=["import", "list"])
+    p.add_argument("file", nargs="?", default="", help="verdicts.csv to import")
+    p.add_argument("--index", required=True, help="index folder or name")
+    p.set_defaults(func=cmd_verdicts)
 
     p = sub.add_parser(
         "map",

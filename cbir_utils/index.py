@@ -605,6 +605,15 @@ class Index(ItemTable):
         idx[~np.isfinite(val)] = -1
         return idx, val
 
+    def query_names(self, paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+        """Each query file's name in the index (its relpath when its content is indexed).
+
+        Keys are ``str(path)``, as in the ``query`` column of :meth:`search`; a query that
+        is not indexed keeps its path. Verdicts about indexed images use these names.
+        """
+        row_of = {d: r for d, r in zip(self.items["sha1"], self.items["relpath"])}
+        return {str(p): row_of.get(models.file_digest(p), str(p)) for p in paths}
+
     def search(
         self,
         paths: Sequence[str | os.PathLike],
