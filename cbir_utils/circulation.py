@@ -144,8 +144,8 @@ def timeline_figure(
     x = [date.fromordinal(int(when[i].ordinal)) for i in dated]
     fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(dated) + 3), 1.0 + 0.75 * len(order)))
     span = (max(x) - min(x)).days or 30
-    pad = max(10, span * 0.08)
-    ax.set_xlim(mdates.date2num(min(x)) - pad, mdates.date2num(max(x)) + pad)
+    pad = max(15, span * 0.06)
+    ax.set_xlim(mdates.date2num(min(x)) - pad, mdates.date2num(max(x)) + 2.5 * pad)
     ax.set_ylim(-0.7, len(order) - 0.3)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
@@ -167,8 +167,8 @@ def timeline_figure(
             ax.plot(mdates.date2num(d), y, "o", color=FIRST_COLOR if first else "#555")
         label = r["date"] + (f", p. {r['page']}" if r["page"] else "")
         ax.annotate(
-            ("first: " if first else "") + label, (mdates.date2num(d), y), xytext=(0, -30),
-            textcoords="offset points", ha="center", fontsize=7,
+            ("first: " if first else "") + label, (mdates.date2num(d), y), xytext=(30, 0),
+            textcoords="offset points", ha="left", va="center", fontsize=7,
             color=FIRST_COLOR if first else "#333", fontweight="bold" if first else "normal",
         )  # fmt: skip
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))

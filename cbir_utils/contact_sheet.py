@@ -41,6 +41,12 @@ PathLike = str | os.PathLike
 MAJORITY_COLOR = "#1a9850"
 OTHER_COLOR = "#d73027"
 UNKNOWN_COLOR = "#8c8c8c"
+# Short button texts (the full verdict is the button's tooltip and what is exported).
+BUTTON_LABELS = {
+    "same_photo": "same photo",
+    "same_scene": "same scene",
+    "not_reprint": "not a reprint",
+}
 
 _CSS = """
 :root { --ok: %(ok)s; --odd: %(odd)s; --unk: %(unk)s; }
@@ -82,6 +88,8 @@ figure[data-role="reference"] a { border-style: double; }
 .verdict button[aria-pressed="true"][data-v="same_scene"] { background: #fdae61; }
 .verdict button[aria-pressed="true"][data-v="not_reprint"] { background: #d73027; color: #fff; }
 figure.v-not_reprint img { opacity: .45; }
+.verdict-ref { margin-top: 3px; font-size: 10px; color: #2166ac; font-weight: bold;
+               text-transform: uppercase; letter-spacing: .05em; }
 #review { margin: 6px 0 2px; display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
 #review button { padding: 4px 10px; }
 details.reprints { margin-top: 8px; font-size: 12px; }
@@ -257,7 +265,7 @@ def _verdict_box(query: str, candidate: str, context: str) -> str:
     esc = html.escape
     buttons = "".join(
         f'<button type="button" data-v="{v}" aria-pressed="false" title="{esc(label)}">'
-        f"{esc(label)}</button>"
+        f"{esc(BUTTON_LABELS[v])}</button>"
         for v, label in VERDICTS.items()
     )
     return (

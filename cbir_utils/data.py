@@ -60,6 +60,10 @@ SKIP_KINDS = {
     "too_large": "over the decompression-bomb limit and not downscalable",
     "unreadable": "the file cannot be read (permissions or I/O error)",
     "bad_name": "the file name is not valid UTF-8",
+    "http_error": "the server answered with an HTTP error (IIIF)",
+    "timeout": "the server did not answer in time (IIIF)",
+    "connection": "the server could not be reached (IIIF)",
+    "manifest": "a IIIF manifest or collection could not be read",
 }
 SKIPPED_COLUMNS = ("relpath", "scene", "kind", "reason")
 VALIDATION_LEVELS = ("decode", "header", "none")
@@ -646,8 +650,9 @@ def load_collection(
     validate: str = "decode",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    iiif_config=None,
 ) -> Collection:
-    """Load a collection from a scene-per-folder directory or a CSV manifest.
+    """Load a collection from a scene-per-folder directory, a CSV manifest, or IIIF.
 
     Files are only read. Every candidate image is checked (``validate``); unusable files
     are left out and listed in ``Collection.skipped`` with a :class:`SkippedFilesWarning`
@@ -665,6 +670,9 @@ def load_collection(
         cache_dir: Folder where check results are kept per file (keyed by size and
             modification time), so later loads only re-check changed files. ``None``: no cache.
         progress: Show a progress bar while checking many files.
+        iiif_config: :class:`cbir_utils.iiif.FetchConfig` for a IIIF source (a manifest,
+            collection or URL-list; see :mod:`cbir_utils.iiif`): its images are fetched
+            into ``outputs/cache/iiif/`` and what could not be fetched is in ``skipped``.
 
     Raises:
         MissingFilesError: ``source`` does not exist, or the manifest names missing files.
@@ -675,6 +683,19 @@ def load_collection(
         raise CollectionError(
             f"Unknown validate={validate!r}; use one of {', '.join(VALIDATION_LEVELS)}."
         )
+    from . import iiif
+
+    if iiif.is_iiif_source(source):
+        fetched = iiif.fetch(source, iiif_config, progress=progress)
+        col = load_collection(fetched.manifest, validate, cache_dir, progress=False)
+        if len(fetched.failures):
+            col.skipped = (
+                pd.concat([col.skipped, fetched.failures], ignore_index=True)
+                .sort_values("relpath", kind="stable")
+                .reset_index(drop=True)
+            )
+            warnings.warn(col.skipped_summary(), SkippedFilesWarning, stacklevel=2)
+        return col
     src = Path(source).expanduser().resolve()
     if not src.exists():
         raise MissingFilesError(
@@ -972,7 +993,13 @@ def load_or_make_split(
                 "Point SPLIT_FILE to a new file to make a new split."
             )
         order = {r: i for i, r in enumerate(collection.items["relpath"])}
-        return saved.sort_values("relpath", key=lambda c: c.map(order)).reset_index(drop=True)
+        saved = saved.sort_values("relpath", key=lambda c: c.map(order)).reset_index(drop=True)
+        if saved["scene"].tolist() != collection.items["scene"].tolist():
+            raise ValueError(
+                f"The split saved at {path} was made for other scene labels than the "
+                f"collection's in {collection.root}. Point SPLIT_FILE to a new file."
+            )
+        return saved
     split = make_split(collection.items, **params)
     path.parent.mkdir(parents=True, exist_ok=True)
     from .io import atomic_write_text
@@ -980,6 +1007,19 @@ def load_or_make_split(
     atomic_write_text(path, split.to_csv(index=False))
     atomic_write_text(meta_path, json.dumps(params, indent=2))
     return split
+
+
+def _same_labels(path: Path, collection: Collection) -> bool:
+    """Whether the split saved at ``path`` gives the collection's images its scene labels."""
+    try:
+        saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+        by_rel = dict(zip(saved["relpath"], saved["scene"]))
+    except (OSError, ValueError, KeyError):
+        return True  # unreadable: let load_or_make_split say what is wrong
+    return all(
+        by_rel.get(r, s) == s
+        for r, s in zip(collection.items["relpath"], collection.items["scene"])
+    )
 
 
 def split_for(
@@ -1002,6 +1042,10 @@ def split_for(
         if split_file
         else OUTPUTS_DIR / "splits" / f"{collection.root.name}-seed{seed}.csv"
     )
+    if not split_file and path.exists() and not _same_labels(path, collection):
+        # other labels for the same files (e.g. scenes from review verdicts): their own split
+        tag = hashlib.sha1("\n".join(collection.items["scene"]).encode()).hexdigest()[:8]
+        path = path.with_name(f"{path.stem}-labels{tag}.csv")
     split = load_or_make_split(
         collection,
         path,
@@ -1039,8 +1083,21 @@ def open_collection(
     Raises:
         MissingFilesError: ``data_dir`` does not exist (and ``build_demo`` is off).
     """
+    from .iiif import is_iiif_source
     from .paths import OUTPUTS_DIR, PROJECT_ROOT, resolve
 
+    url = str(data_dir).strip().lower().startswith(("http://", "https://"))
+    iiif_src = str(data_dir).strip() if url else resolve(data_dir)
+    if is_iiif_source(iiif_src):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedFilesWarning)
+            collection = load_collection(
+                iiif_src, validate=validate, cache_dir=OUTPUTS_DIR / "cache" / "validation",
+                progress=progress,
+            )  # fmt: skip
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=2)
+        return collection
     root = resolve(data_dir)
     if build_demo and (not root.exists() or (root / "demo_params.json").exists()):
         from .demo import build_demo_collection

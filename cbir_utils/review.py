@@ -280,6 +280,69 @@ def labels_from_verdicts(
     )
 
 
+def relabel(collection, verdicts: str | os.PathLike, confirmed: Sequence[str] = (CONFIRMED,)):
+    """A copy of ``collection`` whose scenes are the confirmed groups of a verdicts file.
+
+    For fine-tuning on what reviewers confirmed instead of (or without) scene folders:
+    images in no confirmed pair become unlabelled. Prints how many groups and images.
+    """
+    from dataclasses import replace
+
+    vf = read_verdicts(verdicts)
+    vl = labels_from_verdicts(collection.items["relpath"], vf.rows, confirmed)
+    if vl.n_groups == 0:
+        raise CollectionError(
+            f"{verdicts} confirms no pair of images of this collection (names must be the "
+            "collection's relative paths)."
+        )
+    items = collection.items.assign(scene=vl.labels)
+    print(
+        f"Scene labels from {verdicts}: {vl.n_groups} confirmed group(s), "
+        f"{int((vl.labels != '').sum())} of {len(items)} images"
+        + (f"; {len(vl.conflicts)} rejected pair(s) inside a group" if len(vl.conflicts) else "")
+    )
+    return replace(collection, items=items)
+
+
+def review_query(
+    ev,
+    items: pd.DataFrame,
+    query: int,
+    k: int,
+    out: str | os.PathLike,
+    reviewer: str = "",
+    context: str = "notebook",
+    draw_matches: bool = True,
+) -> ReviewWidget:
+    """A :class:`ReviewWidget` for collection image ``query`` and its top ``k`` in ``ev``.
+
+    Args:
+        ev: A :class:`cbir_utils.retrieval.Evaluation` whose queries include ``query``.
+        items: The collection's items (relpath, path, metadata), in collection order.
+        query: Collection row of the query.
+        k: Candidates shown.
+        out: The verdicts file the buttons write to.
+        reviewer: Name kept with each decision.
+        context: Written with each decision.
+        draw_matches: Draw the verified local-feature matches of each candidate.
+    """
+    from .provenance import describe
+    from .retrieval import top_k
+
+    where = {int(q): r for r, q in enumerate(ev.query_idx)}
+    if int(query) not in where:
+        raise ValueError(f"Image {query} is not among the queries of this evaluation.")
+    r = where[int(query)]
+    idx, val = top_k(ev.scores[[r]], k, ev.mask[[r]])
+    rec = items.to_dict("records")
+    cands = [
+        (rec[c]["path"], rec[c]["relpath"], float(s), describe(rec[c]))
+        for c, s in zip(idx[0], val[0])
+    ]
+    q = rec[int(query)]
+    return ReviewWidget((q["path"], q["relpath"]), cands, out, reviewer, context, draw_matches)
+
+
 def append_decision(
     path: str | os.PathLike,
     query: str,

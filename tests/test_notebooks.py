@@ -149,3 +149,42 @@ def test_notebooks_02_and_03_with_the_default_frozen_sscd(outputs):
     rows = table.set_index(["method", "protocol"])
     assert rows.loc[("pretrained", "all"), "mAP"] > 0.9  # SSCD finds these printings
     assert rows.loc[("fine-tuned descriptors", "all"), "mAP"] > 0.9
+    # historians' outputs: the reprint list of every group (this collection has no dates, so
+    # no timeline, and the notebook says so), and the review widget of the first query
+    d03 = out / "03_finetuned_retrieval" / "sscd"
+    circ = pd.read_csv(d03 / "circulation.csv", keep_default_na=False)
+    assert {"group", "image", "periodical", "date", "verdict", "first"} <= set(circ.columns)
+    assert circ["group"].min() == 1 and len(circ) >= 14
+    assert not list(d03.glob("timeline_group_*.png"))
+    nb = json.loads((out / "03_finetuned_retrieval.executed.ipynb").read_text())
+    outs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert any("No dates in the metadata" in "".join(o.get("text", "")) for o in outs)
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outs)
+
+
+def test_notebook_02_learns_from_confirmed_verdicts(outputs, tiny_collection, tmp_path):
+    """VERDICTS: the scenes of notebook 02 are the groups reviewers confirmed."""
+    out, params = outputs
+    rels = sorted(p.relative_to(tiny_collection).as_posix() for p in tiny_collection.rglob("*.jpg"))
+    by_scene: dict[str, list[str]] = {}
+    for r in rels:
+        by_scene.setdefault(r.split("/")[0], []).append(r)
+    rows = [
+        {"query": m[0], "candidate": c, "verdict": "same_photo", "time": "2026-12-01T10:00:00Z"}
+        for m in list(by_scene.values())[:5]
+        for c in m[1:]
+    ]
+    verdicts = tmp_path / "verdicts.csv"
+    pd.DataFrame(rows).to_csv(verdicts, index=False)
+    p02 = {
+        **{k: v for k, v in params.items() if k not in ("N_GALLERY", "TOP_K")},
+        "BACKBONE": "sscd_distilled", "WEIGHTS": "default", "RUN_NAME": "verified",
+        "VERDICTS": str(verdicts),
+    }  # fmt: skip
+    run("02_finetune_classification", out, p02)
+    meta = torch.load(
+        out / "02_finetune_classification" / "verified" / "checkpoints" / "last.pt",
+        weights_only=False,
+    )["meta"]
+    assert meta["classes"] and all(c.startswith("verified-") for c in meta["classes"])
+    assert len(meta["classes"]) <= 5  # only confirmed groups (held-out ones are not classes)

@@ -50,7 +50,9 @@ def with_metadata(tmp_path, tiny_collection):
                 "archive_box": f"B{k:02d}",  # unknown to the package: kept as it is
             }
         )
-    rows.append({"path": "gone/missing.jpg", "periodical": "x", "date": "", "page": "", "archive_box": ""})
+    rows.append(
+        {"path": "gone/missing.jpg", "periodical": "x", "date": "", "page": "", "archive_box": ""}
+    )
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     return root, rels
 
@@ -69,7 +71,11 @@ def test_folder_metadata_and_bad_dates(with_metadata):
     assert len(col) == len(rels) and "metadata.csv" not in set(col.skipped["relpath"])
     assert col.metadata_problems[["row", "relpath"]].values.tolist() == [[6, rels[4]]]
     first = col.items.iloc[0]
-    assert (first["periodical"], first["date"], first["archive_box"]) == ("Le Miroir", "1916-05-02", "B00")
+    assert (first["periodical"], first["date"], first["archive_box"]) == (
+        "Le Miroir",
+        "1916-05-02",
+        "B00",
+    )
 
 
 def test_manifest_columns_are_kept(tmp_path, tiny_collection):
@@ -127,13 +133,18 @@ def test_output_tables_carry_metadata(with_metadata):
     x = rng.normal(size=(n, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     s = x @ x.T
-    t = retrieval.topk_table(col.items["relpath"], col.scenes, [0, 1], s[[0, 1]], 3, None, col.items)
+    t = retrieval.topk_table(
+        col.items["relpath"], col.scenes, [0, 1], s[[0, 1]], 3, None, col.items
+    )
     assert {"periodical", "date", "page", "archive_box"} <= set(t.columns)
     row = col.items.set_index("relpath").loc[t["candidate"].iloc[0]]
     assert t["periodical"].iloc[0] == row["periodical"]
     g = groups.duplicate_groups(x, 0.99)
     gt = g.table(col.items["relpath"], col.scenes, col.items)
-    assert gt.set_index("image").loc[col.items["relpath"][3], "archive_box"] == col.items["archive_box"][3]
+    assert (
+        gt.set_index("image").loc[col.items["relpath"][3], "archive_box"]
+        == col.items["archive_box"][3]
+    )
 
 
 @pytest.fixture()
