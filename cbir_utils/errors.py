@@ -132,5 +132,3 @@ def cli_main(fn, *args, **kwargs) -> int:
         return 2
     return result if isinstance(result, int) else 0
 
-
-install_notebook_handler()  # active as soon as a notebook imports cbir_utils (IPython only)
