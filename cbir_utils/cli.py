@@ -429,7 +429,7 @@ def cmd_search(args) -> int:
             table, Path(args.html).expanduser(), query_names=names,
             title=f"Search results: {index.name}", verdicts=decisions, store=index.name,
             notes=[f"Index {index.name}: {index.meta.get('backbone')}; top {args.top_k}."],
-            progress=_progress(args),
+            progress=_progress(args), items=index.items,
         )  # fmt: skip
         _say(args, f"Review page written: {page} (judge the candidates, then export verdicts.csv)")
     if args.out:
@@ -596,6 +596,8 @@ def cmd_evaluate(args) -> int:
     }  # fmt: skip
     out = _run_dir("evaluate", index, args, params)
     scenes = split["scene"].to_numpy(dtype=object)
+    # with verdicts there is no split: every image of a confirmed group is a query
+    protocols = ("all",) if args.verdicts else ("all", "study", "disjoint")
     if args.rerank_top_n:  # what `search` returns: cosine, then local-feature verification
         from . import pipeline
 
@@ -603,10 +605,12 @@ def cmd_evaluate(args) -> int:
         ranked = pipeline.rank_collection(
             index.vectors, index.paths, config, progress=_progress(args)
         )
-        evals = pipeline.evaluate_scores(ranked.scores, split, ks=args.ks, threshold=args.threshold)
+        evals = pipeline.evaluate_scores(
+            ranked.scores, split, protocols, ks=args.ks, threshold=args.threshold
+        )
     else:
         evals = retrieval.evaluate_protocols(
-            index.vectors, split, ks=args.ks, threshold=args.threshold
+            index.vectors, split, protocols, ks=args.ks, threshold=args.threshold
         )
     table = retrieval.results_table({index.name: evals})
     save_csv(out / "metrics.csv", table)

@@ -145,6 +145,12 @@ _VERDICT_JS = """
         fig.classList.toggle("v-" + name, name === v);
       });
     });
+    Array.prototype.forEach.call(document.querySelectorAll("td.rv"), function (td) {
+      var q = td.getAttribute("data-query"), c = td.getAttribute("data-candidate");
+      if (q === c) { return; }  // the reference or the query itself
+      var d = state[key(q, c)];
+      td.textContent = d ? VERDICT_NAMES[d.verdict] : "";
+    });
     document.getElementById("n-decisions").textContent = String(local().length);
   }
   var VERDICT_NAMES = %(names)s;
@@ -315,7 +321,7 @@ def _href(path: PathLike, meta: dict | None, page_dir: Path, relative: bool) -> 
     return file_link(path, page_dir, relative)
 
 
-def _reprints_html(reprints: pd.DataFrame) -> str:
+def _reprints_html(reprints: pd.DataFrame, reference: str = "") -> str:
     esc = html.escape
     if not len(reprints):
         return ""
@@ -332,7 +338,8 @@ def _reprints_html(reprints: pd.DataFrame) -> str:
             f'<tr class="{"first" if r["first"] else ""}"><td>{esc(r["date"])}'
             f"{' (first)' if r['first'] else ''}</td><td>{esc(r['periodical'])}</td>"
             f"<td>{esc(r['page'])}</td><td>{esc(r['image'])}</td><td>{score}</td>"
-            f"<td>{esc(VERDICTS.get(r['verdict'], r['verdict']))}</td><td>{link}</td></tr>"
+            f'<td class="rv" data-query="{esc(reference)}" data-candidate="{esc(r["image"])}">'
+            f"{esc(VERDICTS.get(r['verdict'], r['verdict']))}</td><td>{link}</td></tr>"
         )
     return (
         '<details class="reprints"><summary>Reprint list, by date</summary>'
@@ -487,7 +494,7 @@ def contact_sheet_html(
         reprints = ""
         if meta is not None:
             rl = circulation.reprint_list(members, names, items, groups.centre_scores, lk, ref)
-            reprints = _reprints_html(rl)
+            reprints = _reprints_html(rl, names[ref])
         sections.append(
             f'<section class="group" id="group-{g_no}" data-text="{esc(" ".join(words).lower())}">'
             f"<h2>Group {g_no}<small>{esc(info)}</small></h2>"
@@ -528,6 +535,7 @@ def search_results_html(
     verdicts: pd.DataFrame | None = None,
     store: str = "",
     progress: bool = True,
+    items: pd.DataFrame | None = None,
 ) -> Path:
     """Write a self-contained HTML page of search results, with review buttons.
 
@@ -548,6 +556,7 @@ def search_results_html(
         verdicts: Decisions already imported (:func:`cbir_utils.review.history`), shown.
         store: Key of the browser's decision store (the index name).
         progress: Show a progress bar while making thumbnails.
+        items: The index's items: the provenance of queries that are indexed images.
     """
     from . import review
 
@@ -563,6 +572,10 @@ def search_results_html(
         )
     )
     lk = review.lookup(verdicts) if verdicts is not None else {}
+    q_meta: dict[str, dict] = {}
+    if items is not None and meta_cols:
+        cols = [c for c in meta_cols if c in items.columns]
+        q_meta = {r["relpath"]: r for r in items[["relpath", *cols]].fillna("").to_dict("records")}
     queries = list(dict.fromkeys(table["query"]))
     bar = tqdm(
         total=len(table) + len(queries), desc="Search page", unit="img", disable=not progress
@@ -571,10 +584,11 @@ def search_results_html(
     for q_no, q in enumerate(queries, start=1):
         rows = table[table["query"] == q].sort_values("rank", kind="stable")
         qname = (query_names or {}).get(q, q)
+        qmeta = q_meta.get(qname)
         uri = thumbnail_data_uri(q, thumb_px) or _placeholder(thumb_px)
         figs = [
-            _figure(uri, file_link(q, page_dir, relative_links), Path(qname).name,
-                    '<span class="score">query</span>', None, (), "query", role="query")
+            _figure(uri, _href(q, qmeta, page_dir, relative_links), qname,
+                    '<span class="score">query</span>', qmeta, meta_cols, "query", role="query")
         ]  # fmt: skip
         bar.update(1)
         for r in rows.to_dict("records"):
@@ -593,12 +607,13 @@ def search_results_html(
             )  # fmt: skip
             bar.update(1)
         reprints = ""
-        if meta_cols:
-            names = [str(c) for c in rows["candidate"]]
-            items = rows[meta_cols].reset_index(drop=True)
-            rl = circulation.reprint_list(range(len(names)), names, items, rows["score"].to_numpy())
-            rl["verdict"] = [lk.get((qname, n), "") for n in rl["image"]]
-            reprints = _reprints_html(rl)
+        if meta_cols:  # the query (when indexed) and its results, by date
+            names = [qname, *[str(c) for c in rows["candidate"]]]
+            rec = [qmeta or {c: "" for c in meta_cols}, *rows[meta_cols].to_dict("records")]
+            scores = [np.nan, *rows["score"].to_numpy()]
+            rl = circulation.reprint_list(range(len(names)), names, pd.DataFrame(rec), scores)
+            rl["verdict"] = ["query" if n == qname else lk.get((qname, n), "") for n in rl["image"]]
+            reprints = _reprints_html(rl, qname)
         words = [qname, *[str(c) for c in rows["candidate"]]]
         sections.append(
             f'<section class="group query" id="query-{q_no}" data-text="{esc(" ".join(words).lower())}">'

@@ -131,4 +131,3 @@ def cli_main(fn, *args, **kwargs) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
-

@@ -371,6 +371,11 @@ def test_search_page_review_in_chromium(tmp_path, tiny_collection):
         assert _pressed(drv)[("s0/a.jpg", "s0/b.jpg")] == "same_photo"
         # the other query's box about the same candidate is another pair: untouched
         assert _pressed(drv)[(str(imgs[5]), "s0/b.jpg")] == ""
+        # the reprint list by date shows the decision too
+        cell = drv.find_element(
+            "css selector", 'td.rv[data-query="s0/a.jpg"][data-candidate="s0/b.jpg"]'
+        )
+        assert cell.get_attribute("textContent") == "same photograph"
         drv.find_element("id", "export").click()
         target = downloads / "verdicts.csv"
         deadline = time.time() + 20
