@@ -10,7 +10,6 @@ L2-normalised descriptors of :mod:`cbir_utils.features`:
 * :func:`alpha_query_expansion` (αQE) and :func:`database_augmentation` (αDBA): a descriptor
   is replaced by the weighted mean of itself and its nearest neighbours (weights
   ``cosine ** alpha``), which pulls the printings of one scene together.
-* :func:`score_matrix`: all of it as one ``(n_queries, n_db)`` cosine score matrix.
 
 All functions are pure: arrays in, new arrays out.
 """
@@ -198,22 +197,29 @@ def fit_whitening(
 # --------------------------------------------------------------------------- query expansion
 
 
-def _neighbour_mean(
-    x: np.ndarray, db: np.ndarray, k: int, alpha: float, exclude: np.ndarray | None
+def neighbour_mean(
+    x: np.ndarray, db: np.ndarray, k: int, alpha: float, exclude: np.ndarray | None = None
 ) -> np.ndarray:
+    """Each row of ``x`` plus its ``k`` nearest rows of ``db``, weighted ``cos ** alpha``.
+
+    The neighbours come from :func:`cbir_utils.search.exact_search` (chunked: memory
+    ``O(len(x) k)``, never ``len(x) x len(db)``). ``exclude``: per row, a ``db`` row that
+    is not its neighbour (its own row when ``x`` are database descriptors).
+    """
+    from .search import exact_search
+
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k!r}.")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha!r}.")
     if k == 0:
         return l2n(x)
-    sims = x @ db.T
-    if exclude is not None:
-        sims[np.arange(len(x)), exclude] = -np.inf
-    k = min(k, db.shape[0] - (1 if exclude is not None else 0))
-    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    w = np.clip(np.take_along_axis(sims, idx, axis=1), 0.0, None) ** alpha
-    return l2n(x + np.einsum("nk,nkd->nd", w, db[idx]))
+    nb = exact_search(x, db, k, exclude)
+    idx, sims = nb.indices, nb.scores.astype(np.float32)
+    ok = idx >= 0
+    w = np.where(ok, np.clip(sims, 0.0, None), 0.0) ** alpha
+    w = np.where(ok, w, 0.0)
+    return l2n(x + np.einsum("nk,nkd->nd", w, db[np.where(ok, idx, 0)]))
 
 
 def alpha_query_expansion(
@@ -244,13 +250,13 @@ def alpha_query_expansion(
         ex = np.asarray(query_idx, dtype=int)
         if ex.shape != (len(q),):
             raise ValueError("query_idx needs one database row per query.")
-    return _neighbour_mean(q, db, int(k), float(alpha), ex)
+    return neighbour_mean(q, db, int(k), float(alpha), ex)
 
 
 def database_augmentation(database: np.ndarray, k: int = 2, alpha: float = 3.0) -> np.ndarray:
     """αDBA: every database descriptor replaced by its αQE over the database itself."""
     db = _check_desc(database, "database")
-    return _neighbour_mean(db, db, int(k), float(alpha), np.arange(len(db)))
+    return neighbour_mean(db, db, int(k), float(alpha), np.arange(len(db)))
 
 
 # --------------------------------------------------------------------------- scores
@@ -258,7 +264,7 @@ def database_augmentation(database: np.ndarray, k: int = 2, alpha: float = 3.0) 
 
 @dataclass(frozen=True)
 class PostProcess:
-    """Which post-processing :func:`score_matrix` applies (all off by default).
+    """Which post-processing the pipeline applies (all off by default).
 
     Attributes:
         whiten: Learn a PCA-whitening on the database descriptors and apply it.
@@ -279,37 +285,3 @@ class PostProcess:
     qe_alpha: float = 3.0
     dba_k: int = 0
     dba_alpha: float = 3.0
-
-
-def score_matrix(
-    database: np.ndarray,
-    query_idx: Sequence[int] | None = None,
-    post: PostProcess | None = None,
-    whitening: Whitening | None = None,
-) -> np.ndarray:
-    """Cosine scores of queries (rows of the database) against the whole database, post-processed.
-
-    Args:
-        database: ``(N, D)`` unit-norm descriptors of the collection.
-        query_idx: Rows used as queries; ``None`` for all.
-        post: The post-processing (default: none, plain cosine).
-        whitening: A whitening learned elsewhere; default learned on ``database`` when
-            ``post.whiten``.
-
-    Returns:
-        ``(len(query_idx), N)`` scores (each query's own column included; mask it out).
-    """
-    post = post or PostProcess()
-    db = _check_desc(database, "database")
-    q_idx = np.arange(len(db)) if query_idx is None else np.asarray(query_idx, dtype=int)
-    if post.whiten:
-        w = whitening or fit_whitening(
-            db, post.whiten_dim, post.whiten_power, post.whiten_shrinkage
-        )
-        db = w.apply(db)
-    if post.dba_k:
-        db = database_augmentation(db, post.dba_k, post.dba_alpha)
-    q = db[q_idx]
-    if post.qe_k:
-        q = alpha_query_expansion(q, db, post.qe_k, post.qe_alpha, query_idx=q_idx)
-    return q @ db.T

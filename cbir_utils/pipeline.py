@@ -20,9 +20,11 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from . import descriptors as D
 from . import metrics as M
@@ -180,12 +182,324 @@ def describe(
 
 
 @dataclass
+class Ranking:
+    """Each query's best candidates, best first: top-k lists, memory ``O(Q k)``.
+
+    Attributes:
+        indices: ``(Q, K)`` collection rows, ``-1`` where a list is shorter.
+        scores: ``(Q, K)`` final scores (cosine plus verification bonuses), ``-inf`` pads.
+        cosine: ``(Q, K)`` the cosine (after post-processing) of the same cells.
+        inliers: ``(Q, K)`` inliers of verified cells, ``-1`` elsewhere.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    cosine: np.ndarray
+    inliers: np.ndarray
+
+    def dense(self, n: int, which: str = "scores") -> np.ndarray:
+        """A ``(Q, n)`` matrix of one field, ``-inf`` (``-1`` for inliers) off the lists.
+
+        For collections small enough to score fully (evaluation, galleries): the library's
+        own paths use the lists.
+        """
+        vals = getattr(self, which)
+        fill = -1 if which == "inliers" else -np.inf
+        out = np.full((len(self.indices), n), fill, dtype=vals.dtype)
+        r, c = np.nonzero(self.indices >= 0)
+        out[r, self.indices[r, c]] = vals[r, c]
+        return out
+
+
+def _pad(rows: list[tuple[np.ndarray, ...]], k: int) -> Ranking:
+    q = len(rows)
+    idx = np.full((q, k), -1, dtype=np.int64)
+    sc = np.full((q, k), -np.inf, dtype=np.float64)
+    co = np.full((q, k), -np.inf, dtype=np.float64)
+    inl = np.full((q, k), -1, dtype=np.int64)
+    for r, (i, s, c, n) in enumerate(rows):
+        m = min(k, len(i))
+        idx[r, :m], sc[r, :m], co[r, :m], inl[r, :m] = i[:m], s[:m], c[:m], n[:m]
+    return Ranking(idx, sc, co, inl)
+
+
+class FittedPipeline:
+    """The retrieval pipeline fitted on a collection: what ranks it and any new image.
+
+    Fitted once (:meth:`fit`) on the collection's descriptors: the PCA-whitening, the
+    αDBA database and, with ``graph``, the verification graph (every image verified
+    against its best ``rerank_top_n``). :meth:`rank` ranks new images exactly as
+    :meth:`rank_collection` ranks the collection's own (an image of the collection given
+    as a query, with its row excluded, gets the same list). Neighbours come from
+    :mod:`cbir_utils.search` (exact below a size, FAISS HNSW above): every step works on
+    top-k lists, memory ``O(N k)``. Saved with an index (:meth:`save`, :meth:`load`).
+
+    Attributes:
+        config: The configuration.
+        whitening: The whitening learned on the collection, or None.
+        white: ``(N, d)`` whitened (else normalised) descriptors, before αDBA.
+        database: ``(N, d)`` the descriptors searched (whitened, αDBA).
+        paths: The collection's images (local features for re-ranking).
+        graph: The verification graph, or None.
+    """
+
+    FILES = ("pipeline.json", "pipeline.npz")
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        whitening: D.Whitening | None,
+        white: np.ndarray,
+        database: np.ndarray,
+        paths: Sequence[str | os.PathLike],
+        graph: V.VerificationGraph | None = None,
+        method: str = "auto",
+    ) -> None:
+        self.config, self.whitening, self.graph, self.method = config, whitening, graph, method
+        self.white = np.asarray(white, dtype=np.float32)
+        self.database = np.asarray(database, dtype=np.float32)
+        self.paths = [str(p) for p in paths]
+        self.seconds: dict[str, float] = {}
+        self._search = None
+        self._own: Ranking | None = None  # the collection's own ranking before graph hops
+
+    def __len__(self) -> int:
+        return len(self.database)
+
+    @classmethod
+    def fit(
+        cls,
+        desc: np.ndarray,
+        paths: Sequence[str | os.PathLike],
+        config: PipelineConfig,
+        store: V.LocalFeatureStore | None = None,
+        progress: bool = True,
+        method: str = "auto",
+    ) -> FittedPipeline:
+        """Learn the whitening and αDBA on ``desc``; verify the collection when ``graph``."""
+        desc = np.asarray(desc, dtype=np.float32)
+        if desc.ndim != 2 or desc.shape[0] != len(paths):
+            raise ValueError(
+                f"{desc.shape[0] if desc.ndim else 0} descriptors for {len(paths)} images."
+            )
+        t0 = time.perf_counter()
+        post = config.post()
+        whitening = D.fit_whitening(desc, post.whiten_dim) if post.whiten else None
+        white = whitening.apply(desc) if whitening is not None else D.l2n(desc)
+        db = white
+        if post.dba_k:
+            db = D.neighbour_mean(white, white, post.dba_k, post.dba_alpha, np.arange(len(white)))
+        fitted = cls(config, whitening, white, db, paths, method=method)
+        fitted.seconds["post"] = time.perf_counter() - t0
+        if config.graph:
+            t0 = time.perf_counter()
+            own = fitted._rank_rows(np.arange(len(db)), len(db) - 1, store, progress, hops=False)
+            fitted.graph = V.graph_from_lists(own.indices, own.inliers, len(db))
+            fitted._own = own
+            fitted.seconds["rerank"] = time.perf_counter() - t0
+        return fitted
+
+    # ---- queries
+
+    def query_vectors(self, raw: np.ndarray, exclude: Sequence[int] | None = None) -> np.ndarray:
+        """Post-processed query descriptors (whitened, αDBA-like, αQE), as the collection's.
+
+        Args:
+            raw: ``(Q, D)`` descriptors made as the collection's (:func:`describe`).
+            exclude: Per query, its collection row when it is one (not its own neighbour).
+        """
+        post = self.config.post()
+        raw = np.asarray(raw, dtype=np.float32)
+        q = self.whitening.apply(raw) if self.whitening is not None else D.l2n(raw)
+        ex = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+        if post.dba_k:
+            q = D.neighbour_mean(q, self.white, post.dba_k, post.dba_alpha, ex)
+        if post.qe_k:
+            q = D.neighbour_mean(q, self.database, post.qe_k, post.qe_alpha, ex)
+        return q
+
+    def neighbours(self, q: np.ndarray, k: int, exclude: Sequence[int] | None = None):
+        """Top-``k`` database rows of post-processed queries (:mod:`cbir_utils.search`)."""
+        from .search import build_index
+
+        if self._search is None:
+            self._search = build_index(self.database, self.method)
+        return self._search.search(q, k, exclude)
+
+    def _rank_rows(
+        self,
+        rows: np.ndarray,
+        k: int,
+        store: V.LocalFeatureStore | None,
+        progress: bool,
+        hops: bool = True,
+    ) -> Ranking:
+        q = self.database[rows]
+        post = self.config.post()
+        if post.qe_k:
+            q = D.neighbour_mean(q, self.database, post.qe_k, post.qe_alpha, rows)
+        return self._rank(q, [self.paths[i] for i in rows], k, rows, store, progress, hops)
+
+    def _rank(self, q, query_images, k, exclude, store, progress, hops=True) -> Ranking:
+        cfg = self.config
+        n = len(self)
+        kk = min(n, max(k, cfg.rerank_top_n if cfg.rerank else 0))
+        nb = self.neighbours(q, kk, exclude)
+        store = store if store is not None else V.LocalFeatureStore()
+        rows = []
+        it = tqdm(
+            range(len(q)), desc="Re-ranking", unit="query", disable=not (progress and cfg.rerank)
+        )
+        for r in it:
+            ok = nb.indices[r] >= 0
+            ids = nb.indices[r][ok]
+            cos = nb.scores[r][ok].astype(np.float64)
+            sc, inl = cos.copy(), np.full(len(ids), -1, dtype=np.int64)
+            if cfg.rerank and len(ids):
+                qimg = query_images[r]
+                qf = store.get(qimg) if isinstance(qimg, (str, os.PathLike)) else qimg
+                res = V.rerank(qf, [self.paths[i] for i in ids], cos, cfg.rerank_top_n,
+                               cfg.rerank_weight, store=store)  # fmt: skip
+                sc, inl = res.scores, res.inliers
+            own = None if exclude is None else int(exclude[r])
+            if hops and self.graph is not None:
+                ids, sc, cos, inl = self._hops(q[r], ids, sc, cos, inl, own)
+            order = np.argsort(-sc, kind="stable")
+            rows.append((ids[order], sc[order], cos[order], inl[order]))
+        return _pad(rows, min(k, n))
+
+    def _hops(self, qv, ids, sc, cos, inl, own):
+        """Two-hop verification: printings verified with the query's verified matches."""
+        hop = self.graph.hops(ids[inl >= self.graph.edge_inliers], own)
+        if not len(hop):
+            return ids, sc, cos, inl
+        listed = np.isin(ids, hop)
+        sc = np.where(listed, sc + self.config.hop_weight, sc)
+        extra = np.setdiff1d(hop, ids)
+        if len(extra):  # hops beyond the list: their cosine, plus the bonus
+            ec = (self.database[extra] @ qv).astype(np.float64)
+            ids = np.concatenate([ids, extra])
+            cos = np.concatenate([cos, ec])
+            sc = np.concatenate([sc, ec + self.config.hop_weight])
+            inl = np.concatenate([inl, np.full(len(extra), -1, dtype=np.int64)])
+        return ids, sc, cos, inl
+
+    def rank(
+        self,
+        raw: np.ndarray,
+        images: Sequence,
+        k: int,
+        exclude: Sequence[int] | None = None,
+        store: V.LocalFeatureStore | None = None,
+        progress: bool = True,
+    ) -> Ranking:
+        """Rank new images (or regions of them) against the collection.
+
+        Args:
+            raw: ``(Q, D)`` their descriptors, made as the collection's (:func:`describe`).
+            images: Per query, its image (path, PIL image or array; a crop for a region),
+                for local-feature verification.
+            k: Results per query.
+            exclude: Per query, its collection row when it is one (left out, as for
+                :meth:`rank_collection`), else ``-1``.
+            store: Local features of the collection (computed once).
+            progress: Progress bar.
+        """
+        ex = None
+        if exclude is not None:
+            ex = np.asarray([-1 if e is None else int(e) for e in exclude], dtype=np.int64)
+        q = self.query_vectors(raw, None if ex is None else np.where(ex >= 0, ex, -1))
+        return self._rank(q, list(images), k, ex, store, progress)
+
+    def rank_collection(
+        self, k: int | None = None, store: V.LocalFeatureStore | None = None, progress: bool = True
+    ) -> Ranking:
+        """Every image of the collection ranked against the others (``k`` each; all by default)."""
+        n = len(self)
+        k = n - 1 if k is None else min(int(k), n - 1)
+        if self._own is not None and k == n - 1:
+            rows = []
+            for r in range(n):
+                ok = self._own.indices[r] >= 0
+                ids, sc = self._own.indices[r][ok], self._own.scores[r][ok]
+                cos, inl = self._own.cosine[r][ok], self._own.inliers[r][ok]
+                q = self.database[[r]]
+                if self.config.qe_k:
+                    post = self.config.post()
+                    q = D.neighbour_mean(q, self.database, post.qe_k, post.qe_alpha, [r])
+                ids, sc, cos, inl = self._hops(q[0], ids, sc, cos, inl, r)
+                order = np.argsort(-sc, kind="stable")
+                rows.append((ids[order], sc[order], cos[order], inl[order]))
+            return _pad(rows, k)
+        return self._rank_rows(np.arange(n), k, store, progress)
+
+    # ---- persistence
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``pipeline.json`` and ``pipeline.npz`` into ``folder`` (atomically)."""
+        import io as _io
+
+        from .io import atomic_write_bytes, save_json
+
+        folder = Path(folder)
+        arrays = {"white": self.white, "database": self.database}
+        if self.whitening is not None:
+            arrays.update({f"whitening_{k}": v for k, v in self.whitening.to_dict().items()})
+        if self.graph is not None:
+            e = self.graph.edges.tocoo()
+            arrays.update(graph_rows=e.row.astype(np.int64), graph_cols=e.col.astype(np.int64))
+        buf = _io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(folder / self.FILES[1], buf.getvalue())
+        save_json(
+            folder / self.FILES[0],
+            {
+                "config": self.config.to_dict(),
+                "n": len(self),
+                "method": self.method,
+                "graph_edge_inliers": None if self.graph is None else self.graph.edge_inliers,
+            },
+        )
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> FittedPipeline:
+        """Read a pipeline saved by :meth:`save` (``paths``: the collection's images)."""
+        import json
+
+        from scipy import sparse
+
+        folder = Path(folder)
+        head = json.loads((folder / cls.FILES[0]).read_text(encoding="utf-8"))
+        cfg = head["config"]
+        config = PipelineConfig(**{**cfg, "scales": tuple(cfg["scales"])})
+        with np.load(folder / cls.FILES[1], allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        whitening = None
+        if "whitening_mean" in arrays:
+            whitening = D.Whitening(
+                arrays["whitening_mean"], arrays["whitening_projection"],
+                arrays["whitening_eigenvalues"], float(arrays["whitening_power"]),
+            )  # fmt: skip
+        n = int(head["n"])
+        if len(paths) != n:
+            raise ValueError(f"The saved pipeline is for {n} images, not {len(paths)}.")
+        graph = None
+        if "graph_rows" in arrays:
+            r, c = arrays["graph_rows"], arrays["graph_cols"]
+            edges = sparse.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=(n, n))
+            graph = V.VerificationGraph(edges, None, int(head["graph_edge_inliers"]))
+        return cls(config, whitening, arrays["white"], arrays["database"], paths, graph,
+                   head.get("method", "auto"))  # fmt: skip
+
+
+@dataclass
 class RankedCollection:
-    """The collection ranked against itself.
+    """The collection ranked against itself, as matrices (collections that fit in memory).
 
     Attributes:
         scores: ``(N, N)`` final scores (cosine after post-processing, plus verification
-            bonuses); the diagonal is the query itself (mask it out).
+            bonuses); ``-inf`` on the diagonal (the query itself).
         cosine: ``(N, N)`` scores before re-ranking.
         descriptors: ``(N, d)`` post-processed unit-norm descriptors (whitened, αDBA):
             their dot products are ``cosine`` when αQE is off (e.g. for duplicate groups).
@@ -193,6 +507,7 @@ class RankedCollection:
         graph: The verification graph, or None.
         whitening: The whitening learned on the collection, or None.
         seconds: Time of each stage (``post``, ``rerank``).
+        fitted: The :class:`FittedPipeline` that ranked it (ranks new images the same way).
     """
 
     scores: np.ndarray
@@ -202,6 +517,7 @@ class RankedCollection:
     graph: V.VerificationGraph | None = None
     whitening: D.Whitening | None = None
     seconds: dict = field(default_factory=dict)
+    fitted: FittedPipeline | None = None
 
 
 def rank_collection(
@@ -217,7 +533,8 @@ def rank_collection(
     ``rerank`` each image's ``rerank_top_n`` best are verified by local features and get
     ``rerank_weight * inlier_bonus``; with ``graph`` the verifications form the collection's
     graph and two-hop printings get ``hop_weight`` (each query's own edges ignored, as for
-    a new query).
+    a new query). The ranking itself is :class:`FittedPipeline`'s (top-k lists); this
+    returns it as ``(N, N)`` matrices for the notebooks' evaluation and figures.
 
     Args:
         desc: ``(N, D)`` unit-norm descriptors of ``paths``.
@@ -230,41 +547,24 @@ def rank_collection(
     n = len(paths)
     if desc.shape[0] != n:
         raise ValueError(f"{desc.shape[0]} descriptors for {n} images.")
+    fitted = FittedPipeline.fit(desc, paths, config, store, progress)
     t0 = time.perf_counter()
-    post = config.post()
-    whitening = D.fit_whitening(desc, post.whiten_dim) if post.whiten else None
-    S = D.score_matrix(desc, None, post, whitening).astype(np.float64)
-    db = whitening.apply(desc) if whitening is not None else D.l2n(desc)
-    if post.dba_k:
-        db = D.database_augmentation(db, post.dba_k, post.dba_alpha)
-    out = RankedCollection(S.copy(), S, descriptors=db, whitening=whitening)
-    out.seconds["post"] = time.perf_counter() - t0
-    if not config.rerank:
-        return out
-    t0 = time.perf_counter()
-    idx = np.arange(n)
-    mask = retrieval.self_mask(idx, n)
-    store = store if store is not None else V.LocalFeatureStore()
-    new, inl, _ = V.rerank_matrix(
-        S,
-        paths,
-        idx,
-        mask,
-        top_n=config.rerank_top_n,
-        weight=config.rerank_weight,
-        store=store,
-        progress=progress,
+    ranking = fitted.rank_collection(None, store, progress)
+    scores = ranking.dense(n)
+    cosine = ranking.dense(n, "cosine")
+    seconds = dict(fitted.seconds)
+    if config.rerank:  # verification happens while ranking unless the graph needed it first
+        seconds["rerank"] = seconds.get("rerank", 0.0) + time.perf_counter() - t0
+    return RankedCollection(
+        scores,
+        cosine,
+        descriptors=fitted.database,
+        inliers=ranking.dense(n, "inliers") if config.rerank else None,
+        graph=fitted.graph,
+        whitening=fitted.whitening,
+        seconds=seconds,
+        fitted=fitted,
     )
-    out.inliers = inl
-    if config.graph:
-        graph = V.graph_from_inliers(inl)
-        for i in range(n):
-            hops = graph.two_hop(inl[i] >= graph.edge_inliers, exclude=i)
-            new[i, hops] += config.hop_weight
-        out.graph = graph
-    out.scores = np.where(mask, new, S)
-    out.seconds["rerank"] = time.perf_counter() - t0
-    return out
 
 
 def evaluate_scores(

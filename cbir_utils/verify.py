@@ -8,12 +8,12 @@ matches consistent with one plane-to-plane mapping. The number of such *inliers*
 * :func:`match_pair`: match two images, returns a :class:`Match` (keypoints, inlier matches,
   homography); mirrored printings are matched too (``mirror=True``).
 * :func:`draw_matches`: the two images side by side, inlier matches joined by lines.
-* :func:`rerank`: re-score one query's top candidates with the inlier count;
-  :func:`rerank_matrix` does it for a whole score matrix, with a :class:`LocalFeatureStore`
-  computing each image's local features once.
-* :func:`verification_graph`: every image of a collection verified against its nearest
-  neighbours (indexing time); :func:`rerank` with ``graph=`` then also raises the printings
-  verified with the query's own verified matches (two hops), e.g. a tight crop.
+* :func:`rerank`: re-score one query's top candidates with the inlier count, a
+  :class:`LocalFeatureStore` computing each image's local features once.
+* :func:`graph_from_lists`: the collection's verification graph, from every image verified
+  against its nearest neighbours (:class:`cbir_utils.pipeline.FittedPipeline` does it at
+  fitting time); then the printings verified with the query's own verified matches (two
+  hops) rise too, e.g. a tight crop.
 
 Images are decoded with :func:`cbir_utils.data.load_image`, converted to gray, shrunk to
 ``max_side`` pixels and lightly blurred (``descreen``, a Gaussian sigma in pixels of the
@@ -590,7 +590,7 @@ def rerank(
         saturation: Inliers giving the full ``weight``.
         store: Where candidate features are computed once and kept; default a new one.
         ratio: Lowe's ratio-test threshold.
-        graph: The collection's verification graph (:func:`verification_graph`), its nodes
+        graph: The collection's verification graph (:func:`graph_from_lists`), its nodes
             being ``candidate_paths``: candidates verified with an image the query verified
             (two hops) get ``hop_weight`` too, unless verified directly.
         hop_weight: Score added for a two-hop verification.
@@ -640,69 +640,6 @@ def rerank(
     return Reranked(order, s, inliers, mirrored, time.perf_counter() - t0)
 
 
-def rerank_matrix(
-    scores: np.ndarray,
-    paths: Sequence[str | os.PathLike],
-    query_idx: Sequence[int],
-    mask: np.ndarray | None = None,
-    top_n: int = 50,
-    weight: float = 1.0,
-    min_inliers: int = MIN_INLIERS,
-    saturation: int = SATURATION,
-    store: LocalFeatureStore | None = None,
-    progress: bool = True,
-    graph: VerificationGraph | None = None,
-    hop_weight: float = 0.25,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Re-rank every row of a ``(n_queries, n_db)`` score matrix (see :func:`rerank`).
-
-    Args:
-        scores: Similarities of the queries (rows) to the database images ``paths`` (columns).
-        paths: The database images (the queries are ``paths[query_idx]``).
-        query_idx: Database row of each query.
-        mask: False for cells that are not candidates (the query itself), left unchanged.
-        top_n, weight, min_inliers, saturation, store: As for :func:`rerank`.
-        progress: Show a progress bar.
-        graph, hop_weight: Two-hop verification (see :func:`rerank`); each query's own
-            node is ignored.
-
-    Returns:
-        ``(new_scores, inliers, seconds_per_query)``: the re-scored matrix, the inlier
-        count of each verified cell (``-1`` elsewhere) and the time each query took.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    query_idx = np.asarray(query_idx, dtype=int)
-    if scores.shape != (len(query_idx), len(paths)):
-        raise ValueError(
-            f"scores has shape {scores.shape}, expected ({len(query_idx)}, {len(paths)})."
-        )
-    store = store if store is not None else LocalFeatureStore()
-    out = scores.copy()
-    inl = np.full(scores.shape, -1, dtype=np.int64)
-    secs = np.zeros(len(query_idx))
-    paths = [str(p) for p in paths]
-    for r, qi in enumerate(tqdm(query_idx, desc="Re-ranking", unit="query", disable=not progress)):
-        row = scores[r] if mask is None else np.where(mask[r], scores[r], -np.inf)
-        res = rerank(
-            store.get(paths[qi]),
-            paths,
-            row,
-            top_n,
-            weight,
-            min_inliers,
-            saturation,
-            store,
-            graph=graph,
-            hop_weight=hop_weight,
-            query_index=int(qi),
-        )
-        keep = np.isfinite(row)
-        out[r, keep] = res.scores[keep]
-        inl[r] = res.inliers
-        secs[r] = res.seconds
-    return out, inl, secs
-
-
 # --------------------------------------------------------------------------- collection graph
 
 
@@ -710,7 +647,7 @@ def rerank_matrix(
 class VerificationGraph:
     """Which images of a collection are verified printings of one another.
 
-    Built once at indexing time (:func:`verification_graph`): every image is verified
+    Built once at indexing time (:func:`graph_from_lists`): every image is verified
     against its ``top_n`` nearest neighbours, and an edge joins two images when either
     direction found at least ``edge_inliers`` inliers. At query time, the images verified
     with the query's own verified matches (two hops) are likely printings too, e.g. a
@@ -747,62 +684,50 @@ class VerificationGraph:
         if direct.shape != (self.n,):
             raise ValueError(f"direct must be a boolean vector of length {self.n}.")
         out = np.zeros(self.n, dtype=bool)
-        for v in np.flatnonzero(direct):
-            if exclude is not None and v == exclude:
-                continue
-            out[self.neighbours(v)] = True
-        if exclude is not None:
-            out[exclude] = False
-        out &= ~direct
+        out[self.hops(np.flatnonzero(direct), exclude)] = True
         return out
 
+    def hops(self, direct: Sequence[int], exclude: int | None = None) -> np.ndarray:
+        """The nodes :meth:`two_hop` gives, from the nodes ``direct`` (sorted ids)."""
+        direct = np.asarray(direct, dtype=np.int64)
+        src = direct if exclude is None else direct[direct != exclude]
+        if not len(src):
+            return np.zeros(0, dtype=np.int64)
+        found = np.unique(np.concatenate([self.neighbours(int(v)) for v in src]))
+        found = np.setdiff1d(found, direct)
+        if exclude is not None:
+            found = found[found != exclude]
+        return found.astype(np.int64)
 
-def verification_graph(
-    scores: np.ndarray,
-    paths: Sequence[str | os.PathLike],
-    top_n: int = 50,
-    edge_inliers: int = EDGE_INLIERS,
-    store: LocalFeatureStore | None = None,
-    progress: bool = True,
+
+def graph_from_lists(
+    indices: np.ndarray, inliers: np.ndarray, n: int, edge_inliers: int = EDGE_INLIERS
 ) -> VerificationGraph:
-    """Verify every image of a collection against its ``top_n`` neighbours (indexing time).
+    """The verification graph of each image's verified candidates (top-k lists).
 
     Args:
-        scores: ``(N, N)`` similarities of the collection to itself (the diagonal is ignored).
-        paths: The ``N`` images.
-        top_n: Neighbours verified per image.
-        edge_inliers: Inliers needed for an edge.
-        store: Local features (computed once); default a new one.
-        progress: Show a progress bar.
-
-    Returns:
-        A :class:`VerificationGraph`.
+        indices: ``(N, K)`` candidates of each image (row ``i`` is image ``i``; ``-1`` pads).
+        inliers: ``(N, K)`` inliers of each verified candidate, ``-1`` when not verified.
+        n: Number of images.
+        edge_inliers: Inliers needed for an edge; an edge joins two images when either
+            direction found that many.
     """
-
-    scores = np.asarray(scores, dtype=np.float64)
-    n = len(paths)
-    if scores.shape != (n, n):
-        raise ValueError(f"scores must be ({n}, {n}), got {scores.shape}.")
-    idx = np.arange(n)
-    mask = np.ones((n, n), dtype=bool)
-    mask[idx, idx] = False
-    _, inl, _ = rerank_matrix(
-        scores, paths, idx, mask, top_n=top_n, weight=0.0, store=store, progress=progress
-    )
-    return graph_from_inliers(inl, edge_inliers)
-
-
-def graph_from_inliers(inliers: np.ndarray, edge_inliers: int = EDGE_INLIERS) -> VerificationGraph:
-    """A :class:`VerificationGraph` from a dense ``(N, N)`` inlier matrix (``-1`` = not verified)."""
     from scipy import sparse
 
-    inl = np.asarray(inliers)
-    if inl.ndim != 2 or inl.shape[0] != inl.shape[1]:
-        raise ValueError(f"inliers must be a square matrix, got shape {inl.shape}.")
-    strong = inl >= edge_inliers
-    strong = strong | strong.T
-    np.fill_diagonal(strong, False)
-    verified = np.where(inl >= 0, inl + 1, 0)  # +1: keep zero-inlier verifications stored
-    stored = sparse.csr_matrix(verified)
-    stored.data = stored.data - 1
-    return VerificationGraph(sparse.csr_matrix(strong), stored, int(edge_inliers))
+    indices, inliers = np.asarray(indices), np.asarray(inliers)
+    if indices.shape != inliers.shape or indices.ndim != 2:
+        raise ValueError(f"indices {indices.shape} and inliers {inliers.shape} must match.")
+    r, c = np.nonzero((inliers >= edge_inliers) & (indices >= 0))
+    rows, cols = r.astype(np.int64), indices[r, c].astype(np.int64)
+    keep = rows != cols
+    rows, cols = rows[keep], cols[keep]
+    sym_r, sym_c = np.concatenate([rows, cols]), np.concatenate([cols, rows])
+    edges = sparse.csr_matrix((np.ones(len(sym_r), dtype=bool), (sym_r, sym_c)), shape=(n, n))
+    edges.sum_duplicates()
+    vr, vc = np.nonzero((inliers >= 0) & (indices >= 0))
+    stored = sparse.csr_matrix(
+        (inliers[vr, vc] + 1, (vr.astype(np.int64), indices[vr, vc].astype(np.int64))),
+        shape=(n, n),
+    )
+    stored.data = stored.data - 1  # +1 above: zero-inlier verifications stay stored
+    return VerificationGraph(edges.astype(bool), stored, int(edge_inliers))

@@ -98,13 +98,18 @@ def test_database_augmentation_pulls_scene_members_together(rng):
     assert np.allclose(np.linalg.norm(xa, axis=1), 1.0, atol=1e-5)
 
 
-def test_score_matrix_options(rng):
+def test_neighbour_mean_by_hand_and_without_a_dense_matrix(rng):
     x = _unit_rows(rng, 12, 8)
-    plain = D.score_matrix(x, [0, 5])
-    assert np.allclose(plain, x[[0, 5]] @ x.T, atol=1e-6)
-    post = D.PostProcess(whiten=True, whiten_dim=6, qe_k=2, dba_k=1)
-    s = D.score_matrix(x, [0, 5], post)
-    assert s.shape == (2, 12) and np.isfinite(s).all() and np.abs(s).max() <= 1 + 1e-5
+    got = D.neighbour_mean(x[[0, 5]], x, 2, 3.0, np.array([0, 5]))
+    sims = x[[0, 5]] @ x.T  # the reference, dense: fine in a test
+    sims[[0, 1], [0, 5]] = -np.inf
+    ref = []
+    for r in range(2):
+        nb = np.argsort(-sims[r], kind="stable")[:2]
+        w = np.clip(sims[r, nb], 0, None) ** 3
+        v = x[[0, 5]][r] + (w[:, None] * x[nb]).sum(0)
+        ref.append(v / np.linalg.norm(v))
+    assert np.allclose(got, ref, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- extraction

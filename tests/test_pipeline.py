@@ -10,6 +10,7 @@ from conftest import source_photo
 from PIL import Image
 
 from cbir_utils import data, models, pipeline, retrieval
+from cbir_utils import descriptors as D
 from cbir_utils import verify as V
 from cbir_utils.demo import halftone
 
@@ -26,7 +27,9 @@ def test_plain_config_matches_retrieval_evaluate_protocols(lite0, coll_split):
     meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", 64)
     desc = pipeline.describe(lite0, meta, coll.paths, cfg, progress=False)
     ranked = pipeline.rank_collection(desc, coll.paths, cfg, progress=False)
-    assert np.allclose(ranked.scores, desc @ desc.T, atol=1e-5)
+    off = ~np.eye(len(desc), dtype=bool)
+    assert np.allclose(ranked.scores[off], (desc @ desc.T)[off], atol=1e-5)
+    assert np.isneginf(np.diag(ranked.scores)).all()  # the query itself is not a result
     assert np.allclose(ranked.descriptors, desc, atol=1e-6)
     mine = pipeline.evaluate_scores(ranked.scores, split, ks=(1, 5))
     ref = retrieval.evaluate_protocols(desc, split, ks=(1, 5))
@@ -88,8 +91,14 @@ def test_two_hop_finds_a_printing_the_query_does_not_share(tmp_path):
         others.append(p)
     db = [paths["whole"], paths["right"], *others]
     store = V.LocalFeatureStore()
-    scores_db = np.full((len(db), len(db)), 0.5)
-    graph = V.verification_graph(scores_db, db, top_n=len(db), store=store, progress=False)
+    lists, inl = [], []
+    for i in range(len(db)):  # every image verified against all the others
+        others = [j for j in range(len(db)) if j != i]
+        res = V.rerank(str(db[i]), [db[j] for j in others], np.full(len(others), 0.5),
+                       top_n=len(others), store=store)  # fmt: skip
+        lists.append(others)
+        inl.append(res.inliers)
+    graph = V.graph_from_lists(np.array(lists), np.array(inl), len(db))
     assert 1 in graph.neighbours(0) and 0 in graph.neighbours(1)  # whole <-> right
     s = np.array([0.5, 0.1, 0.4, 0.3, 0.2])  # "right" ranked last by the descriptor
     plain = V.rerank(paths["left"], db, s, top_n=len(db), store=store)
@@ -266,3 +275,85 @@ def test_quality_benchmark_reports_validation_before_and_after_reranking():
     assert m["val_mAP_global"] == pytest.approx(0.5)
     plain = quality._evaluate(final, split, protocols=("study",))["study"]
     assert plain["val_mAP_global"] == plain["val_mAP"]
+
+
+# --------------------------------------------------------------------------- sparse = dense
+
+
+def _dense_reference(desc, paths, cfg, store):
+    """The pipeline written with (N, N) matrices, as it was before the top-k lists: the
+    reference the sparse ranking must equal (dense is fine in a test, never in the library)."""
+    post = cfg.post()
+    n = len(desc)
+    w = D.fit_whitening(desc, post.whiten_dim) if post.whiten else None
+    white = w.apply(desc) if w is not None else D.l2n(desc)
+
+    def nmean(x, db, k, alpha, exclude):
+        s = x @ db.T
+        s[np.arange(len(x)), exclude] = -np.inf
+        nb = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        wt = np.clip(np.take_along_axis(s, nb, 1), 0, None) ** alpha
+        return D.l2n(x + np.einsum("nk,nkd->nd", wt, db[nb]))
+
+    rows = np.arange(n)
+    db = nmean(white, white, post.dba_k, post.dba_alpha, rows) if post.dba_k else white
+    q = nmean(db, db, post.qe_k, post.qe_alpha, rows) if post.qe_k else db
+    cos = (q @ db.T).astype(np.float64)
+    np.fill_diagonal(cos, -np.inf)
+    scores, inl = cos.copy(), np.full((n, n), -1)
+    for i in range(n):
+        res = V.rerank(
+            str(paths[i]), paths, cos[i], cfg.rerank_top_n, cfg.rerank_weight, store=store
+        )
+        scores[i], inl[i] = res.scores, res.inliers
+    strong = inl >= V.EDGE_INLIERS
+    strong = (strong | strong.T) & ~np.eye(n, dtype=bool)
+    for i in range(n):
+        direct = inl[i] >= V.EDGE_INLIERS
+        hop = np.zeros(n, bool)
+        for v in np.flatnonzero(direct):
+            if v != i:
+                hop |= strong[v]
+        hop &= ~direct
+        hop[i] = False
+        scores[i, hop] += cfg.hop_weight
+    return scores, cos, inl
+
+
+def test_sparse_ranking_equals_the_dense_one(coll_split):
+    coll, split = coll_split
+    model = models.build_model("sscd_distilled", "default")
+    meta = models.model_meta("sscd_distilled", "default", "avg", 128)
+    cfg = pipeline.PipelineConfig(image_size=128, scales=(0.75, 1.0), whiten_dim=8, dba_k=1,
+                                  qe_k=1, rerank=True, rerank_top_n=5, graph=True)  # fmt: skip
+    desc = pipeline.describe(model, meta, coll.paths, cfg, progress=False)
+    store = V.LocalFeatureStore()
+    ref_scores, ref_cos, ref_inl = _dense_reference(desc, coll.paths, cfg, store)
+    ranked = pipeline.rank_collection(desc, coll.paths, cfg, store, progress=False)
+    off = ~np.eye(len(coll), dtype=bool)
+    assert np.allclose(ranked.cosine[off], ref_cos[off], atol=1e-6)
+    assert np.array_equal(ranked.inliers[off], ref_inl[off])
+    assert np.allclose(ranked.scores[off], ref_scores[off], atol=1e-6)
+    assert ranked.graph.edges.nnz > 0  # the graph is used: some two-hop bonus exists
+    mine = pipeline.evaluate_scores(ranked.scores, split)
+    ref = pipeline.evaluate_scores(np.where(off, ref_scores, -np.inf), split)
+    for p in ref:
+        assert mine[p].ranking.map == pytest.approx(ref[p].ranking.map, abs=1e-9)
+    # short lists are the heads of the full ones
+    fitted = ranked.fitted
+    top3 = fitted.rank_collection(3, store, progress=False)
+    full = fitted.rank_collection(None, store, progress=False)
+    assert np.array_equal(top3.indices, full.indices[:, :3])
+    # a collection image given as a new query (its row excluded) gets its own list, and so
+    # does its region (a crop is embedded and verified like any new image)
+    q = [2, 11]
+    again = fitted.rank(desc[q], [coll.paths[i] for i in q], len(coll) - 1, exclude=q, store=store)
+    assert np.array_equal(again.indices, full.indices[q])
+    assert np.allclose(again.scores, full.scores[q])
+    # saved and loaded with an index folder: the same ranking
+    folder = coll.root.parent / "fitted"
+    folder.mkdir(exist_ok=True)
+    fitted.save(folder)
+    loaded = pipeline.FittedPipeline.load(folder, coll.paths)
+    back = loaded.rank(desc[q], [coll.paths[i] for i in q], 5, exclude=q, store=store)
+    assert np.array_equal(back.indices, full.indices[q, :5])

@@ -100,24 +100,25 @@ def test_planted_crop_rises_to_rank_1(tiny_collection, tmp_path):
     assert (res2.inliers[3:] == -1).all() and res2.order[-1] == len(candidates) - 1
 
 
-def test_rerank_matrix_masks_the_query_itself(tiny_collection):
+def test_remembered_verifications_are_reused(tiny_collection):
     paths = sorted(tiny_collection.rglob("*.jpg"))[:6]
-    rng = np.random.default_rng(0)
-    scores = rng.uniform(0, 1, (2, len(paths)))
-    mask = np.ones_like(scores, dtype=bool)
-    mask[0, 0] = mask[1, 3] = False
-    new, inl, secs = verify.rerank_matrix(scores, paths, [0, 3], mask, top_n=4, progress=False)
-    assert new.shape == scores.shape and inl[0, 0] == -1 and inl[1, 3] == -1
-    assert new[0, 0] == scores[0, 0]
-    assert (new >= scores - 1e-12).all() and (secs > 0).all()
-    with pytest.raises(ValueError, match="shape"):
-        verify.rerank_matrix(scores[:1], paths, [0, 3], progress=False)
-    # remembered verifications are re-used and give the same result
+    scores = np.random.default_rng(0).uniform(0, 1, len(paths) - 1)
     store = verify.LocalFeatureStore(remember_matches=True)
-    first = verify.rerank_matrix(scores, paths, [0, 3], mask, top_n=4, store=store, progress=False)
-    assert len(store.matches) == 8
-    again = verify.rerank_matrix(scores, paths, [0, 3], mask, top_n=4, store=store, progress=False)
-    assert np.array_equal(first[1], again[1]) and np.array_equal(first[1], inl)
+    first = verify.rerank(str(paths[0]), paths[1:], scores, top_n=4, store=store)
+    assert len(store.matches) == 4 and (first.inliers >= 0).sum() == 4
+    again = verify.rerank(str(paths[0]), paths[1:], scores, top_n=4, store=store)
+    assert np.array_equal(first.inliers, again.inliers)
+
+
+def test_graph_from_lists():
+    idx = np.array([[1, 2], [0, 2], [0, 1]])
+    inl = np.array([[40, 3], [-1, -1], [5, 30]])
+    g = verify.graph_from_lists(idx, inl, 3, edge_inliers=20)
+    assert sorted(g.neighbours(0)) == [1] and sorted(g.neighbours(1)) == [0, 2]
+    assert sorted(g.neighbours(2)) == [1]  # edges join both ways
+    assert g.inliers[0, 2] == 3 and g.inliers[2, 1] == 30  # every verification is kept
+    assert list(g.hops([0], exclude=None)) == [1] and list(g.hops([1], exclude=1)) == []
+    assert list(g.hops([2])) == [1]
 
 
 def test_inlier_bonus_is_zero_below_the_minimum_and_saturates():
