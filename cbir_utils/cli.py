@@ -40,6 +40,11 @@ DEFAULTS = {
     "NUM_WORKERS": 0,
     "TOP_K": 9,
     "RERANK_TOP_N": 50,
+    "SCALES": [0.75, 1.0, 1.25],
+    "WHITEN_DIM": 64,
+    "DBA_K": 1,
+    "QE_K": 1,
+    "GRAPH": True,
     "KS": [1, 5, 10],
     "THRESHOLD": None,
     "SPLIT_SEED": 0,
@@ -105,6 +110,18 @@ def _non_negative_int(text: str) -> int:
     v = int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return v
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        v = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers like 0.75,1,1.25, got {text!r}"
+        ) from None
+    if not v or min(v) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive numbers, got {text!r}")
     return v
 
 
@@ -241,12 +258,14 @@ def cmd_index(args) -> int:
         args.grayscale, args.descreen, args.checkpoint,
     )  # fmt: skip
     opts = dict(batch_size=args.batch_size, num_workers=args.num_workers, progress=_progress(args))
+    config = _index_config(args, meta, sharded)
     if sharded:
-        return _index_sharded(args, col, name, folder, meta, ckpt, opts)
+        return _index_sharded(args, col, name, folder, meta, ckpt, opts, config)
     stats = features.ExtractStats()
+    store = _local_store()
     if (folder / "index.json").exists() and not args.rebuild:
         index = Index.load(folder)
-        if not index.same_settings(meta, args.mirror, "descriptor"):
+        if not index.same_settings(meta, args.mirror, "descriptor") or index.config != config:
             raise ValueError(
                 f"The index in {folder} was built with other model settings; pass --rebuild to "
                 "replace it, or --name/--out for a new index."
@@ -255,6 +274,7 @@ def cmd_index(args) -> int:
         gone = sorted(set(index.items["relpath"]) - set(col.items["relpath"]))
         if gone and args.prune:
             index.remove(gone)
+        index.fitted(store, _progress(args))  # refitted only when the images changed
         index.save(folder)
         save_skipped(col, folder)
         _say(
@@ -279,8 +299,10 @@ def cmd_index(args) -> int:
         mirror=args.mirror,
         stats=stats,
         name=name,
+        config=config,
         **opts,
     )
+    index.fitted(store, _progress(args))  # whitening, αDBA, the verification graph
     index.save(folder)
     save_skipped(col, folder)
     _say(
@@ -291,7 +313,45 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _index_sharded(args, col, name, folder, meta, ckpt, opts) -> int:
+def _index_config(args, meta: dict, sharded: bool):
+    """The retrieval pipeline of ``index``: its options (notebook 01's defaults)."""
+    from .index import pipeline_config
+
+    top_n = args.rerank_top_n
+    return pipeline_config(
+        meta, args.mirror, scales=(1.0,) if sharded else tuple(args.scales),
+        whiten_dim=args.whiten_dim, dba_k=args.dba_k, qe_k=args.qe_k, rerank=top_n > 0,
+        rerank_top_n=top_n or DEFAULTS["RERANK_TOP_N"], graph=args.graph and top_n > 0,
+    )  # fmt: skip
+
+
+def _local_store():
+    from . import verify
+    from .index import _local_cache
+
+    return verify.LocalFeatureStore(cache_dir=_local_cache())
+
+
+def _for_queries(fitted, args):
+    """The index's fitted pipeline, with ``--rerank-top-n`` applied when given."""
+    import copy
+    from dataclasses import replace
+
+    if args.rerank_top_n is None:
+        return fitted
+    out = copy.copy(fitted)
+    top = args.rerank_top_n
+    out.config = replace(
+        fitted.config, rerank=top > 0, rerank_top_n=top or fitted.config.rerank_top_n,
+        graph=fitted.config.graph and top > 0,
+    )  # fmt: skip
+    if not out.config.graph:
+        out.graph = None
+    out._own = None
+    return out
+
+
+def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
     from dataclasses import replace
 
     import numpy as np
@@ -340,8 +400,10 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts) -> int:
         )
         col = replace(col, items=items, skipped=skipped)
         index = Index.from_vectors(
-            np.asarray(merged.vectors), col, meta, ckpt, mirror=args.mirror, name=name
-        )
+            np.asarray(merged.vectors), col, meta, ckpt, mirror=args.mirror, name=name,
+            config=config,
+        )  # fmt: skip
+        index.fitted(_local_store(), _progress(args))
         index.save(folder)
         save_skipped(col, folder)
         _say(
@@ -405,6 +467,8 @@ def cmd_search(args) -> int:
     box = parse_box(args.box) if args.box else None
     if box is not None and len(files) != 1:
         raise ValueError("--box needs a single query image, not a folder.")
+    store = _local_store()
+    fitted = _for_queries(index.fitted(store, _progress(args)), args)
     table = index.search(
         files,
         k=args.top_k,
@@ -414,7 +478,8 @@ def cmd_search(args) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=_progress(args),
-        rerank_top_n=args.rerank_top_n,
+        store=store,
+        fitted=fitted,
     )
     if box is not None:
         table.insert(1, "box", ",".join(f"{v:g}" for v in box))
@@ -448,7 +513,7 @@ def cmd_search(args) -> int:
 # --------------------------------------------------------------------------- groups
 
 
-def _threshold(args, index) -> tuple[float | None, str]:
+def _threshold(args, index, desc) -> tuple[float | None, str]:
     from . import groups, retrieval
 
     if args.threshold is not None:
@@ -459,7 +524,7 @@ def _threshold(args, index) -> tuple[float | None, str]:
         split = _split(index, args)
         val = retrieval.protocol_queries(split, "val")
         if len(val):
-            t = groups.choose_group_threshold(index.vectors, split["scene"], val)
+            t = groups.choose_group_threshold(desc, split["scene"], val)
             return t, "chosen on the validation images (pairwise F1)"
     backbone = index.meta.get("backbone")
     t = groups.fallback_threshold(backbone)
@@ -479,15 +544,18 @@ def cmd_groups(args) -> int:
     index, folder = _open_index(args.index)
     import matplotlib.pyplot as plt
 
-    threshold, how = _threshold(args, index)
+    # the descriptors the index's pipeline searches (whitened, αDBA), as notebook 03 groups;
+    # without labels, the plain descriptors the fallback threshold was measured on
+    desc = index.fitted(_local_store(), _progress(args)).database
+    threshold, how = _threshold(args, index, desc)
+    if how.startswith("fallback"):
+        desc = index.vectors
     params = {
         "INDEX": index.name, "METHOD": args.method, "THRESHOLD": threshold, "K": args.k,
         "MIN_SIZE": args.min_size, "SPLIT_SEED": args.split_seed,
     }  # fmt: skip
     out = _run_dir("groups", index, args, params)
-    g = groups.duplicate_groups(
-        index.vectors, threshold, args.method, args.k, progress=_progress(args)
-    )
+    g = groups.duplicate_groups(desc, threshold, args.method, args.k, progress=_progress(args))
     names, scenes = index.relpaths, index.scenes
     labelled = any(s for s in scenes)
     g.save_csv(out / "groups.csv", names, scenes if labelled else None, 1, index.items)
@@ -598,20 +666,17 @@ def cmd_evaluate(args) -> int:
     scenes = split["scene"].to_numpy(dtype=object)
     # with verdicts there is no split: every image of a confirmed group is a query
     protocols = ("all",) if args.verdicts else ("all", "study", "disjoint")
-    if args.rerank_top_n:  # what `search` returns: cosine, then local-feature verification
-        from . import pipeline
+    from . import pipeline
 
-        config = pipeline.PipelineConfig(rerank=True, rerank_top_n=args.rerank_top_n)
-        ranked = pipeline.rank_collection(
-            index.vectors, index.paths, config, progress=_progress(args)
-        )
-        evals = pipeline.evaluate_scores(
-            ranked.scores, split, protocols, ks=args.ks, threshold=args.threshold
-        )
-    else:
-        evals = retrieval.evaluate_protocols(
-            index.vectors, split, protocols, ks=args.ks, threshold=args.threshold
-        )
+    # the index's pipeline ranks the collection exactly as notebook 01 does (and `search`)
+    store = _local_store()
+    fitted = _for_queries(index.fitted(store, _progress(args)), args)
+    ranking = fitted.rank_collection(None, store, _progress(args))
+    if args.rerank_top_n is None:
+        index.save(folder)  # keeps the fitted pipeline (graph) for later searches
+    evals = pipeline.evaluate_scores(
+        ranking.dense(len(index)), split, protocols, ks=args.ks, threshold=args.threshold
+    )
     table = retrieval.results_table({index.name: evals})
     save_csv(out / "metrics.csv", table)
     save_json(out / "metrics.json", {p: ev.to_dict() for p, ev in evals.items()})
@@ -739,9 +804,10 @@ def _add_rerank_arg(p: argparse.ArgumentParser, note: str) -> None:
     p.add_argument(
         "--rerank-top-n",
         type=_non_negative_int,
-        default=DEFAULTS["RERANK_TOP_N"],
+        default=None,
         help="candidates per query verified by local features (SIFT + RANSAC): verified "
-        f"printings rise, {note}; 0 = cosine only (default %(default)s)",
+        f"printings rise, {note}; 0 = cosine only (default: the index's setting, "
+        f"{DEFAULTS['RERANK_TOP_N']} unless it was built otherwise)",
     )
 
 
@@ -830,6 +896,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS["MIRROR"],
         help="mirror-invariant descriptors (default %(default)s)",
     )
+    r = p.add_argument_group(
+        "ranking (as notebook 01; kept with the index, used by search and evaluate)"
+    )
+    r.add_argument(
+        "--scales", type=_scales, default=DEFAULTS["SCALES"],
+        help="input sizes relative to --image-size, descriptors summed, e.g. 0.75,1,1.25 "
+        "(sharded indexes: 1)",
+    )  # fmt: skip
+    r.add_argument(
+        "--whiten-dim", type=_non_negative_int, default=DEFAULTS["WHITEN_DIM"],
+        help="PCA-whitening learned on the collection, dimensions kept; 0 = off (default %(default)s)",
+    )  # fmt: skip
+    r.add_argument(
+        "--dba-k", type=_non_negative_int, default=DEFAULTS["DBA_K"],
+        help="database-side augmentation neighbours; 0 = off (default %(default)s)",
+    )  # fmt: skip
+    r.add_argument(
+        "--qe-k", type=_non_negative_int, default=DEFAULTS["QE_K"],
+        help="query expansion neighbours; 0 = off (default %(default)s)",
+    )  # fmt: skip
+    r.add_argument(
+        "--rerank-top-n", type=_non_negative_int, default=DEFAULTS["RERANK_TOP_N"],
+        help="candidates per query verified by local features (SIFT + RANSAC); 0 = cosine "
+        "only (default %(default)s)",
+    )  # fmt: skip
+    r.add_argument(
+        "--graph", action=argparse.BooleanOptionalAction, default=DEFAULTS["GRAPH"],
+        help="verify every image against its best candidates at indexing time, so printings "
+        "verified through a third image rise too (default %(default)s; the slow part)",
+    )  # fmt: skip
     _add_extract_args(p)
     u = p.add_argument_group("updating and sharding")
     u.add_argument(

@@ -84,6 +84,8 @@ def extract_multiscale(
     """
     from . import features
 
+    stats = kwargs.pop("stats", None)  # counted per image: computed at some scale, or cached
+    per_scale = []
     total = None
     for size in scaled_sizes(preprocess.image_size, scales):
         pre = replace(preprocess, image_size=size)
@@ -91,11 +93,20 @@ def extract_multiscale(
             if model_meta is None:
                 raise ValueError("model_meta is needed to cache descriptors (cache_dir given).")
             meta = {**model_meta, "image_size": size}
-            v = features.extract_cached(model, paths, pre, cache_dir, meta, **kwargs)
+            st = features.ExtractStats()
+            v = features.extract_cached(model, paths, pre, cache_dir, meta, stats=st, **kwargs)
+            per_scale.append(st)
         else:
             v = features.extract(model, paths, pre, **kwargs)
         v = np.asarray(v, dtype=np.float32)
         total = v.copy() if total is None else total + v
+    if stats is not None:
+        if per_scale:
+            stats.computed += max(st.computed for st in per_scale)
+            stats.cached += min(st.cached for st in per_scale)
+            stats.keys += per_scale[0].keys
+        else:
+            stats.computed += len(paths)
     return l2n(total)
 
 
@@ -198,13 +209,20 @@ def fit_whitening(
 
 
 def neighbour_mean(
-    x: np.ndarray, db: np.ndarray, k: int, alpha: float, exclude: np.ndarray | None = None
+    x: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    alpha: float,
+    exclude: np.ndarray | None = None,
+    searcher=None,
 ) -> np.ndarray:
     """Each row of ``x`` plus its ``k`` nearest rows of ``db``, weighted ``cos ** alpha``.
 
     The neighbours come from :func:`cbir_utils.search.exact_search` (chunked: memory
-    ``O(len(x) k)``, never ``len(x) x len(db)``). ``exclude``: per row, a ``db`` row that
-    is not its neighbour (its own row when ``x`` are database descriptors).
+    ``O(len(x) k)``, never ``len(x) x len(db)``), or from ``searcher`` (a
+    :class:`cbir_utils.search.SearchIndex` built on ``db``, e.g. HNSW for millions).
+    ``exclude``: per row, a ``db`` row that is not its neighbour (its own row when ``x``
+    are database descriptors), ``-1`` for none.
     """
     from .search import exact_search
 
@@ -214,7 +232,7 @@ def neighbour_mean(
         raise ValueError(f"alpha must be >= 0, got {alpha!r}.")
     if k == 0:
         return l2n(x)
-    nb = exact_search(x, db, k, exclude)
+    nb = searcher.search(x, k, exclude) if searcher is not None else exact_search(x, db, k, exclude)
     idx, sims = nb.indices, nb.scores.astype(np.float32)
     ok = idx >= 0
     w = np.where(ok, np.clip(sims, 0.0, None), 0.0) ** alpha

@@ -54,7 +54,6 @@ def fallback_threshold(backbone: str | None) -> float:
     return FALLBACK_THRESHOLDS.get(str(backbone), FALLBACK_THRESHOLD)
 
 
-_CHUNK_ELEMENTS = 1 << 24  # similarity cells per chunk (64 MiB of float32)
 MAX_LINKAGE = 4000  # larger components are split at higher thresholds before linkage
 
 
@@ -70,106 +69,21 @@ def _check_desc(desc: np.ndarray) -> np.ndarray:
     return x
 
 
-def _chunk_rows(n: int, chunk_size: int | None) -> int:
-    return max(1, int(chunk_size) if chunk_size else _CHUNK_ELEMENTS // max(n, 1))
-
-
-def _search_impl(name: str):
-    """``cbir_utils.search.<name>`` when the search module provides it, else ``None``."""
-    try:
-        from . import search  # noqa: PLC0415 - optional module (issue 6)
-    except ImportError:
-        return None
-    return getattr(search, name, None)
-
-
-def pairs_above(
-    desc: np.ndarray,
-    threshold: float,
-    chunk_size: int | None = None,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair ``i < j`` whose cosine similarity is at least ``threshold``.
-
-    Exact, by chunks of rows against the rows after them, so memory stays
-    ``O(chunk x N)`` plus the pairs found.
-
-    Args:
-        desc: Unit-norm descriptors ``(N, D)``.
-        threshold: Cosine similarity cut.
-        chunk_size: Rows per chunk; by default about 16 M similarity cells per chunk.
-        progress: Show a progress bar.
-
-    Returns:
-        ``(i, j, score)`` arrays, sorted by ``i`` then ``j``.
-    """
-    x = _check_desc(desc)
-    n = len(x)
-    step = _chunk_rows(n, chunk_size)
-    ii: list[np.ndarray] = []
-    jj: list[np.ndarray] = []
-    ss: list[np.ndarray] = []
-    for a in tqdm(range(0, n, step), desc="Pairs", unit="chunk", disable=not progress):
-        b = min(n, a + step)
-        s = x[a:b] @ x[a:].T  # rows a..b against columns a..n
-        r, c = np.nonzero(s >= threshold)
-        keep = c > r  # column a + c is after row a + r
-        r, c = r[keep], c[keep]
-        ii.append(r + a)
-        jj.append(c + a)
-        ss.append(s[r, c])
-    if not ii:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32)
-    return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss).astype(np.float32)
-
-
-def knn(
-    desc: np.ndarray, k: int, chunk_size: int | None = None, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's ``k`` nearest other images (exact, chunked).
-
-    Returns:
-        ``(indices, scores)``, both ``(N, min(k, N - 1))``, best first.
-    """
-    x = _check_desc(desc)
-    n = len(x)
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k!r}.")
-    k = min(int(k), max(n - 1, 0))
-    idx = np.zeros((n, k), dtype=int)
-    val = np.zeros((n, k), dtype=np.float32)
-    if k == 0:
-        return idx, val
-    step = _chunk_rows(n, chunk_size)
-    for a in tqdm(range(0, n, step), desc="k-NN", unit="chunk", disable=not progress):
-        b = min(n, a + step)
-        s = x[a:b] @ x.T
-        s[np.arange(b - a), np.arange(a, b)] = -np.inf  # never its own neighbour
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(s, part, axis=1)
-        order = np.lexsort((part, -ps), axis=1)  # best first, ties by index
-        idx[a:b] = np.take_along_axis(part, order, axis=1)
-        val[a:b] = np.take_along_axis(ps, order, axis=1)
-    return idx, val
-
-
 def _pairs_above(desc, threshold, progress):
-    impl = _search_impl("pairs_above")
-    if impl is None:
-        return pairs_above(desc, threshold, progress=progress)
     from . import search
 
     # below its exact-search size, ask for every pair (no cap on neighbours per image)
-    small = len(desc) < getattr(search, "EXACT_MAX", 0)
-    i, j, s = impl(desc, threshold, progress=progress, **({"k_max": None} if small else {}))
+    small = len(desc) < search.EXACT_MAX
+    i, j, s = search.pairs_above(
+        desc, threshold, progress=progress, **({"k_max": None} if small else {})
+    )
     return np.asarray(i), np.asarray(j), np.asarray(s)
 
 
 def _knn(desc, k, progress):
-    impl = _search_impl("knn")
-    if impl is None:
-        return knn(desc, k, progress=progress)
-    idx, val = impl(desc, k)
+    from . import search
+
+    idx, val = search.knn(desc, k)
     return np.asarray(idx), np.asarray(val)
 
 
@@ -304,7 +218,7 @@ def _split_large(x: np.ndarray, members: np.ndarray, threshold: float) -> list[n
             return pieces + todo
         nxt = []
         for m in todo:
-            i, j, _ = pairs_above(x[m], t)
+            i, j, _ = _pairs_above(x[m], t, False)
             lab = _components(len(m), i, j)
             for c in np.unique(lab):
                 part = m[lab == c]

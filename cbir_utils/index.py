@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import features, models, provenance
+from . import pipeline as P
 from . import verify as V
 from .data import (
     UNLABELLED,
@@ -45,7 +45,7 @@ from .data import (
 from .io import atomic_write_bytes, save_json, save_npy
 
 INDEX_FILE = "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the retrieval pipeline (multi-scale, whitening...) in index.json
 ITEM_COLUMNS = ("relpath", "path", "scene", "sha1")
 
 
@@ -167,6 +167,9 @@ class Index(ItemTable):
         mirror: Mirror-invariant descriptors.
         root: Folder the relative paths are relative to.
         name: Display name.
+        config: The retrieval pipeline (scales, whitening, αDBA/αQE, re-ranking, graph):
+            how the vectors were made and how queries are ranked (:func:`pipeline_config`).
+        folder: Where it was loaded from or saved to (its fitted pipeline lives there).
     """
 
     vectors: np.ndarray
@@ -177,7 +180,15 @@ class Index(ItemTable):
     mirror: bool = False
     root: str = ""
     name: str = ""
+    config: P.PipelineConfig | None = None
+    folder: str = ""
     _model: models.RetrievalNet | None = field(default=None, repr=False, compare=False)
+    _fitted: P.FittedPipeline | None = field(default=None, repr=False, compare=False)
+    _fitted_digest: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = pipeline_config(self.meta, self.mirror)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -216,6 +227,7 @@ class Index(ItemTable):
         model: models.RetrievalNet | None = None,
         stats: features.ExtractStats | None = None,
         name: str = "",
+        config: P.PipelineConfig | None = None,
         **extract_kwargs,
     ) -> Index:
         """Embed every image of a collection (folder per scene, or CSV manifest).
@@ -230,6 +242,8 @@ class Index(ItemTable):
             model: An already built network matching ``meta`` (else built from ``meta``).
             stats: Filled with how many descriptors were computed or taken from the cache.
             name: Display name.
+            config: The retrieval pipeline (default: :func:`pipeline_config` of ``meta``,
+                notebook 01's settings).
             **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
         """
         col = source if isinstance(source, Collection) else load_collection(source)
@@ -242,6 +256,7 @@ class Index(ItemTable):
             mirror=mirror,
             root=str(col.root),
             name=name or col.root.name,
+            config=config,
             _model=model,
         )
         index.add(
@@ -265,8 +280,13 @@ class Index(ItemTable):
         mirror: bool = False,
         output: str = "descriptor",
         name: str = "",
+        config: P.PipelineConfig | None = None,
     ) -> Index:
-        """An index from vectors computed elsewhere (e.g. merged shards), in collection order."""
+        """An index from vectors computed elsewhere (e.g. merged shards), in collection order.
+
+        ``config`` must describe how the vectors were made (sharded extraction is single
+        scale: ``pipeline_config(meta, mirror, scales=(1.0,))``).
+        """
         col = source if isinstance(source, Collection) else load_collection(source)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(col):
@@ -282,6 +302,7 @@ class Index(ItemTable):
             mirror=mirror,
             root=str(col.root),
             name=name or col.root.name,
+            config=config,
         )
 
     def model(self) -> models.RetrievalNet:
@@ -292,17 +313,15 @@ class Index(ItemTable):
 
     def _embed_files(self, paths, cache_dir, stats, **kwargs) -> np.ndarray:
         cache = Path(cache_dir) if cache_dir else _default_cache()
-        return features.extract_cached(
-            self.model(),
-            [str(p) for p in paths],
-            self.preprocess,
-            cache,
-            self.meta,
-            output=self.output,
-            mirror=self.mirror,
-            stats=stats,
+        if self.output != "descriptor":
+            return features.extract_cached(
+                self.model(), [str(p) for p in paths], self.preprocess, cache, self.meta,
+                output=self.output, mirror=self.mirror, stats=stats, **kwargs,
+            )  # fmt: skip
+        return P.describe(
+            self.model(), self.meta, [str(p) for p in paths], self.config, cache, stats=stats,
             **kwargs,
-        )
+        )  # fmt: skip
 
     def _relpath(self, path: Path) -> str:
         try:
@@ -473,15 +492,22 @@ class Index(ItemTable):
             "output": self.output,
             "mirror": bool(self.mirror),
             "preprocess": self.preprocess.to_dict(),
+            "pipeline": self.config.to_dict(),
             "created": old.get("created", now),
             "updated": now,
             "vectors": vec_name,
             "items": items_name,
         }
+        if self._fitted is not None and self._fitted_digest == _array_digest(vec):
+            self._fitted.save(folder)
+            head = folder / P.FittedPipeline.FILES[0]
+            saved = json.loads(head.read_text(encoding="utf-8"))
+            save_json(head, {**saved, "vectors_digest": self._fitted_digest})
         save_json(folder / INDEX_FILE, header)
         for stale in list(folder.glob("vectors-*.npy")) + list(folder.glob("items-*.csv")):
             if stale.name not in (vec_name, items_name):
                 stale.unlink(missing_ok=True)
+        self.folder = str(folder)
         return folder
 
     @classmethod
@@ -510,6 +536,8 @@ class Index(ItemTable):
             mirror=bool(header.get("mirror", False)),
             root=header.get("root", ""),
             name=header.get("name", folder.name),
+            config=_config_from_header(header),
+            folder=str(folder),
         )
 
     def same_settings(self, meta: dict, mirror: bool, output: str) -> bool:
@@ -543,67 +571,39 @@ class Index(ItemTable):
                 crop = crop_box(load_image(p), box)
                 crops.append(Path(tmp) / f"crop{k}.png")
                 crop.save(crops[-1])  # lossless: the crop is embedded as decoded
-            return features.extract(
-                self.model(),
-                crops,
-                self.preprocess,
-                output=self.output,
-                mirror=self.mirror,
-                **extract_kwargs,
-            )
+            if self.output != "descriptor":
+                return features.extract(
+                    self.model(), crops, self.preprocess, output=self.output,
+                    mirror=self.mirror, **extract_kwargs,
+                )  # fmt: skip
+            return P.describe(self.model(), self.meta, crops, self.config, None, **extract_kwargs)
 
-    def search_vectors(
-        self, queries: np.ndarray, k: int, exclude: Sequence[int | None] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` rows of the index for each query vector (exact, chunked).
+    # ---- the retrieval pipeline
 
-        Args:
-            queries: ``(Q, D)`` unit-norm vectors.
-            k: Results per query.
-            exclude: Per query, an index row to leave out (the query's own file), or None.
+    def fitted(
+        self, store: V.LocalFeatureStore | None = None, progress: bool = True
+    ) -> P.FittedPipeline:
+        """The retrieval pipeline fitted on this index (whitening, αDBA, verification graph).
 
-        Returns:
-            ``(indices, scores)``, ``(Q, k')`` with ``k' <= k`` (fewer when the index is
-            smaller); ``-1`` / ``-inf`` pad rows where fewer candidates remain.
+        Read from the index folder when it was saved for these vectors, else fitted now
+        (the graph verifies every image against its best ``rerank_top_n``: the slow part)
+        and written with the next :meth:`save`.
         """
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim != 2 or (len(self) and q.shape[1] != self.vectors.shape[1]):
-            raise ValueError(
-                f"Queries of shape {q.shape} do not match the index ({self.vectors.shape})."
-            )
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k!r}.")
-        excl = None
-        if exclude is not None:
-            excl = np.array([-1 if e is None else int(e) for e in exclude], dtype=np.int64)
-        try:
-            from .search import exact_search  # chunked over the database too (issue 6)
-        except ImportError:
-            exact_search = None
-        if exact_search is not None:
-            idx, val = exact_search(q, self.vectors, int(k), excl)
-            return np.asarray(idx), np.asarray(val)
-        n = len(self)
-        kk = min(int(k), n)
-        idx = np.full((len(q), kk), -1, dtype=int)
-        val = np.full((len(q), kk), -np.inf, dtype=np.float32)
-        step = max(1, (1 << 24) // max(n, 1))
-        for a in range(0, len(q), step):
-            s = q[a : a + step] @ self.vectors.T
-            if excl is not None:
-                r = np.flatnonzero(excl[a : a + step] >= 0)
-                s[r, excl[a : a + step][r]] = -np.inf
-            part = (
-                np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-                if kk < n
-                else np.tile(np.arange(n), (len(s), 1))
-            )
-            ps = np.take_along_axis(s, part, axis=1)
-            order = np.lexsort((part, -ps), axis=1)
-            idx[a : a + step] = np.take_along_axis(part, order, axis=1)
-            val[a : a + step] = np.take_along_axis(ps, order, axis=1)
-        idx[~np.isfinite(val)] = -1
-        return idx, val
+        digest = _array_digest(np.ascontiguousarray(self.vectors, dtype=np.float32))
+        if self._fitted is not None and self._fitted_digest == digest:
+            return self._fitted
+        saved = Path(self.folder) / P.FittedPipeline.FILES[0] if self.folder else None
+        if saved is not None and saved.is_file():
+            head = json.loads(saved.read_text(encoding="utf-8"))
+            if head.get("vectors_digest") == digest and head.get("config") == self.config.to_dict():
+                self._fitted = P.FittedPipeline.load(self.folder, self.items["path"].tolist())
+                self._fitted_digest = digest
+                return self._fitted
+        self._fitted = P.FittedPipeline.fit(
+            self.vectors, self.items["path"].tolist(), self.config, store, progress
+        )
+        self._fitted_digest = digest
+        return self._fitted
 
     def query_names(self, paths: Sequence[str | os.PathLike]) -> dict[str, str]:
         """Each query file's name in the index (its relpath when its content is indexed).
@@ -622,16 +622,17 @@ class Index(ItemTable):
         exclude_self: bool = True,
         cache_dir: str | os.PathLike | None = None,
         stats: features.ExtractStats | None = None,
-        rerank_top_n: int = 0,
         store: V.LocalFeatureStore | None = None,
+        fitted: P.FittedPipeline | None = None,
         **extract_kwargs,
     ) -> pd.DataFrame:
         """Search the index with image files (or the region ``box`` of each).
 
-        The collection is not re-embedded; only the queries are. With ``rerank_top_n``,
-        the best candidates by cosine are verified by local features (SIFT + RANSAC,
-        :func:`verify.rerank`): verified printings rise above look-alikes, and the table
-        gets an ``inliers`` column (``-1``: not verified).
+        The collection is not re-embedded: only the queries are, as the collection was
+        (its scales), then ranked by the index's fitted pipeline exactly as the
+        collection's own images are (:meth:`cbir_utils.pipeline.FittedPipeline.rank`):
+        whitening, αDBA/αQE, local-feature verification of the best ``rerank_top_n``
+        and the verification graph, as the index's pipeline settings say.
 
         Args:
             paths: Query images (inside or outside the collection).
@@ -640,9 +641,10 @@ class Index(ItemTable):
             exclude_self: Leave out the query's own file when it is indexed (same content).
             cache_dir: Descriptor cache for whole-image queries.
             stats: Filled with the extraction counts of the queries.
-            rerank_top_n: Candidates verified per query (0: none; the notebooks use 50).
-            store: Local features of the indexed images, kept between calls (default: a
-                new one, computed for the candidates that need it).
+            store: Local features of the indexed images, kept between calls (default:
+                the on-disk cache of local features under ``outputs/cache/local``).
+            fitted: The pipeline to rank with (default :meth:`fitted`; e.g. one with other
+                re-ranking settings).
             **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
 
         Returns:
@@ -652,36 +654,19 @@ class Index(ItemTable):
         """
         if len(self) == 0:
             raise ValueError("The index is empty.")
-        if rerank_top_n < 0:
-            raise ValueError(f"rerank_top_n must be >= 0, got {rerank_top_n!r}.")
+        progress = extract_kwargs.get("progress", True)
         qv = self.embed_images(paths, box, cache_dir, stats, **extract_kwargs)
         exclude = None
         if exclude_self:
             row_of = {d: i for i, d in enumerate(self.items["sha1"])}
             exclude = [row_of.get(models.file_digest(p)) for p in paths]
-        idx, val = self.search_vectors(qv, max(k, rerank_top_n), exclude)
-        inl = np.full(idx.shape, -1, dtype=np.int64)
-        if rerank_top_n:
-            store = store if store is not None else V.LocalFeatureStore()
-            bar = tqdm(
-                total=len(paths),
-                desc="Verifying",
-                unit="query",
-                disable=not extract_kwargs.get("progress", True),
-            )
-            for r, p in enumerate(paths):
-                ok = idx[r] >= 0
-                query = p if box is None else crop_box(load_image(p), box)
-                cand = [self.items["path"].iloc[int(i)] for i in idx[r][ok]]
-                rr = V.rerank(query, cand, val[r][ok], top_n=rerank_top_n, store=store)
-                order = np.flatnonzero(ok)[rr.order]
-                idx[r, : len(order)] = idx[r][order]
-                val[r, : len(order)] = rr.scores[rr.order]
-                inl[r, : len(order)] = rr.inliers[rr.order]
-                bar.update()
-            bar.close()
+        store = store if store is not None else V.LocalFeatureStore(cache_dir=_local_cache())
+        fitted = fitted if fitted is not None else self.fitted(store, progress)
+        images = [p if box is None else crop_box(load_image(p), box) for p in paths]
+        ranking = fitted.rank(qv, images, k, exclude, store, progress)
+        rerank = fitted.config.rerank
         rows = []
-        for p, ids, scores, n_in in zip(paths, idx[:, :k], val[:, :k], inl[:, :k]):
+        for p, ids, scores, n_in in zip(paths, ranking.indices, ranking.scores, ranking.inliers):
             for rank, (i, s, n) in enumerate(zip(ids, scores, n_in), start=1):
                 if i < 0:
                     continue
@@ -699,8 +684,56 @@ class Index(ItemTable):
                 )
         columns = ["query", "rank", "candidate", "score", "scene", "path"]
         table = pd.DataFrame(rows, columns=[*columns, "inliers"])
-        table = table if rerank_top_n else table[columns]
+        table = table if rerank else table[columns]
         return provenance.add_columns(table, self.items, on="candidate")
+
+
+def pipeline_config(meta: dict, mirror: bool = False, **settings) -> P.PipelineConfig:
+    """The retrieval pipeline of an index: the model's preprocessing, notebook 01's ranking.
+
+    ``settings`` override :class:`cbir_utils.pipeline.PipelineConfig` fields (``scales``,
+    ``whiten_dim``, ``dba_k``, ``qe_k``, ``rerank``, ``rerank_top_n``, ``graph``); the rest
+    are notebook 01's defaults, as ``cli.DEFAULTS`` holds them (a test checks they agree).
+    """
+    from .cli import DEFAULTS
+
+    fields = {
+        "image_size": int(meta["image_size"]),
+        "resize": meta.get("resize", "letterbox"),
+        "grayscale": bool(meta.get("grayscale", True)),
+        "descreen": float(meta.get("descreen", 0.0)),
+        "pooling": meta.get("pooling", "avg"),
+        "mirror": bool(mirror),
+        "scales": tuple(DEFAULTS["SCALES"]),
+        "whiten_dim": DEFAULTS["WHITEN_DIM"],
+        "dba_k": DEFAULTS["DBA_K"],
+        "qe_k": DEFAULTS["QE_K"],
+        "rerank": DEFAULTS["RERANK_TOP_N"] > 0,
+        "rerank_top_n": DEFAULTS["RERANK_TOP_N"],
+        "graph": DEFAULTS["GRAPH"],
+        **settings,
+    }
+    fields["scales"] = tuple(fields["scales"])
+    if not fields["rerank"]:
+        fields["graph"] = False
+    return P.PipelineConfig(**fields)
+
+
+def _config_from_header(header: dict) -> P.PipelineConfig:
+    """An index's pipeline; an index made before it had one: single scale, cosine only."""
+    saved = header.get("pipeline")
+    if saved:
+        return P.PipelineConfig(**{**saved, "scales": tuple(saved["scales"])})
+    return pipeline_config(
+        header["meta"], bool(header.get("mirror", False)), scales=(1.0,), whiten_dim=0,
+        dba_k=0, qe_k=0, rerank=False, graph=False,
+    )  # fmt: skip
+
+
+def _local_cache() -> Path:
+    from .paths import OUTPUTS_DIR
+
+    return OUTPUTS_DIR / "cache" / "local"
 
 
 def _metadata_records(items: pd.DataFrame) -> list[dict] | None:

@@ -101,3 +101,12 @@ def save_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
 def save_figure(path: str | os.PathLike, fig, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically."""
     return _atomic(Path(path), lambda t: fig.savefig(t, dpi=dpi, bbox_inches="tight", format="png"))
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table (no extra dependency)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"

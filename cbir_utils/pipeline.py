@@ -223,6 +223,13 @@ def _pad(rows: list[tuple[np.ndarray, ...]], k: int) -> Ranking:
     return Ranking(idx, sc, co, inl)
 
 
+WHITEN_SAMPLE = 100_000
+"""Largest collection whose every descriptor trains the whitening; above, a fixed sample."""
+FULL_LISTS_MAX = 5_000
+"""Up to this many images, fitting the graph ranks each image against all others (the lists
+:meth:`FittedPipeline.rank_collection` reuses); above, only the verified top candidates."""
+
+
 class FittedPipeline:
     """The retrieval pipeline fitted on a collection: what ranks it and any new image.
 
@@ -261,6 +268,7 @@ class FittedPipeline:
         self.paths = [str(p) for p in paths]
         self.seconds: dict[str, float] = {}
         self._search = None
+        self._search_white = None
         self._own: Ranking | None = None  # the collection's own ranking before graph hops
 
     def __len__(self) -> int:
@@ -284,18 +292,30 @@ class FittedPipeline:
             )
         t0 = time.perf_counter()
         post = config.post()
-        whitening = D.fit_whitening(desc, post.whiten_dim) if post.whiten else None
+        whitening = None
+        if post.whiten:  # learned on a sample of a very large collection (memory, time)
+            rows = np.arange(len(desc))
+            if len(desc) > WHITEN_SAMPLE:
+                rows = np.sort(np.random.default_rng(0).choice(len(desc), WHITEN_SAMPLE, False))
+            whitening = D.fit_whitening(desc[rows], post.whiten_dim)
         white = whitening.apply(desc) if whitening is not None else D.l2n(desc)
-        db = white
+        fitted = cls(config, whitening, white, white, paths, method=method)
         if post.dba_k:
-            db = D.neighbour_mean(white, white, post.dba_k, post.dba_alpha, np.arange(len(white)))
-        fitted = cls(config, whitening, white, db, paths, method=method)
+            own = np.arange(len(white))
+            fitted.database = D.neighbour_mean(
+                white, white, post.dba_k, post.dba_alpha, own, fitted._searcher("white")
+            )
+            fitted._search = None
         fitted.seconds["post"] = time.perf_counter() - t0
         if config.graph:
             t0 = time.perf_counter()
-            own = fitted._rank_rows(np.arange(len(db)), len(db) - 1, store, progress, hops=False)
-            fitted.graph = V.graph_from_lists(own.indices, own.inliers, len(db))
-            fitted._own = own
+            n = len(white)
+            # the verified lists make the graph; small collections keep whole lists, which
+            # rank_collection then reuses (no second verification)
+            k = n - 1 if n <= FULL_LISTS_MAX else config.rerank_top_n
+            own = fitted._rank_rows(np.arange(n), k, store, progress, hops=False)
+            fitted.graph = V.graph_from_lists(own.indices, own.inliers, n)
+            fitted._own = own if k == n - 1 else None
             fitted.seconds["rerank"] = time.perf_counter() - t0
         return fitted
 
@@ -313,10 +333,27 @@ class FittedPipeline:
         q = self.whitening.apply(raw) if self.whitening is not None else D.l2n(raw)
         ex = None if exclude is None else np.asarray(exclude, dtype=np.int64)
         if post.dba_k:
-            q = D.neighbour_mean(q, self.white, post.dba_k, post.dba_alpha, ex)
+            q = D.neighbour_mean(
+                q, self.white, post.dba_k, post.dba_alpha, ex, self._searcher("white")
+            )
         if post.qe_k:
-            q = D.neighbour_mean(q, self.database, post.qe_k, post.qe_alpha, ex)
+            q = D.neighbour_mean(
+                q, self.database, post.qe_k, post.qe_alpha, ex, self._searcher("database")
+            )
         return q
+
+    def _searcher(self, which: str):
+        """The search index over ``white`` or ``database`` (``None``: exact search below
+        :data:`cbir_utils.search.EXACT_MAX`; built once, HNSW above)."""
+        from .search import EXACT_MAX, build_index
+
+        vectors = self.white if which == "white" else self.database
+        if self.method == "auto" and len(vectors) <= EXACT_MAX:
+            return None
+        cache = "_search_white" if which == "white" else "_search"
+        if getattr(self, cache, None) is None:
+            setattr(self, cache, build_index(vectors, self.method))
+        return getattr(self, cache)
 
     def neighbours(self, q: np.ndarray, k: int, exclude: Sequence[int] | None = None):
         """Top-``k`` database rows of post-processed queries (:mod:`cbir_utils.search`)."""
@@ -337,7 +374,9 @@ class FittedPipeline:
         q = self.database[rows]
         post = self.config.post()
         if post.qe_k:
-            q = D.neighbour_mean(q, self.database, post.qe_k, post.qe_alpha, rows)
+            q = D.neighbour_mean(
+                q, self.database, post.qe_k, post.qe_alpha, rows, self._searcher("database")
+            )
         return self._rank(q, [self.paths[i] for i in rows], k, rows, store, progress, hops)
 
     def _rank(self, q, query_images, k, exclude, store, progress, hops=True) -> Ranking:
@@ -426,7 +465,9 @@ class FittedPipeline:
                 q = self.database[[r]]
                 if self.config.qe_k:
                     post = self.config.post()
-                    q = D.neighbour_mean(q, self.database, post.qe_k, post.qe_alpha, [r])
+                    q = D.neighbour_mean(
+                        q, self.database, post.qe_k, post.qe_alpha, [r], self._searcher("database")
+                    )
                 ids, sc, cos, inl = self._hops(q[0], ids, sc, cos, inl, r)
                 order = np.argsort(-sc, kind="stable")
                 rows.append((ids[order], sc[order], cos[order], inl[order]))

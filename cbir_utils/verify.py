@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -479,12 +480,16 @@ def draw_matches(
 
 
 class LocalFeatureStore:
-    """Local features of images computed once and kept in memory (by path).
+    """Local features of images computed once and kept in memory (by path), and on disk.
 
     Re-ranking touches the same database images for many queries; this store computes each
-    image's features (with its mirror) on first use only. With ``remember_matches`` it also
-    keeps the result of every (query path, candidate path) verification, so ranking the
-    collection again with other descriptors re-uses them (memory: a few bytes per pair).
+    image's features (with its mirror) on first use only. With ``cache_dir`` they are also
+    written to disk, one ``.npz`` per image keyed by the file's content and the feature
+    settings, so a later search, another process or a resumed run reads them instead
+    (the working image kept for drawing is not stored: :func:`match_pair` draws afresh).
+    With ``remember_matches`` it also keeps the result of every (query path, candidate
+    path) verification, so ranking the collection again with other descriptors re-uses
+    them (memory: a few bytes per pair).
     """
 
     def __init__(
@@ -494,12 +499,20 @@ class LocalFeatureStore:
         descreen: float = DESCREEN_SIGMA,
         max_features: int = MAX_FEATURES,
         remember_matches: bool = False,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         _check_method(method)
         self.options = dict(
             method=method, max_side=max_side, descreen=descreen, max_features=max_features
         )
         self._store: dict[str, LocalFeatures] = {}
+        self.cache_dir: Path | None = None
+        if cache_dir is not None:
+            import hashlib
+            import json
+
+            key = json.dumps({**self.options, "cv2": cv2.__version__}, sort_keys=True)
+            self.cache_dir = Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:12]
         self.matches: dict[tuple[str, str], tuple[int, bool]] | None = (
             {} if remember_matches else None
         )
@@ -516,16 +529,62 @@ class LocalFeatureStore:
         return str(path) in self._store
 
     def get(self, path: str | os.PathLike) -> LocalFeatures:
-        """Features of ``path`` (computed on first use)."""
+        """Features of ``path`` (computed on first use, or read from the disk cache)."""
         key = str(path)
         if key not in self._store:
-            self._store[key] = local_features(key, mirror=True, **self.options)
+            feats, file = None, None
+            if self.cache_dir is not None:
+                from .models import file_digest
+
+                digest = file_digest(key)
+                file = self.cache_dir / digest[:2] / f"{digest}.npz"
+                feats = _read_features(file, key)
+            if feats is None:
+                feats = local_features(key, mirror=True, **self.options)
+                if file is not None:
+                    _write_features(file, feats)
+            self._store[key] = feats
         return self._store[key]
 
     def precompute(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> None:
         """Compute the features of ``paths`` now (e.g. the whole collection, at indexing time)."""
         for p in tqdm(paths, desc="Local features", unit="img", disable=not progress):
             self.get(p)
+
+
+def _write_features(file: Path, f: LocalFeatures) -> None:
+    import io
+
+    from .io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    extra = {}
+    if f.xy_mirror is not None:
+        extra = {"xy_mirror": f.xy_mirror, "descriptors_mirror": f.descriptors_mirror}
+    np.savez(buf, xy=f.xy, descriptors=f.descriptors, size=np.asarray(f.size),
+             scale=np.float64(f.scale), shown=np.asarray(f.image.shape[:2]), **extra)  # fmt: skip
+    try:
+        atomic_write_bytes(file, buf.getvalue())
+    except OSError:
+        pass  # the cache is an optimisation only
+
+
+def _read_features(file: Path, source: str) -> LocalFeatures | None:
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            shown = tuple(int(v) for v in z["shown"])
+            return LocalFeatures(
+                xy=z["xy"], descriptors=z["descriptors"],
+                size=(int(z["size"][0]), int(z["size"][1])), scale=float(z["scale"]),
+                image=np.broadcast_to(np.uint8(0), shown),  # not stored: shape only
+                xy_mirror=z["xy_mirror"] if "xy_mirror" in z.files else None,
+                descriptors_mirror=z["descriptors_mirror"] if "xy_mirror" in z.files else None,
+                source=source,
+            )  # fmt: skip
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: computed again
 
 
 def inlier_bonus(

@@ -175,7 +175,7 @@ def test_add_and_update(local, tiny_collection, tmp_path, capsys):
 
 
 def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path, capsys):
-    out = local[0]
+    assert local[0].is_dir()
     folder = tmp_path / "sharded"
     args = ["index", str(tiny_collection), "--out", str(folder), *SIZE]
     for shard in ("0", "1"):
@@ -186,8 +186,13 @@ def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path, capsys
     merge = shlex.split(said)
     assert merge[:3] == ["python", "-m", "cbir_utils"] and "--shard" not in merge
     assert cli.main(merge[3:]) == 0
-    merged, whole = Index.load(folder), Index.load(out / "index" / "tiny")
-    assert merged.relpaths == whole.relpaths
+    # sharded extraction is single-scale: the same as a one-machine index at one scale
+    single = tmp_path / "single"
+    assert cli.main(["index", str(tiny_collection), "--out", str(single), *SIZE,
+                     "--scales", "1", "-q"]) == 0  # fmt: skip
+    merged, whole = Index.load(folder), Index.load(single)
+    assert merged.relpaths == whole.relpaths and merged.config == whole.config
+    assert merged.config.scales == (1.0,)
     np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
 
 
@@ -204,7 +209,7 @@ def test_shard_jobs_check_only_their_own_images(
     broken.parent.mkdir()
     broken.write_bytes((tiny_collection / "scene_camera" / "camera_0.jpg").read_bytes()[:300])
     whole_dir, sharded = tmp_path / "whole", tmp_path / "sharded"
-    assert cli.main(["index", str(col), "--out", str(whole_dir), *SIZE, "-q"]) == 0
+    assert cli.main(["index", str(col), "--out", str(whole_dir), *SIZE, "--scales", "1", "-q"]) == 0
     listing = data.load_collection(col, validate="none", progress=False).items["path"]
     checked: list[str] = []
     check_image = data.check_image
@@ -290,7 +295,16 @@ def test_defaults_are_the_notebooks(tmp_path):
     )  # fmt: skip
     assert args.mirror == params["MIRROR"] and args.batch_size == params["BATCH_SIZE"]
     assert parser.parse_args(["search", "i", "q"]).top_k == params["TOP_K"]
-    assert parser.parse_args(["search", "i", "q"]).rerank_top_n == params["RERANK_TOP_N"]
+    # the ranking is notebook 01's: kept with the index, search and evaluate use it as built
+    args = parser.parse_args(["index", str(tmp_path)])
+    assert args.rerank_top_n == params["RERANK_TOP_N"] and args.graph == params["GRAPH"]
+    assert (args.scales, args.whiten_dim, args.dba_k, args.qe_k) == (
+        params["SCALES"],
+        params["WHITEN_DIM"],
+        params["DBA_K"],
+        params["QE_K"],
+    )
+    assert parser.parse_args(["search", "i", "q"]).rerank_top_n is None  # the index's
     assert parser.parse_args(["evaluate", "i"]).ks == params["KS"]
     import inspect
 

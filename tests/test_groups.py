@@ -22,43 +22,6 @@ CHAIN_TRUTH = ["a", "a", "a", "bridge", "b", "b", "b"]
 CHAIN_T = float(np.cos(np.deg2rad(19)))  # links angles up to 19 degrees apart
 
 
-def test_pairs_above_matches_brute_force(rng):
-    x = rng.normal(size=(57, 8)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    s = x @ x.T
-    bi, bj = np.nonzero(np.triu(s >= 0.3, k=1))
-    for chunk in (1, 7, 100):
-        i, j, sc = groups.pairs_above(x, 0.3, chunk_size=chunk)
-        assert sorted(zip(i.tolist(), j.tolist())) == sorted(zip(bi.tolist(), bj.tolist()))
-        np.testing.assert_allclose(sc, s[i, j], atol=1e-6)
-    assert len(groups.pairs_above(x, 1.01)[0]) == 0
-
-
-def test_knn_matches_brute_force(rng):
-    x = rng.normal(size=(40, 6)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    idx, val = groups.knn(x, 4, chunk_size=9)
-    s = x @ x.T
-    np.fill_diagonal(s, -np.inf)
-    best = np.argsort(-s, axis=1)[:, :4]
-    np.testing.assert_array_equal(idx, best)
-    np.testing.assert_allclose(val, np.take_along_axis(s, best, axis=1), atol=1e-6)
-    assert not (idx == np.arange(40)[:, None]).any()  # never its own neighbour
-    assert groups.knn(x[:3], 10)[0].shape == (3, 2)
-
-
-def test_same_groups_with_or_without_the_search_module(rng, monkeypatch):
-    centres = rng.normal(size=(6, 16))
-    x = np.repeat(centres, 5, axis=0) + 0.3 * rng.normal(size=(30, 16))
-    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    runs = [(m, groups.duplicate_groups(x, 0.7, method=m, k=3)) for m in groups.METHODS]
-    monkeypatch.setattr(groups, "_search_impl", lambda name: None)  # internal helpers only
-    for m, g in runs:
-        np.testing.assert_array_equal(
-            groups.duplicate_groups(x, 0.7, method=m, k=3).labels, g.labels
-        )
-
-
 def test_components_chain_but_average_linkage_does_not():
     comp = groups.duplicate_groups(CHAIN, CHAIN_T, method="components")
     assert comp.n_groups == 1 and comp.sizes.tolist() == [7]

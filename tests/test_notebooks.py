@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import papermill as pm
@@ -10,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cbir_utils.paths import NOTEBOOKS_DIR
+from cbir_utils.paths import NOTEBOOKS_DIR, PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +76,24 @@ def test_notebook_01(outputs):
     assert pipe["seconds"]["rerank"] > 0
     split = pd.read_csv(next((out / "splits").glob("*.csv")))
     assert set(split["split"]) <= {"train", "val", "test", "heldout"}
+    # the command line ranks as the notebook does: `index` + `evaluate` print its numbers
+    env = {**os.environ, "CBIR_OUTPUTS_DIR": str(out)}
+    for cmd in (
+        ["index", params["DATA_DIR"], "--name", "same", "--backbone", params["BACKBONE"],
+         "--weights", params["WEIGHTS"], "--image-size", str(params["IMAGE_SIZE"]),
+         "--batch-size", "8"],
+        ["evaluate", "same", "-q"],
+    ):  # fmt: skip
+        res = subprocess.run([sys.executable, "-m", "cbir_utils", *cmd], env=env, cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    cli_metrics = json.loads((out / "evaluate" / "same" / "metrics.json").read_text())
+    for protocol in ("all", "study", "disjoint"):
+        for key in ("mAP", "P@1", "nDCG@10", "muAP", "threshold", "pair_f1"):
+            assert cli_metrics[protocol][key] == pytest.approx(metrics[protocol][key], abs=1e-6), (
+                protocol,
+                key,
+            )
     # a rerun with the same parameters reuses the folder and the cached descriptors
     run("01_pretrained_retrieval", out, params)
     # a rerun with other parameters into the same run folder is refused

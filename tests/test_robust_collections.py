@@ -99,9 +99,12 @@ def test_unicode_spaces_and_duplicate_names(tmp_path, tiny_collection):
     path = save_csv(tmp_path.parent / f"{tmp_path.name}_split.csv", split)
     back = pd.read_csv(path, dtype=str, keep_default_na=False)
     assert list(back["relpath"]) == list(col.items["relpath"])
-    # identical files in two scenes are two images (both retrievable)
-    imgs = [data.load_image(p) for p in col.paths]
-    assert all(im.size == imgs[0].size for im in imgs[:1])
+    # identical files in three scenes are three images (each retrievable), same pixels
+    same = [p for p in col.paths if p.name == "Le Miroir n°12 p3.JPG"]
+    assert len(same) == 3 and len({str(p) for p in same}) == 3
+    arrays = [np.asarray(data.load_image(p)) for p in same]
+    assert all(np.array_equal(a, arrays[0]) for a in arrays[1:])
+    assert not np.array_equal(np.asarray(data.load_image(tmp_path / nfc / "2.jpeg")), arrays[0])
 
 
 def test_non_utf8_file_name_is_skipped_not_fatal(tmp_path):
