@@ -54,6 +54,8 @@ DEFAULTS = {
     "SPLIT_FILE": "",
 }
 
+EVALUATE_MAX = 20_000  # evaluate holds an N x N score table (the metrics rank everything)
+
 EPILOG = """examples:
   python -m cbir_utils index data/demo                       # -> outputs/index/demo/
   python -m cbir_utils search demo new_scan.tif --out hits.csv
@@ -668,6 +670,12 @@ def cmd_evaluate(args) -> int:
     protocols = ("all",) if args.verdicts else ("all", "study", "disjoint")
     from . import pipeline
 
+    if len(index) > EVALUATE_MAX:
+        raise ValueError(
+            f"evaluate scores every image against all the others ({len(index)}^2 scores); it "
+            f"handles up to {EVALUATE_MAX} images. Evaluate a labelled sample instead (a "
+            "manifest of it, indexed on its own)."
+        )
     # the index's pipeline ranks the collection exactly as notebook 01 does (and `search`)
     store = _local_store()
     fitted = _for_queries(index.fitted(store, _progress(args)), args)

@@ -3,7 +3,8 @@
 Everything is relative to the project root (the folder holding ``pyproject.toml``),
 so notebooks, tests and the command line agree wherever they are started from.
 Set ``CBIR_PROJECT_ROOT`` to point a run at another checkout, or ``CBIR_OUTPUTS_DIR``
-to send outputs elsewhere (the tests do).
+to send outputs elsewhere (the tests do). An installed copy outside a checkout uses the
+working folder as its root.
 """
 
 from __future__ import annotations
@@ -11,9 +12,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT: Path = Path(
-    os.environ.get("CBIR_PROJECT_ROOT", Path(__file__).resolve().parent.parent)
-).resolve()
+
+def _project_root() -> Path:
+    """``CBIR_PROJECT_ROOT``; else the checkout holding this package; else the working folder.
+
+    An installed copy (``pip install .``, the package in site-packages) has no checkout
+    around it: its data and outputs then go to the folder it is run from, never into
+    site-packages.
+    """
+    if os.environ.get("CBIR_PROJECT_ROOT"):
+        return Path(os.environ["CBIR_PROJECT_ROOT"]).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "cbir_utils").is_dir():
+        return checkout
+    return Path.cwd().resolve()
+
+
+PROJECT_ROOT: Path = _project_root()
 DATA_DIR: Path = PROJECT_ROOT / "data"
 DEMO_DIR: Path = DATA_DIR / "demo"
 CHECK_DIR: Path = DATA_DIR / "check"
@@ -56,3 +71,20 @@ def ensure_outside(path: Path, protected: Path) -> None:
         raise ValueError(
             f"Refusing to write {path}: it is inside the input collection {protected}."
         )
+
+
+def finetuned_checkpoint(
+    checkpoint: str | os.PathLike = "", run: str = "", which: str = "last"
+) -> Path:
+    """The checkpoint notebook 03 uses: ``checkpoint`` when given, else ``which`` of a run.
+
+    Args:
+        checkpoint: A checkpoint file (relative paths from the project root); overrides the rest.
+        run: The run of notebook 02 (``outputs/02_finetune_classification/<run>/``).
+        which: ``"last"`` (final epoch) or ``"best"`` (best validation macro-F1).
+    """
+    if checkpoint:
+        return resolve(checkpoint)
+    if which not in ("last", "best"):
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}.")
+    return OUTPUTS_DIR / NOTEBOOK_02 / run / "checkpoints" / f"{which}.pt"

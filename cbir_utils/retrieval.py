@@ -235,6 +235,20 @@ def results_table(results: dict[str, dict[str, Evaluation]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def best_on_validation(table: pd.DataFrame) -> str:
+    """The method of a :func:`results_table` with the best validation mAP (then µAP).
+
+    Choosing on the validation images keeps the held-out scenes for the report only.
+
+    Raises:
+        ValueError: The table has no ``val`` rows.
+    """
+    val = table[table["protocol"] == "val"]
+    if not len(val):
+        raise ValueError("No validation rows to choose on (evaluate the 'val' protocol too).")
+    return str(val.sort_values(["mAP", "muAP"], ascending=False, kind="stable")["method"].iloc[0])
+
+
 def gallery_queries(split: pd.DataFrame, n: int, seed: int = 0) -> np.ndarray:
     """A fixed choice of ``n`` query images for gallery figures, shared by the notebooks.
 

@@ -246,3 +246,28 @@ def test_user_files_are_loaded_without_running_code(tmp_path):
         models.model_meta("resnet18", "none", "avg", 64, classes=["a", "b"]),
     )
     assert models.load_checkpoint(ok)[1]["backbone"] == "resnet18"
+
+
+def test_an_installed_copy_writes_outputs_where_it_is_run_not_into_site_packages(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from cbir_utils.paths import PROJECT_ROOT
+
+    site = tmp_path / "site-packages" / "cbir_utils"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("")
+    shutil.copy(PROJECT_ROOT / "cbir_utils" / "paths.py", site / "paths.py")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    env["PYTHONPATH"] = str(site.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", "import cbir_utils.paths as p; print(p.PROJECT_ROOT); print(p.OUTPUTS_DIR)"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    root, outputs = out.stdout.split()
+    assert root == str(work.resolve()) and outputs == str(work.resolve() / "outputs")
