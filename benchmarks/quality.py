@@ -314,38 +314,22 @@ def _score_pipeline(
         db = pipeline.describe(model, meta, paths, config, cache, progress=progress)
     ranked = pipeline.rank_collection(db, paths, config, store=store, progress=progress)
     # ---- latency of one new query against the indexed collection (descriptors, their
-    # post-processing and the verification graph are computed at indexing time)
-    post = config.post()
-    db_post = ranked.whitening.apply(db) if ranked.whitening is not None else np.asarray(db)
-    if post.dba_k:
-        db_post = D.database_augmentation(db_post, post.dba_k, post.dba_alpha)
+    # post-processing and the verification graph are computed at indexing time): the
+    # fitted pipeline ranks it as it ranks the collection's own images
+    fitted = ranked.fitted
     times, rerank_times = [], []
     with _one_thread():
         for i in timing_idx:
             t0 = time.perf_counter()
             v = _embed_one(model, paths[i], config, backbone, output)
-            if ranked.whitening is not None:
-                v = ranked.whitening.apply(v)
-            if post.qe_k:
-                v = D.alpha_query_expansion(v, db_post, post.qe_k, post.qe_alpha)
-            s = (v @ db_post.T)[0].astype(np.float64)
-            s[i] = -np.inf  # the query itself
+            t1 = time.perf_counter()
+            fitted.neighbours(fitted.query_vectors(v, [int(i)]), config.rerank_top_n, [int(i)])
+            t_desc = time.perf_counter() - t1
             if config.rerank:
                 t1 = time.perf_counter()
-                V.rerank(
-                    str(paths[i]),
-                    paths,
-                    s,
-                    config.rerank_top_n,
-                    config.rerank_weight,
-                    store=_FreshQueryStore(store),
-                    graph=ranked.graph,
-                    hop_weight=config.hop_weight,
-                    query_index=int(i),
-                )
-                rerank_times.append(time.perf_counter() - t1)
-            else:
-                np.argsort(-s)
+                fitted.rank(v, [str(paths[i])], config.rerank_top_n, [int(i)],
+                            _FreshQueryStore(store), progress=False)  # fmt: skip
+                rerank_times.append(time.perf_counter() - t1 - t_desc)
             times.append(time.perf_counter() - t0)
     return _Scored(
         ranked.scores,

@@ -448,6 +448,8 @@ def cmd_add(args) -> int:
         num_workers=args.num_workers,
         progress=_progress(args),
     )
+    if report.added or report.replaced:
+        index.fitted(_local_store(), _progress(args))  # refitted on the grown collection
     index.save(folder)
     _say(
         args,
@@ -912,23 +914,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="input sizes relative to --image-size, descriptors summed, e.g. 0.75,1,1.25 "
         "(sharded indexes: 1)",
     )  # fmt: skip
-    r.add_argument(
-        "--whiten-dim", type=_non_negative_int, default=DEFAULTS["WHITEN_DIM"],
-        help="PCA-whitening learned on the collection, dimensions kept; 0 = off (default %(default)s)",
-    )  # fmt: skip
-    r.add_argument(
-        "--dba-k", type=_non_negative_int, default=DEFAULTS["DBA_K"],
-        help="database-side augmentation neighbours; 0 = off (default %(default)s)",
-    )  # fmt: skip
-    r.add_argument(
-        "--qe-k", type=_non_negative_int, default=DEFAULTS["QE_K"],
-        help="query expansion neighbours; 0 = off (default %(default)s)",
-    )  # fmt: skip
-    r.add_argument(
-        "--rerank-top-n", type=_non_negative_int, default=DEFAULTS["RERANK_TOP_N"],
-        help="candidates per query verified by local features (SIFT + RANSAC); 0 = cosine "
-        "only (default %(default)s)",
-    )  # fmt: skip
+    for flag, key, what in (
+        ("--whiten-dim", "WHITEN_DIM", "PCA-whitening learned on the collection, dimensions kept"),
+        ("--dba-k", "DBA_K", "database-side augmentation neighbours"),
+        ("--qe-k", "QE_K", "query expansion neighbours"),
+        ("--rerank-top-n", "RERANK_TOP_N",
+         "candidates per query verified by local features (SIFT + RANSAC)"),
+    ):  # fmt: skip
+        r.add_argument(
+            flag, type=_non_negative_int, default=DEFAULTS[key],
+            help=f"{what}; 0 = off (default %(default)s)",
+        )  # fmt: skip
     r.add_argument(
         "--graph", action=argparse.BooleanOptionalAction, default=DEFAULTS["GRAPH"],
         help="verify every image against its best candidates at indexing time, so printings "

@@ -377,9 +377,9 @@ class FittedPipeline:
             q = D.neighbour_mean(
                 q, self.database, post.qe_k, post.qe_alpha, rows, self._searcher("database")
             )
-        return self._rank(q, [self.paths[i] for i in rows], k, rows, store, progress, hops)
+        return self._rank(q, [self.paths[i] for i in rows], k, rows, store, progress, hops, True)
 
-    def _rank(self, q, query_images, k, exclude, store, progress, hops=True) -> Ranking:
+    def _rank(self, q, query_images, k, exclude, store, progress, hops=True, own=False) -> Ranking:
         cfg = self.config
         n = len(self)
         kk = min(n, max(k, cfg.rerank_top_n if cfg.rerank else 0))
@@ -395,8 +395,9 @@ class FittedPipeline:
             cos = nb.scores[r][ok].astype(np.float64)
             sc, inl = cos.copy(), np.full(len(ids), -1, dtype=np.int64)
             if cfg.rerank and len(ids):
-                qimg = query_images[r]
-                qf = store.get(qimg) if isinstance(qimg, (str, os.PathLike)) else qimg
+                # the collection's own images: their stored features; a new image: computed
+                # unless the store already has that file (see verify.rerank)
+                qf = store.get(query_images[r]) if own else query_images[r]
                 res = V.rerank(qf, [self.paths[i] for i in ids], cos, cfg.rerank_top_n,
                                cfg.rerank_weight, store=store)  # fmt: skip
                 sc, inl = res.scores, res.inliers

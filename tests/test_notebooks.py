@@ -94,8 +94,15 @@ def test_notebook_01(outputs):
                 protocol,
                 key,
             )
-    # a rerun with the same parameters reuses the folder and the cached descriptors
+    # a rerun with the same parameters reuses the folder and the cached descriptors: no new
+    # cache file, and the same metrics
+    cache = out / "cache"
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     run("01_pretrained_retrieval", out, params)
+    after = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    new_files = [p for p in after if p not in before and "validation" not in p.parts]
+    assert not new_files, new_files
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     # a rerun with other parameters into the same run folder is refused
     with pytest.raises(pm.PapermillExecutionError, match="other parameters"):
         run("01_pretrained_retrieval", out, {**params, "TOP_K": 3})

@@ -357,3 +357,29 @@ def test_sparse_ranking_equals_the_dense_one(coll_split):
     loaded = pipeline.FittedPipeline.load(folder, coll.paths)
     back = loaded.rank(desc[q], [coll.paths[i] for i in q], 5, exclude=q, store=store)
     assert np.array_equal(back.indices, full.indices[q, :5])
+
+
+def test_large_collection_path_hnsw_and_whitening_sample(monkeypatch):
+    """What a large collection takes (HNSW neighbours for αDBA/αQE and the top-k, whitening
+    on a sample) ranks like the exact path."""
+    from cbir_utils import search
+
+    x = search.synthetic_vectors(3000, 64, "clustered", seed=1)
+    q = search.synthetic_vectors(40, 64, "clustered", seed=2)
+    paths = [f"x{i}.jpg" for i in range(len(x))]
+    cfg = pipeline.PipelineConfig(whiten_dim=32, dba_k=1, qe_k=1)
+    exact = pipeline.FittedPipeline.fit(x, paths, cfg, method="exact")
+    monkeypatch.setattr(search, "EXACT_MAX", 100)
+    approx = pipeline.FittedPipeline.fit(x, paths, cfg, method="auto")
+    a = approx.rank(q, [None] * len(q), 10).indices
+    assert approx._search_white is not None and approx._search.method == "hnsw"
+    e = exact.rank(q, [None] * len(q), 10).indices
+    overlap = np.mean([len(np.intersect1d(r, s)) / 10 for r, s in zip(a, e)])
+    assert overlap >= 0.9, overlap
+    # above WHITEN_SAMPLE images the whitening is learned on a fixed sample
+    monkeypatch.setattr(pipeline, "WHITEN_SAMPLE", 1000)
+    sampled = pipeline.FittedPipeline.fit(x, paths, cfg, method="exact")
+    again = pipeline.FittedPipeline.fit(x, paths, cfg, method="exact")
+    assert sampled.whitening.dim == 32
+    assert not np.allclose(sampled.whitening.mean, exact.whitening.mean)
+    np.testing.assert_array_equal(sampled.whitening.projection, again.whitening.projection)
