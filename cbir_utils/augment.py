@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .demo import press_reprint
+from .errors import InputError
 
 
 @dataclass
@@ -44,9 +45,9 @@ class PressAugment:
         for name in ("p", "mirror_p"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}.")
+                raise InputError(f"{name} must be a probability in [0, 1], got {v!r}.")
         if self.long_side is not None and int(self.long_side) < 32:
-            raise ValueError(f"long_side must be at least 32 or None, got {self.long_side!r}.")
+            raise InputError(f"long_side must be at least 32 or None, got {self.long_side!r}.")
 
     def __call__(self, im: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
         """Reprint ``im`` (RGB in, RGB out).

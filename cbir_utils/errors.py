@@ -19,8 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Exception types that cbir_utils raises on purpose with a user-facing message.
-_USER_TYPES: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, KeyError)
+# The handler catches the package's own errors only: a bug keeps its full traceback.
 _INSTALLED = False
 
 
@@ -44,28 +43,29 @@ class ImageDecodeError(CbirError, OSError):
     """One image file cannot be decoded (the message names the file and the reason)."""
 
 
+class InputError(CbirError, ValueError):
+    """An input (an argument, a table, a file's content) cannot be used as given."""
+
+
+class ToolError(CbirError, RuntimeError):
+    """An outside tool or service this package relies on failed (the message says how)."""
+
+
+class TableColumnsError(CbirError, KeyError):
+    """A table given to a plot or report lacks columns it needs (the message names them)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one reads as a sentence
+        return str(self.args[0]) if self.args else ""
+
+
 def is_user_error(exc: BaseException, tb: TracebackType | None = None) -> bool:
     """Whether ``exc`` is a deliberate, user-facing error of this package.
 
-    True for :class:`CbirError` subclasses, and for ``ValueError``/``OSError``/
-    ``RuntimeError``/``KeyError`` raised directly by code of this package (its innermost
-    frame is a ``cbir_utils`` module), which by convention carry a full explanation.
+    True for :class:`CbirError` subclasses only: every error raised on purpose is one (they
+    also subclass the built-in type a caller expects). Anything else, a ``ValueError`` of
+    a bug included, keeps its full traceback.
     """
-    if isinstance(exc, CbirError):
-        return True
-    if not isinstance(exc, _USER_TYPES) or not str(exc):
-        return False
-    tb = tb if tb is not None else exc.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    if last is None:
-        return False
-    try:
-        return _PACKAGE_DIR in Path(last.tb_frame.f_code.co_filename).resolve().parents
-    except (OSError, ValueError):
-        return False
+    return isinstance(exc, CbirError)
 
 
 def format_user_error(exc: BaseException, tb: TracebackType | None = None) -> str:
@@ -108,8 +108,8 @@ def install_notebook_handler() -> bool:
     shell = ipython.get_ipython() if ipython is not None else None
     if shell is None or not hasattr(shell, "set_custom_exc"):
         return False
-    if not _INSTALLED or getattr(shell, "custom_exceptions", ()) != _USER_TYPES:
-        shell.set_custom_exc(_USER_TYPES, _handler)
+    if not _INSTALLED or getattr(shell, "custom_exceptions", ()) != (CbirError,):
+        shell.set_custom_exc((CbirError,), _handler)
         _INSTALLED = True
     return True
 

@@ -45,6 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from . import features, models
 from .data import UNLABELLED, Collection, Preprocess
+from .errors import InputError
 
 METHODS = ("lw", "pca")
 REPRINT_VIEWS = 2
@@ -151,21 +152,21 @@ class FastConfig:
         self.methods = tuple(self.methods)
         bad = [m for m in self.methods if m not in METHODS]
         if not self.methods or bad:
-            raise ValueError(f"Unknown method(s) {bad or self.methods!r}; choose from {METHODS}.")
+            raise InputError(f"Unknown method(s) {bad or self.methods!r}; choose from {METHODS}.")
         if not isinstance(self.reprint_views, int) or self.reprint_views < 0:
-            raise ValueError(f"reprint_views must be an integer >= 0, got {self.reprint_views!r}.")
+            raise InputError(f"reprint_views must be an integer >= 0, got {self.reprint_views!r}.")
         if not isinstance(self.folds, int) or self.folds < 2:
-            raise ValueError(f"folds must be an integer >= 2, got {self.folds!r}.")
+            raise InputError(f"folds must be an integer >= 2, got {self.folds!r}.")
         if self.backbone not in models.BACKBONES:
-            raise ValueError(
+            raise InputError(
                 f"Unknown backbone {self.backbone!r}; choose one of {', '.join(models.BACKBONES)}."
             )
         self.dims = tuple(int(d) for d in self.dims)
         self.shrinkages = tuple(float(s) for s in self.shrinkages)
         if not self.dims or any(d < 0 for d in self.dims):
-            raise ValueError(f"dims must be non-negative integers, got {self.dims!r}.")
+            raise InputError(f"dims must be non-negative integers, got {self.dims!r}.")
         if not self.shrinkages or any(not 0.0 <= s <= 1.0 for s in self.shrinkages):
-            raise ValueError(f"shrinkages must lie in [0, 1], got {self.shrinkages!r}.")
+            raise InputError(f"shrinkages must lie in [0, 1], got {self.shrinkages!r}.")
 
     @classmethod
     def from_train_config(cls, config: Any, **overrides: Any) -> FastConfig:
@@ -310,7 +311,7 @@ def _scatter_rows(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         rows.append((m - m.mean(0)) * np.sqrt(n))
         n_pairs += n * (n - 1) // 2
     if n_pairs == 0:
-        raise ValueError("Learned whitening needs at least one scene with two training views.")
+        raise InputError("Learned whitening needs at least one scene with two training views.")
     return np.concatenate(rows) / np.sqrt(n_pairs)
 
 
@@ -341,16 +342,16 @@ def fit_projections(
         training data (``N - 1``).
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+        raise InputError(f"Unknown method {method!r}; choose one of {METHODS}.")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"Need at least two descriptors (N, D), got shape {x.shape}.")
+        raise InputError(f"Need at least two descriptors (N, D), got shape {x.shape}.")
     d_in = x.shape[1]
     mean = x.mean(0)
     xc = x - mean
     if method == "lw":
         if labels is None:
-            raise ValueError("Learned whitening (method='lw') needs the scene labels.")
+            raise InputError("Learned whitening (method='lw') needs the scene labels.")
         white = _Whitener(_scatter_rows(x, np.asarray(labels)))
     else:
         white = _Whitener(xc / np.sqrt(len(x)))
@@ -503,7 +504,7 @@ class FastResult:
 def _train_val(collection: Collection, split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     missing = {"relpath", "split"} - set(split.columns)
     if missing:
-        raise ValueError(f"The split frame lacks column(s) {sorted(missing)}.")
+        raise InputError(f"The split frame lacks column(s) {sorted(missing)}.")
     items = collection.items[["relpath", "path", "scene"]]
     merged = split[["relpath", "split"]].merge(items, on="relpath", how="inner")
     merged = merged[merged["scene"] != UNLABELLED]
@@ -541,7 +542,7 @@ def fast_finetune(
     train_df, val_df = _train_val(collection, split)
     classes = sorted(set(train_df["scene"]))
     if len(classes) < 2:
-        raise ValueError(f"Need at least 2 training scenes, got {classes}.")
+        raise InputError(f"Need at least 2 training scenes, got {classes}.")
     val_df = val_df[val_df["scene"].isin(classes)].reset_index(drop=True)
 
     # ---- embed the training and validation images once (cached by content)

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Preprocess, check_image
+from .errors import InputError, MissingFilesError
 from .io import atomic_write_text, save_csv, save_json, save_npy
 from .models import RetrievalNet, default_device, file_digest, identity, l2_normalise
 
@@ -80,7 +81,7 @@ def _forward(model: RetrievalNet, x: torch.Tensor, output: str, mirror: bool) ->
 def output_dim(model: RetrievalNet, output: str = "descriptor") -> int:
     """Length of the vectors ``extract`` returns for ``model`` and ``output``."""
     if output not in OUTPUTS:
-        raise ValueError(f"Unknown output {output!r}; choose one of {OUTPUTS}.")
+        raise InputError(f"Unknown output {output!r}; choose one of {OUTPUTS}.")
     if output == "descriptor":
         return int(model.dim)
     return int(model.head.out_features) if model.head is not None else 0
@@ -93,7 +94,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
         return
     if int(n) < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {n!r}.")
+        raise InputError(f"threads must be a positive integer or None, got {n!r}.")
     old = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
@@ -117,10 +118,10 @@ def make_loader(
     host-to-device copies overlap with compute.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     workers = default_num_workers() if num_workers is None else int(num_workers)
     if workers < 0:
-        raise ValueError(f"num_workers must be >= 0 or None, got {num_workers!r}.")
+        raise InputError(f"num_workers must be >= 0 or None, got {num_workers!r}.")
     n_batches = -(-len(paths) // batch_size)
     workers = 0 if n_batches <= 1 else min(workers, n_batches)  # nothing to overlap / no idle
     extra = {}
@@ -157,7 +158,7 @@ def iter_vectors(
     ``amp=None`` uses float16 autocast on CUDA and full precision elsewhere.
     """
     if output not in OUTPUTS:
-        raise ValueError(f"Unknown output {output!r}; choose one of {OUTPUTS}.")
+        raise InputError(f"Unknown output {output!r}; choose one of {OUTPUTS}.")
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device).eval()
     channels_last = device.type == "cpu"
@@ -212,7 +213,7 @@ class NpyRowWriter:
         else:
             mm = np.load(self.path, mmap_mode="r")
             if mm.shape != self.shape or mm.dtype != np.float32:
-                raise ValueError(f"{self.path} holds {mm.shape} {mm.dtype}, not {self.shape}.")
+                raise InputError(f"{self.path} holds {mm.shape} {mm.dtype}, not {self.shape}.")
             self.offset = int(mm.offset)
             del mm
         self._fd = os.open(self.path, os.O_RDWR)
@@ -222,9 +223,9 @@ class NpyRowWriter:
         """Write ``rows`` at row ``start``."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.shape[1]:
-            raise ValueError(f"Rows of shape {rows.shape} do not fit {self.shape}.")
+            raise InputError(f"Rows of shape {rows.shape} do not fit {self.shape}.")
         if start < 0 or start + len(rows) > self.shape[0]:
-            raise ValueError(f"Rows {start}..{start + len(rows)} are outside {self.shape}.")
+            raise InputError(f"Rows {start}..{start + len(rows)} are outside {self.shape}.")
         data = memoryview(rows).cast("B")
         pos = self.offset + start * self._row_bytes
         while len(data):
@@ -448,7 +449,7 @@ def extract_cached(
             ``progress``, ``prefetch_factor``, ``amp``, ``threads``).
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     key_meta = {
         "model": model_meta,
         "preprocess": preprocess.to_dict(),
@@ -495,9 +496,9 @@ def shard_rows(n_items: int, shard: int, num_shards: int) -> range:
     they list the collection in the same order (``data.load_collection`` sorts it).
     """
     if not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}.")
+        raise InputError(f"num_shards must be a positive integer, got {num_shards!r}.")
     if not isinstance(shard, int) or not 0 <= shard < num_shards:
-        raise ValueError(f"shard must be an integer in [0, {num_shards}), got {shard!r}.")
+        raise InputError(f"shard must be an integer in [0, {num_shards}), got {shard!r}.")
     return range(n_items * shard // num_shards, n_items * (shard + 1) // num_shards)
 
 
@@ -644,7 +645,7 @@ def extract_shard(
             preprocessing or number of shards): nothing is overwritten.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     rows = shard_rows(len(paths), shard, num_shards)
     dim = output_dim(model, output)
     meta = _extraction_meta(model_meta, preprocess, output, mirror, paths, num_shards, dim)
@@ -660,7 +661,7 @@ def extract_shard(
             diff = sorted(
                 k for k in set(saved) | set(meta_shard) if saved.get(k) != meta_shard.get(k)
             )
-            raise ValueError(
+            raise InputError(
                 f"{folder} holds a shard of another extraction (differing: {', '.join(diff)}). "
                 "Use another output folder; nothing was overwritten."
             )
@@ -746,12 +747,12 @@ def load_index(folder: str | os.PathLike) -> DescriptorIndex:
     folder = Path(folder)
     for name in ("vectors.npy", "paths.txt", "meta.json"):
         if not (folder / name).exists():
-            raise FileNotFoundError(f"{folder} is not a descriptor index: {name} is missing.")
+            raise MissingFilesError(f"{folder} is not a descriptor index: {name} is missing.")
     vectors = np.load(folder / "vectors.npy", mmap_mode="r")
     paths = (folder / "paths.txt").read_text(encoding="utf-8").splitlines()
     meta = json.loads((folder / "meta.json").read_text())
     if len(paths) != len(vectors):
-        raise ValueError(f"{folder}: {len(vectors)} vectors but {len(paths)} paths.")
+        raise InputError(f"{folder}: {len(vectors)} vectors but {len(paths)} paths.")
     return DescriptorIndex(folder, vectors, paths, meta)
 
 
@@ -785,22 +786,22 @@ def merge_shards(
     if num_shards is None:
         found = sorted(out_dir.glob("shard-*-of-*/meta.json"))
         if not found:
-            raise FileNotFoundError(f"No shard found in {out_dir}.")
+            raise MissingFilesError(f"No shard found in {out_dir}.")
         counts = {int(p.parent.name.rsplit("-", 1)[1]) for p in found}
         if len(counts) != 1:
-            raise ValueError(f"{out_dir} mixes shard counts {sorted(counts)}; pass num_shards.")
+            raise InputError(f"{out_dir} mixes shard counts {sorted(counts)}; pass num_shards.")
         num_shards = counts.pop()
     folders = [shard_dir(out_dir, s, num_shards) for s in range(num_shards)]
     missing = [f.name for f in folders if not (f / "vectors.npy").exists()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFilesError(
             f"{len(missing)} of {num_shards} shard(s) in {out_dir} are missing or unfinished: "
             f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. Run them first."
         )
     metas = [json.loads((f / "meta.json").read_text()) for f in folders]
     common = [{k: v for k, v in m.items() if k not in ("shard", "rows")} for m in metas]
     if any(c != common[0] for c in common[1:]):
-        raise ValueError(f"The shards in {out_dir} come from different extractions.")
+        raise InputError(f"The shards in {out_dir} come from different extractions.")
     meta = common[0]
     n_listed, dim = int(meta["n_items"]), int(meta["dim"])
     # rows kept by each shard (a shard that checked its images may have left some out)
@@ -809,7 +810,7 @@ def merge_shards(
     for s, (f, m) in enumerate(zip(folders, metas)):
         expected = shard_rows(n_listed, s, num_shards)
         if m["rows"] != [expected.start, expected.stop]:
-            raise ValueError(f"{f} does not hold the rows of shard {s}.")
+            raise InputError(f"{f} does not hold the rows of shard {s}.")
         n_vec = len(np.load(f / "vectors.npy", mmap_mode="r"))
         shard_lines = (f / "paths.txt").read_text(encoding="utf-8").splitlines()
         n_lines = len(shard_lines)
@@ -819,7 +820,7 @@ def merge_shards(
             skipped.append(bad)
             n_bad = len(bad)
         if n_vec != n_lines or n_vec + n_bad != len(expected):
-            raise ValueError(
+            raise InputError(
                 f"{f} is incomplete: {n_vec} vectors and {n_lines} paths for "
                 f"{len(expected)} rows ({n_bad} skipped)."
             )

@@ -35,6 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .io import save_csv
 
 METHODS = ("average", "complete", "components", "mutual_knn")
@@ -63,9 +64,9 @@ MAX_LINKAGE = 4000  # larger components are split at higher thresholds before li
 def _check_desc(desc: np.ndarray) -> np.ndarray:
     x = np.asarray(desc, dtype=np.float32)
     if x.ndim != 2:
-        raise ValueError(f"Descriptors must be a 2-D array (N, D), got shape {x.shape}.")
+        raise InputError(f"Descriptors must be a 2-D array (N, D), got shape {x.shape}.")
     if len(x) and not np.isfinite(x).all():
-        raise ValueError("Descriptors contain NaN or infinite values.")
+        raise InputError("Descriptors contain NaN or infinite values.")
     return x
 
 
@@ -155,7 +156,7 @@ class DuplicateGroups:
         """
         names = np.asarray([str(n) for n in names], dtype=object)
         if len(names) != len(self.labels):
-            raise ValueError(f"{len(names)} names for {len(self.labels)} images.")
+            raise InputError(f"{len(names)} names for {len(self.labels)} images.")
         order = np.lexsort((-self.centre_scores, self.labels))
         sizes = self.sizes
         df = pd.DataFrame(
@@ -274,11 +275,11 @@ def duplicate_groups(
         ValueError: Unknown method, missing threshold, or malformed descriptors.
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown grouping method {method!r}; choose one of {', '.join(METHODS)}.")
+        raise InputError(f"Unknown grouping method {method!r}; choose one of {', '.join(METHODS)}.")
     if threshold is None and method != "mutual_knn":
-        raise ValueError(f"Method {method!r} needs a threshold.")
+        raise InputError(f"Method {method!r} needs a threshold.")
     if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"The threshold is a cosine similarity in [-1, 1], got {threshold!r}.")
+        raise InputError(f"The threshold is a cosine similarity in [-1, 1], got {threshold!r}.")
     x = _check_desc(desc)
     n = len(x)
     if n == 0:
@@ -390,11 +391,11 @@ def group_quality(labels: Sequence[int], scenes: Sequence[str]) -> GroupQuality:
     labels = np.asarray(labels)
     scenes = np.asarray(scenes, dtype=object)
     if len(labels) != len(scenes):
-        raise ValueError(f"{len(labels)} group labels for {len(scenes)} scene labels.")
+        raise InputError(f"{len(labels)} group labels for {len(scenes)} scene labels.")
     keep = scenes != ""
     labels, scenes = labels[keep], scenes[keep]
     if len(labels) == 0:
-        raise ValueError("No labelled image to compare the groups with.")
+        raise InputError("No labelled image to compare the groups with.")
     cm = contingency_matrix(scenes, labels)  # scenes x groups
     g_size = cm.sum(axis=0)
     s_size = cm.sum(axis=1)

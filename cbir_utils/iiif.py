@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .errors import CollectionError, MissingFilesError
+from .errors import CollectionError, InputError, MissingFilesError
 from .io import atomic_write_bytes, save_csv
 
 MANIFEST_FILE = "manifest.csv"
@@ -70,11 +70,11 @@ class FetchConfig:
 
     def __post_init__(self) -> None:
         if self.size < 32:
-            raise ValueError(f"size must be at least 32 pixels, got {self.size!r}.")
+            raise InputError(f"size must be at least 32 pixels, got {self.size!r}.")
         if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers!r}.")
+            raise InputError(f"workers must be at least 1, got {self.workers!r}.")
         if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
-            raise ValueError("timeout must be > 0, retries and backoff >= 0.")
+            raise InputError("timeout must be > 0, retries and backoff >= 0.")
 
 
 @dataclass

@@ -42,6 +42,7 @@ from .data import (
     load_image,
     preprocess_from_meta,
 )
+from .errors import InputError, MissingFilesError
 from .io import atomic_write_bytes, save_json, save_npy
 
 INDEX_FILE = "index.json"
@@ -76,11 +77,11 @@ def model_settings(
     if checkpoint:
         ckpt = Path(checkpoint).expanduser().resolve()
         if not ckpt.is_file():
-            raise FileNotFoundError(f"Checkpoint not found: {ckpt}")
+            raise MissingFilesError(f"Checkpoint not found: {ckpt}")
 
         saved = models.safe_load(ckpt)
         if not isinstance(saved, dict) or "meta" not in saved:
-            raise ValueError(f"{ckpt} is not a cbir_utils checkpoint (no 'meta').")
+            raise InputError(f"{ckpt} is not a cbir_utils checkpoint (no 'meta').")
         return {**saved["meta"], "checkpoint_sha1": models.file_digest(ckpt)}, str(ckpt)
     meta = models.model_meta(
         backbone,
@@ -99,7 +100,7 @@ def load_model(meta: dict, checkpoint: str | None = None) -> models.RetrievalNet
     """Rebuild the network an index was made with (checkpoint verified by its SHA-1)."""
     if checkpoint:
         if models.file_digest(checkpoint) != meta.get("checkpoint_sha1"):
-            raise ValueError(
+            raise InputError(
                 f"The checkpoint {checkpoint} changed since the index was built; "
                 "rebuild the index with it."
             )
@@ -118,7 +119,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         box = ()
     if len(box) != 4:
-        raise ValueError(f"A box is four numbers x0,y0,x1,y1 in pixels, got {text!r}.")
+        raise InputError(f"A box is four numbers x0,y0,x1,y1 in pixels, got {text!r}.")
     return box  # type: ignore[return-value]
 
 
@@ -129,14 +130,14 @@ def crop_box(image, box: Sequence[float]):
         ValueError: The box is malformed or does not overlap the image.
     """
     if len(box) != 4:
-        raise ValueError(f"A box is four numbers x0,y0,x1,y1, got {box!r}.")
+        raise InputError(f"A box is four numbers x0,y0,x1,y1, got {box!r}.")
     x0, y0, x1, y1 = (float(v) for v in box)
     if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"Box {box!r} is empty: it needs x0 < x1 and y0 < y1.")
+        raise InputError(f"Box {box!r} is empty: it needs x0 < x1 and y0 < y1.")
     w, h = image.size
     cx0, cy0, cx1, cy1 = max(0, round(x0)), max(0, round(y0)), min(w, round(x1)), min(h, round(y1))
     if cx1 - cx0 < 1 or cy1 - cy0 < 1:
-        raise ValueError(f"Box {box!r} lies outside the image ({w} x {h} pixels).")
+        raise InputError(f"Box {box!r} lies outside the image ({w} x {h} pixels).")
     return image.crop((cx0, cy0, cx1, cy1))
 
 
@@ -290,7 +291,7 @@ class Index(ItemTable):
         col = source if isinstance(source, Collection) else load_collection(source)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(col):
-            raise ValueError(f"{len(vectors)} vectors for {len(col)} images of {col.root}.")
+            raise InputError(f"{len(vectors)} vectors for {len(col)} images of {col.root}.")
         items = col.items.copy()
         items.insert(3, "sha1", [models.file_digest(p) for p in items["path"]])
         return cls(
@@ -358,14 +359,14 @@ class Index(ItemTable):
         abs_paths = [Path(p).expanduser().resolve() for p in paths]
         missing = [str(p) for p in abs_paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} image file(s) not found, e.g. {missing[0]}")
+            raise MissingFilesError(f"{len(missing)} image file(s) not found, e.g. {missing[0]}")
         scenes = [UNLABELLED] * len(abs_paths) if scenes is None else [str(s) for s in scenes]
         if relpaths is None:
             relpaths = [self._relpath(p) for p in abs_paths]
         if not (len(scenes) == len(relpaths) == len(abs_paths)):
-            raise ValueError("paths, scenes and relpaths must have the same length.")
+            raise InputError("paths, scenes and relpaths must have the same length.")
         if metadata is not None and len(metadata) != len(abs_paths):
-            raise ValueError(f"{len(metadata)} metadata rows for {len(abs_paths)} images.")
+            raise InputError(f"{len(metadata)} metadata rows for {len(abs_paths)} images.")
         report = AddReport(stats=stats if stats is not None else features.ExtractStats())
         digests = [models.file_digest(p) for p in abs_paths]
         row_of = {r: i for i, r in enumerate(self.items["relpath"])}
@@ -389,7 +390,7 @@ class Index(ItemTable):
         items = self.items.copy()
         vectors = self.vectors if len(self.vectors) else np.zeros((0, vecs.shape[1]), np.float32)
         if vectors.shape[1] != vecs.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"Index vectors have {vectors.shape[1]} dims, new ones {vecs.shape[1]}."
             )
         new_rows, new_vecs = [], []
@@ -524,9 +525,9 @@ class Index(ItemTable):
             vectors = np.load(folder / header["vectors"])
             items = pd.read_csv(folder / header["items"], dtype=str, keep_default_na=False)
         except (OSError, KeyError) as err:
-            raise ValueError(f"The index in {folder} is incomplete ({err}).") from err
+            raise InputError(f"The index in {folder} is incomplete ({err}).") from err
         if len(vectors) != len(items) or list(items.columns[:4]) != list(ITEM_COLUMNS):
-            raise ValueError(f"The index in {folder} is inconsistent (vectors vs items).")
+            raise InputError(f"The index in {folder} is inconsistent (vectors vs items).")
         return cls(
             vectors=vectors.astype(np.float32),
             items=items,
@@ -562,7 +563,7 @@ class Index(ItemTable):
         paths = [Path(p).expanduser() for p in paths]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"Query image not found: {missing[0]}")
+            raise MissingFilesError(f"Query image not found: {missing[0]}")
         if box is None:
             return self._embed_files(paths, cache_dir, stats, **extract_kwargs)
         with tempfile.TemporaryDirectory(prefix="cbir-crop-") as tmp:
@@ -653,7 +654,7 @@ class Index(ItemTable):
             re-ranked, then the candidate's metadata columns (periodical, date...).
         """
         if len(self) == 0:
-            raise ValueError("The index is empty.")
+            raise InputError("The index is empty.")
         progress = extract_kwargs.get("progress", True)
         qv = self.embed_images(paths, box, cache_dir, stats, **extract_kwargs)
         exclude = None
@@ -766,15 +767,15 @@ def _array_digest(arr: np.ndarray) -> str:
 def _read_header(folder: Path) -> dict:
     f = Path(folder) / INDEX_FILE
     if not f.is_file():
-        raise FileNotFoundError(
+        raise MissingFilesError(
             f"No index in {folder} (no {INDEX_FILE}); build one with `python -m cbir_utils index`."
         )
     try:
         header = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{f} is not valid JSON: {err}") from err
+        raise InputError(f"{f} is not valid JSON: {err}") from err
     if header.get("format") != FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{f} has index format {header.get('format')!r}, expected {FORMAT_VERSION}."
         )
     return header
@@ -790,6 +791,6 @@ def resolve_index(name_or_path: str | os.PathLike) -> Path:
     named = OUTPUTS_DIR / "index" / str(name_or_path)
     if (named / INDEX_FILE).is_file():
         return named
-    raise FileNotFoundError(
+    raise MissingFilesError(
         f"No index at {p} nor {named}; build one with `python -m cbir_utils index`."
     )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 PathLike = str | os.PathLike
 LAYOUTS = ("tsne", "umap", "pca")
 
@@ -55,10 +57,10 @@ def embed_2d(
         ValueError: Unknown method, fewer than 3 images, or ``umap`` without ``umap-learn``.
     """
     if method not in LAYOUTS:
-        raise ValueError(f"Unknown layout {method!r}; choose one of {', '.join(LAYOUTS)}.")
+        raise InputError(f"Unknown layout {method!r}; choose one of {', '.join(LAYOUTS)}.")
     x = np.asarray(desc, dtype=np.float32)
     if x.ndim != 2 or len(x) < 3:
-        raise ValueError(f"A layout needs at least 3 descriptors (N, D), got shape {x.shape}.")
+        raise InputError(f"A layout needs at least 3 descriptors (N, D), got shape {x.shape}.")
     from sklearn.decomposition import PCA
 
     n_comp = min(50, x.shape[1], len(x))
@@ -69,7 +71,7 @@ def embed_2d(
         try:
             import umap  # type: ignore[import-not-found]
         except ImportError as err:
-            raise ValueError("method='umap' needs the umap-learn package; use 'tsne'.") from err
+            raise InputError("method='umap' needs the umap-learn package; use 'tsne'.") from err
         n_nb = int(min(15, len(x) - 1))
         xy = umap.UMAP(n_neighbors=n_nb, metric="cosine", random_state=seed).fit_transform(reduced)
         return Layout(np.asarray(xy, np.float32), "umap", {"n_neighbors": n_nb, "seed": seed})
@@ -77,7 +79,7 @@ def embed_2d(
 
     perp = float(perplexity) if perplexity else float(min(30.0, (len(x) - 1) / 3.0))
     if not 0 < perp < len(x):
-        raise ValueError(f"perplexity must be in (0, {len(x)}), got {perp!r}.")
+        raise InputError(f"perplexity must be in (0, {len(x)}), got {perp!r}.")
     tsne = TSNE(n_components=2, perplexity=perp, metric="cosine", init="pca", random_state=seed)
     # OpenMP threads slow small layouts down by 10x on a busy machine (measured: 267 images,
     # 28 s with the default threads vs 3 s with one, side by side on a shared 2-core CPU)
@@ -134,11 +136,11 @@ def collection_map(
 
     xy = layout.xy if isinstance(layout, Layout) else np.asarray(layout, dtype=np.float32)
     if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"Coordinates must be (N, 2), got {xy.shape}.")
+        raise InputError(f"Coordinates must be (N, 2), got {xy.shape}.")
     if len(paths) != len(xy):
-        raise ValueError(f"{len(paths)} paths for {len(xy)} points.")
+        raise InputError(f"{len(paths)} paths for {len(xy)} points.")
     if scenes is not None and len(scenes) != len(xy):
-        raise ValueError(f"{len(scenes)} scenes for {len(xy)} points.")
+        raise InputError(f"{len(scenes)} scenes for {len(xy)} points.")
     colors = scene_colors(scenes) if scenes is not None else {}
     grey = (0.55, 0.55, 0.55, 1.0)
     point_colors = (

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
+
 METRIC_LOSSES = ("contrastive", "triplet", "arcface")
 
 
@@ -35,9 +37,9 @@ def _pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
     if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}.")
+        raise InputError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}.")
     if labels.ndim != 1 or len(labels) != len(embeddings):
-        raise ValueError(
+        raise InputError(
             f"labels must be (N,) with N = {len(embeddings)}, got shape {tuple(labels.shape)}."
         )
 
@@ -108,7 +110,7 @@ class ArcFace(nn.Module):
     def __init__(self, dim: int, n_classes: int, scale: float = 30.0, margin: float = 0.3):
         super().__init__()
         if n_classes < 2:
-            raise ValueError(f"ArcFace needs at least 2 classes, got {n_classes}.")
+            raise InputError(f"ArcFace needs at least 2 classes, got {n_classes}.")
         self.weight = nn.Parameter(torch.empty(n_classes, dim))
         nn.init.xavier_uniform_(self.weight)
         self.scale = float(scale)
@@ -143,6 +145,6 @@ def metric_loss(
         return contrastive_loss(embeddings, labels, 0.7 if margin is None else margin)
     if name == "triplet":
         return triplet_loss(embeddings, labels, 0.2 if margin is None else margin)
-    raise ValueError(
+    raise InputError(
         f"Unknown pair loss {name!r}; choose 'contrastive' or 'triplet' ('arcface' is a module)."
     )

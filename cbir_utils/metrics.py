@@ -35,6 +35,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from .errors import InputError
+
 __all__ = [
     "PairwiseResult",
     "RetrievalMetrics",
@@ -60,9 +62,9 @@ __all__ = [
 def _as_scores(scores: np.ndarray) -> np.ndarray:
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"scores must be a 2-D (n_queries, n_db) array, got shape {arr.shape}")
+        raise InputError(f"scores must be a 2-D (n_queries, n_db) array, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError(
+        raise InputError(
             f"scores is empty (shape {arr.shape}): need at least one query and one candidate"
         )
     return arr
@@ -71,10 +73,10 @@ def _as_scores(scores: np.ndarray) -> np.ndarray:
 def _as_bool(name: str, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(values)
     if arr.shape != shape:
-        raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (same as scores)")
+        raise InputError(f"{name} has shape {arr.shape}, expected {shape} (same as scores)")
     if arr.dtype != np.bool_:
         if arr.size and not np.isin(arr, (0, 1)).all():
-            raise ValueError(f"{name} must be boolean or 0/1, got values outside {{0, 1}}")
+            raise InputError(f"{name} must be boolean or 0/1, got values outside {{0, 1}}")
         arr = arr.astype(bool)
     return arr
 
@@ -85,7 +87,7 @@ def _valid_cells(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     if mask is not None:
         valid &= _as_bool("mask", mask, scores.shape)
     if not np.isfinite(scores[valid]).all():
-        raise ValueError(
+        raise InputError(
             "scores contain NaN or +inf on valid candidates; use mask or -inf to exclude"
         )
     return valid
@@ -102,9 +104,9 @@ def _prepare(
 def _as_relevance(ranked_relevance: np.ndarray) -> np.ndarray:
     arr = np.asarray(ranked_relevance)
     if arr.ndim != 1:
-        raise ValueError(f"ranked_relevance must be 1-D, got shape {arr.shape}")
+        raise InputError(f"ranked_relevance must be 1-D, got shape {arr.shape}")
     if arr.size and not np.isin(arr, (0, 1)).all():
-        raise ValueError("ranked_relevance must contain only 0/1 (or bool) values")
+        raise InputError("ranked_relevance must contain only 0/1 (or bool) values")
     return arr.astype(bool)
 
 
@@ -113,7 +115,7 @@ def _n_relevant(rel: np.ndarray, n_relevant: int | None) -> int:
     if n_relevant is None:
         return found
     if n_relevant < found:
-        raise ValueError(
+        raise InputError(
             f"n_relevant={n_relevant} is smaller than the {found} relevant items in the ranking"
         )
     return int(n_relevant)
@@ -121,7 +123,7 @@ def _n_relevant(rel: np.ndarray, n_relevant: int | None) -> int:
 
 def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     return int(k)
 
 
@@ -257,7 +259,7 @@ def ndcg_at_k(ranked_relevance: np.ndarray, k: int, n_relevant: int | None = Non
 def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     out = tuple(_check_k(k) for k in ks)
     if len(set(out)) != len(out):
-        raise ValueError(f"ks contains duplicates: {out}")
+        raise InputError(f"ks contains duplicates: {out}")
     return out
 
 
@@ -475,7 +477,7 @@ def pr_curve(
     s, rel, valid = _prepare(scores, relevant, mask)
     flat, truth = s[valid], rel[valid]
     if flat.size == 0:
-        raise ValueError("no valid (query, candidate) pair: mask excludes everything")
+        raise InputError("no valid (query, candidate) pair: mask excludes everything")
     order = np.argsort(-flat, kind="stable")
     flat, truth = flat[order], truth[order]
     # last index of each run of equal scores: predicted positives at that threshold
@@ -522,7 +524,7 @@ def best_threshold(
     """
     curve = pr_curve(scores, relevant, mask)
     if int(curve["tp"].iloc[-1]) == 0:
-        raise ValueError("no relevant valid pair: the F1-maximising threshold is undefined")
+        raise InputError("no relevant valid pair: the F1-maximising threshold is undefined")
     return float(curve["threshold"].iloc[int(np.argmax(curve["f1"].to_numpy()))])
 
 
@@ -667,14 +669,14 @@ def classification_metrics(
     t = np.asarray(y_true)
     p = np.asarray(y_pred)
     if t.ndim != 1 or p.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D, got shapes {t.shape} and {p.shape}")
+        raise InputError(f"y_true and y_pred must be 1-D, got shapes {t.shape} and {p.shape}")
     if t.size == 0:
-        raise ValueError("y_true is empty: need at least one sample")
+        raise InputError("y_true is empty: need at least one sample")
     if t.shape != p.shape:
-        raise ValueError(f"y_true has {t.size} samples but y_pred has {p.size}")
+        raise InputError(f"y_true has {t.size} samples but y_pred has {p.size}")
     labels = np.union1d(t, p)
     if n_classes is not None and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}")
+        raise InputError(f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}")
     precision, recall, f1, _ = precision_recall_fscore_support(
         t, p, labels=labels, average="macro", zero_division=0
     )

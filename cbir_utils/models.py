@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._compat import import_torchvision
+from .errors import CbirError, InputError, MissingFilesError
 
 BACKBONES: dict[str, dict[str, Any]] = {
     "resnet152": {"dim": 2048, "family": "resnet"},
@@ -52,7 +53,7 @@ IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 LITE_NORM = {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(CbirError, RuntimeError):
     """Pretrained weights cannot be had (offline and no local file)."""
 
 
@@ -122,7 +123,7 @@ def weights_file(backbone: str, weights: str | None) -> Path | None:
     if not path.is_file():
         if family in FILE_FAMILIES:
             raise WeightsUnavailableError(f"Weights file not found: {path}. {_sscd_options()}")
-        raise FileNotFoundError(f"Weights file not found: {path}")
+        raise MissingFilesError(f"Weights file not found: {path}")
     return path
 
 
@@ -198,7 +199,7 @@ class TorchScriptTrunk(nn.Module):
         try:
             self.net = torch.jit.load(self.path, map_location="cpu")
         except (RuntimeError, ValueError) as err:
-            raise ValueError(
+            raise InputError(
                 f"{path} is not a TorchScript model ({str(err).splitlines()[0][:200]}). "
                 f"{_sscd_options()}"
             ) from err
@@ -232,7 +233,7 @@ class Pool(nn.Module):
     def __init__(self, kind: str = "avg", p: float = 3.0) -> None:
         super().__init__()
         if kind not in POOLINGS:
-            raise ValueError(f"Unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}.")
+            raise InputError(f"Unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}.")
         self.kind = kind
         self.gem = GeM(p) if kind == "gem" else None
 
@@ -286,7 +287,7 @@ class RetrievalNet(nn.Module):
         """Last convolutional feature map ``(N, C, H, W)`` (not for self-pooling trunks)."""
         f = self.trunk(x)
         if f.ndim != 4:
-            raise ValueError("This backbone pools itself: it has no feature map to give.")
+            raise InputError("This backbone pools itself: it has no feature map to give.")
         return f
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
@@ -346,7 +347,7 @@ def _download_torchvision_state(backbone: str) -> dict:
         socket.setdefaulttimeout(old)
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(CbirError, ValueError):
     """A file given as weights or checkpoint cannot be read safely, or is no PyTorch file."""
 
 
@@ -380,10 +381,10 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 def _load_state_file(path: str | os.PathLike) -> dict:
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"Weights file not found: {p}")
+        raise MissingFilesError(f"Weights file not found: {p}")
     state = safe_load(p)
     if isinstance(state, dict) and "model" in state and "meta" in state:
-        raise ValueError(
+        raise InputError(
             f"{p} is a cbir_utils checkpoint, not a backbone weights file; "
             "load it with cbir_utils.models.load_checkpoint()."
         )
@@ -489,7 +490,7 @@ def preprocess_for(
 
 def _check_backbone(backbone: str) -> None:
     if backbone not in BACKBONES:
-        raise ValueError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+        raise InputError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
 
 
 def build_model(
@@ -576,10 +577,10 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
+        raise MissingFilesError(f"Checkpoint not found: {path}")
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not a cbir_utils checkpoint (no 'meta'/'model').")
+        raise InputError(f"{path} is not a cbir_utils checkpoint (no 'meta'/'model').")
     meta = ckpt["meta"]
     model = build_model(
         meta["backbone"],
@@ -591,7 +592,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        raise ValueError(
+        raise InputError(
             f"Checkpoint {path} does not match backbone {meta['backbone']!r}: {err}"
         ) from err
     return model, meta, ckpt

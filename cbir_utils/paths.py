@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import InputError
+
 
 def _project_root() -> Path:
     """``CBIR_PROJECT_ROOT``; else the checkout holding this package; else the working folder.
@@ -68,7 +70,7 @@ def ensure_outside(path: Path, protected: Path) -> None:
     """Raise ``ValueError`` if ``path`` lies inside ``protected`` (outputs never go into inputs)."""
     path, protected = Path(path).resolve(), Path(protected).resolve()
     if path == protected or protected in path.parents:
-        raise ValueError(
+        raise InputError(
             f"Refusing to write {path}: it is inside the input collection {protected}."
         )
 
@@ -86,5 +88,5 @@ def finetuned_checkpoint(
     if checkpoint:
         return resolve(checkpoint)
     if which not in ("last", "best"):
-        raise ValueError(f"which must be 'last' or 'best', got {which!r}.")
+        raise InputError(f"which must be 'last' or 'best', got {which!r}.")
     return OUTPUTS_DIR / NOTEBOOK_02 / run / "checkpoints" / f"{which}.pt"

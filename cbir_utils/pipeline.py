@@ -31,6 +31,7 @@ from . import metrics as M
 from . import models, retrieval
 from . import verify as V
 from .data import Preprocess
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,10 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         if self.graph and not self.rerank:
-            raise ValueError("graph=True needs rerank=True (the graph is made of verifications).")
+            raise InputError("graph=True needs rerank=True (the graph is made of verifications).")
         for name in ("whiten_dim", "dba_k", "qe_k", "rerank_top_n"):
             if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
         D.scaled_sizes(self.image_size, self.scales)  # validates the scales
 
     def preprocess(self, backbone: str) -> Preprocess:
@@ -287,7 +288,7 @@ class FittedPipeline:
         """Learn the whitening and αDBA on ``desc``; verify the collection when ``graph``."""
         desc = np.asarray(desc, dtype=np.float32)
         if desc.ndim != 2 or desc.shape[0] != len(paths):
-            raise ValueError(
+            raise InputError(
                 f"{desc.shape[0] if desc.ndim else 0} descriptors for {len(paths)} images."
             )
         t0 = time.perf_counter()
@@ -525,7 +526,7 @@ class FittedPipeline:
             )  # fmt: skip
         n = int(head["n"])
         if len(paths) != n:
-            raise ValueError(f"The saved pipeline is for {n} images, not {len(paths)}.")
+            raise InputError(f"The saved pipeline is for {n} images, not {len(paths)}.")
         graph = None
         if "graph_rows" in arrays:
             r, c = arrays["graph_rows"], arrays["graph_cols"]
@@ -588,7 +589,7 @@ def rank_collection(
     desc = np.asarray(desc, dtype=np.float32)
     n = len(paths)
     if desc.shape[0] != n:
-        raise ValueError(f"{desc.shape[0]} descriptors for {n} images.")
+        raise InputError(f"{desc.shape[0]} descriptors for {n} images.")
     fitted = FittedPipeline.fit(desc, paths, config, store, progress)
     t0 = time.perf_counter()
     ranking = fitted.rank_collection(None, store, progress)
@@ -625,11 +626,11 @@ def evaluate_scores(
     scenes = split["scene"].to_numpy(dtype=object)
     n = len(scenes)
     if scores.shape != (n, n):
-        raise ValueError(f"scores must be ({n}, {n}) for this split, got {scores.shape}.")
+        raise InputError(f"scores must be ({n}, {n}) for this split, got {scores.shape}.")
     if threshold is None:
         val = retrieval.protocol_queries(split, "val")
         if not len(val):
-            raise ValueError("No validation queries to choose a threshold on.")
+            raise InputError("No validation queries to choose a threshold on.")
         rel = retrieval.relevance(scenes[val], scenes)
         threshold = M.best_threshold(scores[val], rel, retrieval.self_mask(val, n))
     out = {}

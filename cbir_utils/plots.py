@@ -27,6 +27,8 @@ from matplotlib.ticker import MaxNLocator
 
 from cbir_utils.io import save_figure
 
+from .errors import InputError, TableColumnsError
+
 PathLike = str | os.PathLike
 
 # Frame colours of the retrieval gallery (colour-blind friendly blue / green / red).
@@ -84,7 +86,7 @@ def class_imbalance(
     """
     counts = pd.Series(scene_counts).dropna()
     if counts.empty:
-        raise ValueError("scene_counts is empty")
+        raise InputError("scene_counts is empty")
     counts = counts.astype(int).sort_values(ascending=False, kind="stable")
     n = len(counts)
     values = counts.to_numpy()
@@ -228,11 +230,11 @@ def retrieval_gallery(
     """
     n_rows = len(query_paths)
     if n_rows == 0:
-        raise ValueError("no query to show")
+        raise InputError("no query to show")
     if len(results) != n_rows:
-        raise ValueError(f"{len(results)} result lists for {n_rows} queries")
+        raise InputError(f"{len(results)} result lists for {n_rows} queries")
     if labels is not None and len(labels) != n_rows:
-        raise ValueError(f"{len(labels)} labels for {n_rows} queries")
+        raise InputError(f"{len(labels)} labels for {n_rows} queries")
     k = max((len(r) for r in results), default=0)
 
     # query column, a narrow spacer, then the k result columns
@@ -345,7 +347,7 @@ def pr_curve(
     if isinstance(curves, pd.DataFrame):
         curves = {str(curves.attrs.get("name", "")): curves}
     if not curves:
-        raise ValueError("no curve to plot")
+        raise InputError("no curve to plot")
     fig, ax = plt.subplots(figsize=(7.5, 6.2), layout="constrained")
 
     # iso-F1 contours help reading the precision/recall trade-off
@@ -361,7 +363,7 @@ def pr_curve(
     for i, (name, frame) in enumerate(curves.items()):
         missing = {"threshold", "precision", "recall", "f1"} - set(frame.columns)
         if missing:
-            raise KeyError(f"curve {name!r} lacks columns {sorted(missing)}")
+            raise TableColumnsError(f"curve {name!r} lacks columns {sorted(missing)}")
         curve = frame.dropna(subset=["precision", "recall"])
         curve = curve.sort_values(["recall", "threshold"], ascending=[True, False], kind="stable")
         curve = curve.reset_index(drop=True)
@@ -552,9 +554,9 @@ def training_curves(
     required = {"epoch", "split", *_TRAINING_METRICS}
     missing = required - set(history.columns)
     if missing:
-        raise KeyError(f"history lacks columns {sorted(missing)}")
+        raise TableColumnsError(f"history lacks columns {sorted(missing)}")
     if history.empty:
-        raise ValueError("history is empty")
+        raise InputError("history is empty")
     h, xlabel = _epoch_axis(history)
     boundaries = _stage_boundaries(h)
 
@@ -590,9 +592,9 @@ def _class_indices(values: Any, class_names: Sequence[str]) -> np.ndarray:
         try:
             idx = np.array([lookup[str(v)] for v in arr.ravel()], dtype=int)
         except KeyError as err:
-            raise ValueError(f"label {err.args[0]!r} is not in class_names") from None
+            raise InputError(f"label {err.args[0]!r} is not in class_names") from None
     if idx.size and (idx.min() < 0 or idx.max() >= len(class_names)):
-        raise ValueError("class index out of range of class_names")
+        raise InputError("class index out of range of class_names")
     return idx.ravel()
 
 
@@ -620,10 +622,10 @@ def confusion_matrix(
     """
     n = len(class_names)
     if n == 0:
-        raise ValueError("class_names is empty")
+        raise InputError("class_names is empty")
     t, p = _class_indices(y_true, class_names), _class_indices(y_pred, class_names)
     if t.shape != p.shape:
-        raise ValueError(f"{t.size} true labels but {p.size} predictions")
+        raise InputError(f"{t.size} true labels but {p.size} predictions")
     cm = np.zeros((n, n), dtype=np.int64)
     np.add.at(cm, (t, p), 1)
     accuracy = float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
@@ -704,13 +706,13 @@ def comparison_bars(
     """
     metrics = list(metrics)
     if not metrics:
-        raise ValueError("no metric to plot")
+        raise InputError("no metric to plot")
     needed = [c for c in [group, hue, *metrics] if c is not None]
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise KeyError(f"table lacks columns {missing}")
+        raise TableColumnsError(f"table lacks columns {missing}")
     if table.empty:
-        raise ValueError("table is empty")
+        raise InputError("table is empty")
     df = table.copy()
     gcol = group if group is not None else "_group"
     if group is None:

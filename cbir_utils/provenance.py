@@ -23,6 +23,8 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+
 # Columns with a meaning here, in the order outputs show them.
 PROVENANCE_COLUMNS = (
     "periodical",
@@ -80,12 +82,12 @@ def parse_date(text: object) -> PrintDate | None:
         return None
     m = _DATE_RE.match(s)
     if not m:
-        raise ValueError("not an ISO date (YYYY-MM-DD), a month (YYYY-MM) or a year (YYYY)")
+        raise InputError("not an ISO date (YYYY-MM-DD), a month (YYYY-MM) or a year (YYYY)")
     y, mo, d = int(m.group(1)), m.group(2), m.group(3)
     try:
         start = date(y, int(mo or 1), int(d or 1))
     except ValueError as err:
-        raise ValueError(f"no such date ({err})") from None
+        raise InputError(f"no such date ({err})") from None
     return PrintDate(start, "day" if d else "month" if mo else "year")
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import metrics as M
 from .data import UNLABELLED
+from .errors import InputError
 
 PROTOCOLS = {
     "all": "every labelled image is a query (no training involved)",
@@ -120,7 +121,7 @@ def protocol_queries(split: pd.DataFrame, protocol: str) -> np.ndarray:
     elif protocol == "val":
         sel = labelled & (s == "val")
     else:
-        raise ValueError(f"Unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
+        raise InputError(f"Unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
     return np.flatnonzero(sel)
 
 
@@ -162,7 +163,7 @@ def choose_threshold(desc: np.ndarray, scenes: Sequence[str], val_idx: Sequence[
     scenes = np.asarray(scenes, dtype=object)
     val_idx = np.asarray(val_idx, dtype=int)
     if len(val_idx) == 0:
-        raise ValueError("No validation queries to choose a threshold on.")
+        raise InputError("No validation queries to choose a threshold on.")
     scores, mask, rel = _scores_for(desc, scenes, val_idx)
     return float(M.best_threshold(scores, rel, mask))
 
@@ -188,7 +189,7 @@ def evaluate(
     scenes = np.asarray(scenes, dtype=object)
     query_idx = np.asarray(query_idx, dtype=int)
     if len(query_idx) == 0:
-        raise ValueError(f"Protocol {protocol!r} has no query images.")
+        raise InputError(f"Protocol {protocol!r} has no query images.")
     scores, mask, rel = _scores_for(desc, scenes, query_idx)
     return Evaluation(
         protocol=protocol,
@@ -245,7 +246,7 @@ def best_on_validation(table: pd.DataFrame) -> str:
     """
     val = table[table["protocol"] == "val"]
     if not len(val):
-        raise ValueError("No validation rows to choose on (evaluate the 'val' protocol too).")
+        raise InputError("No validation rows to choose on (evaluate the 'val' protocol too).")
     return str(val.sort_values(["mAP", "muAP"], ascending=False, kind="stable")["method"].iloc[0])
 
 

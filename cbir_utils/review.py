@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import CollectionError, MissingFilesError
+from .errors import CollectionError, InputError, MissingFilesError
 from .io import save_csv
 
 VERDICTS = {
@@ -331,7 +331,7 @@ def review_query(
 
     where = {int(q): r for r, q in enumerate(ev.query_idx)}
     if int(query) not in where:
-        raise ValueError(f"Image {query} is not among the queries of this evaluation.")
+        raise InputError(f"Image {query} is not among the queries of this evaluation.")
     r = where[int(query)]
     idx, val = top_k(ev.scores[[r]], k, ev.mask[[r]])
     rec = items.to_dict("records")
@@ -357,7 +357,7 @@ def append_decision(
         ValueError: ``verdict`` is not one of :data:`VERDICTS`.
     """
     if verdict not in VERDICTS:
-        raise ValueError(f"Unknown verdict {verdict!r}; use one of {', '.join(VERDICTS)}.")
+        raise InputError(f"Unknown verdict {verdict!r}; use one of {', '.join(VERDICTS)}.")
     path = Path(path)
     old = read_verdicts(path).rows if path.is_file() else _empty()
     row = {

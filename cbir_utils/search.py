@@ -28,6 +28,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import InputError
+
 METHODS = ("exact", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
 EXACT_MAX = 50_000
 """``method="auto"`` searches exactly below this many database vectors, with HNSW above.
@@ -81,13 +83,13 @@ def _as_vectors(x: np.ndarray, name: str = "descriptors") -> np.ndarray:
     if not hasattr(x, "ndim"):
         x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {x.shape}.")
+        raise InputError(f"{name} must be a 2-D array (N, D), got shape {x.shape}.")
     return x
 
 
 def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
+        raise InputError(f"k must be a positive integer, got {k!r}.")
     return int(k)
 
 
@@ -128,12 +130,12 @@ def exact_search(
     k = _check_k(k)
     n, nq = len(db), len(q)
     if q.shape[1] != db.shape[1] and nq and n:
-        raise ValueError(f"Queries have {q.shape[1]} dimensions, the database {db.shape[1]}.")
+        raise InputError(f"Queries have {q.shape[1]} dimensions, the database {db.shape[1]}.")
     excl = None
     if exclude is not None:
         excl = np.asarray(exclude, dtype=np.int64).reshape(-1)
         if len(excl) != nq:
-            raise ValueError(f"exclude has {len(excl)} entries for {nq} queries.")
+            raise InputError(f"exclude has {len(excl)} entries for {nq} queries.")
     k = min(k, max(n - (1 if excl is not None else 0), 0))
     idx = np.full((nq, k), -1, dtype=np.int64)
     val = np.full((nq, k), -np.inf, dtype=np.float32)
@@ -270,7 +272,7 @@ class SearchIndex:
         if exclude is not None:
             excl = np.asarray(exclude, dtype=np.int64).reshape(-1, 1)
             if len(excl) != len(q):
-                raise ValueError(f"exclude has {len(excl)} entries for {len(q)} queries.")
+                raise InputError(f"exclude has {len(excl)} entries for {len(q)} queries.")
             hit = idx == excl
             idx = np.where(hit, -1, idx)
             val = np.where(hit, -np.inf, val)
@@ -328,7 +330,7 @@ def build_index(
     if method == "auto":
         method = "exact" if len(x) < EXACT_MAX else AUTO_ANN
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose 'auto' or one of {METHODS}.")
+        raise InputError(f"Unknown method {method!r}; choose 'auto' or one of {METHODS}.")
     t0 = time.perf_counter()
     if method == "exact":
         return SearchIndex("exact", x, None, {}, time.perf_counter() - t0)
@@ -360,7 +362,7 @@ def build_index(
             )
         else:
             if d % pq_m:
-                raise ValueError(f"pq_m={pq_m} must divide the dimension {d}.")
+                raise InputError(f"pq_m={pq_m} must divide the dimension {d}.")
             index = faiss.IndexIVFPQ(quantizer, d, nl, int(pq_m), 8, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = int(seed)
         index.cp.niter = 10
@@ -445,11 +447,11 @@ def pairs_above(
     x = _as_vectors(desc)
     n = len(x)
     if len(x) and not np.isfinite(np.asarray(x[: min(n, 4096)])).all():
-        raise ValueError("Descriptors contain NaN or infinite values.")
+        raise InputError("Descriptors contain NaN or infinite values.")
     if method == "auto":
         method = "exact" if n < PAIRS_EXACT_MAX else "ivf"
     if method not in ("exact", "ivf"):
-        raise ValueError(f"Unknown method {method!r} for pairs; choose 'auto', 'exact' or 'ivf'.")
+        raise InputError(f"Unknown method {method!r} for pairs; choose 'auto', 'exact' or 'ivf'.")
     if k_max is not None:
         k_max = _check_k(k_max)
     t = float(threshold)
@@ -601,7 +603,7 @@ def synthetic_vectors(
         ``float32`` ``(n, dim)`` with unit-norm rows.
     """
     if kind not in ("uniform", "clustered"):
-        raise ValueError(f"Unknown kind {kind!r}; use 'uniform' or 'clustered'.")
+        raise InputError(f"Unknown kind {kind!r}; use 'uniform' or 'clustered'.")
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), dtype=np.float32)
     if kind == "clustered":

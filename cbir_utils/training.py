@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from . import data, losses, models
 from .augment import press_augment
 from .data import UNLABELLED, Collection, ImageDataset, Preprocess
+from .errors import InputError
 from .io import save_csv
 from .metrics import classification_metrics
 
@@ -232,7 +233,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def choose(name: str, value: Any, allowed: Sequence[str]) -> None:
             if value not in allowed:
-                raise ValueError(
+                raise InputError(
                     f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}."
                 )
 
@@ -246,15 +247,15 @@ class TrainConfig:
         choose("freeze", self.freeze, FREEZES)
         choose("metric_loss", self.metric_loss, METRIC_LOSSES)
         if not _is_number(self.metric_weight) or self.metric_weight < 0:
-            raise ValueError(f"metric_weight must be >= 0, got {self.metric_weight!r}.")
+            raise InputError(f"metric_weight must be >= 0, got {self.metric_weight!r}.")
         if self.metric_margin is not None and (
             not _is_number(self.metric_margin) or self.metric_margin <= 0
         ):
-            raise ValueError(f"metric_margin must be positive or None, got {self.metric_margin!r}.")
+            raise InputError(f"metric_margin must be positive or None, got {self.metric_margin!r}.")
         if not _is_int(self.pk_views) or self.pk_views < 2:
-            raise ValueError(f"pk_views must be an integer >= 2, got {self.pk_views!r}.")
+            raise InputError(f"pk_views must be an integer >= 2, got {self.pk_views!r}.")
         if self.class_balance == "pk_sampler" and self.batch_size % self.pk_views:
-            raise ValueError(
+            raise InputError(
                 f"With pk_sampler, batch_size ({self.batch_size}) must be a multiple of "
                 f"pk_views ({self.pk_views})."
             )
@@ -264,38 +265,38 @@ class TrainConfig:
             self.stages = (self.stages,)
         self.stages = tuple(self.stages)
         if not self.stages or any(not _is_int(e) or e <= 0 for e in self.stages):
-            raise ValueError(
+            raise InputError(
                 f"stages must be a non-empty list of positive epoch counts, got {self.stages!r}."
             )
         self.stages = tuple(int(e) for e in self.stages)
         if not _is_number(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
+            raise InputError(f"lr must be a positive number, got {self.lr!r}.")
         if self.head_lr is not None:
             if not _is_number(self.head_lr) or self.head_lr <= 0:
-                raise ValueError(
+                raise InputError(
                     f"head_lr must be a positive number or None, got {self.head_lr!r}."
                 )
             self.head_lr = float(self.head_lr)
         if self.stage_lrs is not None:
             self.stage_lrs = tuple(self.stage_lrs)
             if len(self.stage_lrs) != len(self.stages):
-                raise ValueError(
+                raise InputError(
                     f"stage_lrs has {len(self.stage_lrs)} value(s) but stages has "
                     f"{len(self.stages)}; give one learning rate per stage, or None."
                 )
             if any(not _is_number(v) or v <= 0 for v in self.stage_lrs):
-                raise ValueError(f"stage_lrs must be positive numbers, got {self.stage_lrs!r}.")
+                raise InputError(f"stage_lrs must be positive numbers, got {self.stage_lrs!r}.")
             self.stage_lrs = tuple(float(v) for v in self.stage_lrs)
         if not _is_int(self.batch_size) or self.batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
         if not _is_int(self.image_size) or self.image_size < 32:
-            raise ValueError(f"image_size must be an integer >= 32, got {self.image_size!r}.")
+            raise InputError(f"image_size must be an integer >= 32, got {self.image_size!r}.")
         if not _is_number(self.descreen) or self.descreen < 0:
-            raise ValueError(f"descreen must be >= 0, got {self.descreen!r}.")
+            raise InputError(f"descreen must be >= 0, got {self.descreen!r}.")
         if not _is_int(self.num_workers) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}.")
+            raise InputError(f"num_workers must be an integer >= 0, got {self.num_workers!r}.")
         if not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+            raise InputError(f"seed must be an integer, got {self.seed!r}.")
         self.lr = float(self.lr)
         self.descreen = float(self.descreen)
 
@@ -311,7 +312,7 @@ class TrainConfig:
             end += n
             if epoch <= end:
                 return i
-        raise ValueError(f"Epoch {epoch} is beyond the {self.epochs} epochs of {self.stages}.")
+        raise InputError(f"Epoch {epoch} is beyond the {self.epochs} epochs of {self.stages}.")
 
     def lr_of(self, stage: int) -> float:
         """Learning rate of a 1-based stage."""
@@ -556,11 +557,11 @@ def _resolve_split(
     """Train and val rows (relpath, path, scene) of labelled images."""
     missing = {"relpath", "split"} - set(split.columns)
     if missing:
-        raise ValueError(f"The split frame lacks column(s) {sorted(missing)}.")
+        raise InputError(f"The split frame lacks column(s) {sorted(missing)}.")
     items = collection.items[["relpath", "path", "scene"]]
     unknown = set(split["relpath"]) - set(items["relpath"])
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"The split names {len(unknown)} image(s) that are not in the collection "
             f"{collection.root} (e.g. {sorted(unknown)[0]!r}); make the split for this collection."
         )
@@ -646,9 +647,9 @@ def train(
             training images, or fewer than two classes.
     """
     if max_batches is not None and (not _is_int(max_batches) or max_batches <= 0):
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}.")
+        raise InputError(f"max_batches must be a positive integer or None, got {max_batches!r}.")
     if stop_after_epochs is not None and (not _is_int(stop_after_epochs) or stop_after_epochs < 0):
-        raise ValueError(f"stop_after_epochs must be >= 0 or None, got {stop_after_epochs!r}.")
+        raise InputError(f"stop_after_epochs must be >= 0 or None, got {stop_after_epochs!r}.")
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -657,9 +658,9 @@ def train(
     train_df, val_df = _resolve_split(collection, split)
     classes = sorted(set(train_df["scene"]))
     if not len(train_df):
-        raise ValueError("The split has no labelled 'train' images: nothing to fine-tune on.")
+        raise InputError("The split has no labelled 'train' images: nothing to fine-tune on.")
     if len(classes) < 2:
-        raise ValueError(f"Need at least 2 scenes with training images, got {classes}.")
+        raise InputError(f"Need at least 2 scenes with training images, got {classes}.")
     class_id = {c: i for i, c in enumerate(classes)}
     unseen = ~val_df["scene"].isin(class_id)
     if unseen.any():
@@ -686,13 +687,13 @@ def train(
                 if k not in _RESUME_IGNORED and saved_cfg.get(k) != cfg_dict.get(k)
             )
             shown = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {cfg_dict.get(k)!r}" for k in diff)
-            raise ValueError(
+            raise InputError(
                 f"{out_dir} holds a training run with another configuration ({shown}). "
                 "Choose another output folder for this configuration (e.g. a new RUN_NAME); "
                 "nothing was overwritten."
             )
         if saved.get("data_key") != data_key:
-            raise ValueError(
+            raise InputError(
                 f"{out_dir} holds a training run on other images or another split (its classes "
                 "or train/val images differ). Choose another output folder; nothing was overwritten."
             )
@@ -985,7 +986,7 @@ def predict(
         ``int64`` array of length ``len(paths)``.
     """
     if model.head is None:
-        raise ValueError(
+        raise InputError(
             "predict() needs a model with a classifier head (a fine-tuned checkpoint)."
         )
     device = torch.device(device) if device is not None else models.default_device()

@@ -35,6 +35,7 @@ from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from .data import load_image
+from .errors import InputError
 
 METHODS = ("sift", "orb")
 MAX_SIDE = 320
@@ -147,7 +148,7 @@ class Match:
 
 def _check_method(method: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+        raise InputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
 
 
 def _gray_array(image: ImageLike) -> tuple[np.ndarray, str]:
@@ -159,7 +160,7 @@ def _gray_array(image: ImageLike) -> tuple[np.ndarray, str]:
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr[..., :3].astype(np.uint8), cv2.COLOR_RGB2GRAY)
     if arr.ndim != 2:
-        raise ValueError(f"Expected an image path, a PIL image or an array, got shape {arr.shape}.")
+        raise InputError(f"Expected an image path, a PIL image or an array, got shape {arr.shape}.")
     return arr.astype(np.uint8, copy=False), ""
 
 
@@ -211,9 +212,9 @@ def local_features(
     """
     _check_method(method)
     if int(max_side) < 32:
-        raise ValueError(f"max_side must be at least 32, got {max_side!r}.")
+        raise InputError(f"max_side must be at least 32, got {max_side!r}.")
     if descreen < 0:
-        raise ValueError(f"descreen must be >= 0, got {descreen!r}.")
+        raise InputError(f"descreen must be >= 0, got {descreen!r}.")
     gray, source = _gray_array(image)
     h, w = gray.shape
     scale = min(1.0, int(max_side) / max(h, w))
@@ -304,7 +305,7 @@ def match_features(
     """Match precomputed features (see :func:`local_features`); arguments as :func:`match_pair`."""
     _check_method(method)
     if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}.")
+        raise InputError(f"ratio must be in (0, 1], got {ratio!r}.")
     t0 = time.perf_counter()
     # threshold in original pixels of b, from a fraction of b's long side
     thr = float(ransac_threshold) * max(b.size)
@@ -426,7 +427,7 @@ def draw_matches(
     import matplotlib.pyplot as plt
 
     if match.image_a is None or match.image_b is None:
-        raise ValueError("This Match carries no images to draw (it was built without them).")
+        raise InputError("This Match carries no images to draw (it was built without them).")
     ia, ib = match.image_a, match.image_b
     if match.mirrored:
         ib = ib[:, ::-1]
@@ -593,7 +594,7 @@ def inlier_bonus(
     """Verification evidence in [0, 1]: 0 below ``min_inliers``, then linear, 1 at ``saturation``."""
     n = np.asarray(n_inliers, dtype=np.float64)
     if saturation <= min_inliers:
-        raise ValueError(f"saturation ({saturation}) must exceed min_inliers ({min_inliers}).")
+        raise InputError(f"saturation ({saturation}) must exceed min_inliers ({min_inliers}).")
     return np.clip((n - min_inliers + 1) / (saturation - min_inliers + 1), 0.0, 1.0) * (
         n >= min_inliers
     )
@@ -662,11 +663,11 @@ def rerank(
     t0 = time.perf_counter()
     s = np.asarray(scores, dtype=np.float64).copy()
     if s.ndim != 1 or len(s) != len(candidate_paths):
-        raise ValueError(
+        raise InputError(
             f"scores must be 1-D with one value per candidate ({len(candidate_paths)}), got shape {s.shape}."
         )
     if top_n < 0:
-        raise ValueError(f"top_n must be >= 0, got {top_n!r}.")
+        raise InputError(f"top_n must be >= 0, got {top_n!r}.")
     store = store if store is not None else LocalFeatureStore()
     q = query
     if not isinstance(q, LocalFeatures):
@@ -692,7 +693,7 @@ def rerank(
     s[verified] += weight * inlier_bonus(inliers[verified], min_inliers, saturation)
     if graph is not None:
         if graph.n != len(s):
-            raise ValueError(f"The graph has {graph.n} nodes but there are {len(s)} candidates.")
+            raise InputError(f"The graph has {graph.n} nodes but there are {len(s)} candidates.")
         hops = graph.two_hop(inliers >= graph.edge_inliers, exclude=query_index)
         s[hops & finite] += hop_weight
     order = np.argsort(-np.where(finite, s, -np.inf), kind="stable")
@@ -741,7 +742,7 @@ class VerificationGraph:
         """
         direct = np.asarray(direct, dtype=bool)
         if direct.shape != (self.n,):
-            raise ValueError(f"direct must be a boolean vector of length {self.n}.")
+            raise InputError(f"direct must be a boolean vector of length {self.n}.")
         out = np.zeros(self.n, dtype=bool)
         out[self.hops(np.flatnonzero(direct), exclude)] = True
         return out
@@ -775,7 +776,7 @@ def graph_from_lists(
 
     indices, inliers = np.asarray(indices), np.asarray(inliers)
     if indices.shape != inliers.shape or indices.ndim != 2:
-        raise ValueError(f"indices {indices.shape} and inliers {inliers.shape} must match.")
+        raise InputError(f"indices {indices.shape} and inliers {inliers.shape} must match.")
     r, c = np.nonzero((inliers >= edge_inliers) & (indices >= 0))
     rows, cols = r.astype(np.int64), indices[r, c].astype(np.int64)
     keep = rows != cols

@@ -259,7 +259,8 @@ def test_an_installed_copy_writes_outputs_where_it_is_run_not_into_site_packages
     site = tmp_path / "site-packages" / "cbir_utils"
     site.mkdir(parents=True)
     (site / "__init__.py").write_text("")
-    shutil.copy(PROJECT_ROOT / "cbir_utils" / "paths.py", site / "paths.py")
+    for name in ("paths.py", "errors.py"):
+        shutil.copy(PROJECT_ROOT / "cbir_utils" / name, site / name)
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}

@@ -166,7 +166,7 @@ NOTEBOOK_CELLS = [
     ),
     (
         "from cbir_utils import models\nmodels.build_model('resnet151')",
-        "ValueError",
+        "InputError",  # a ValueError: the package's own errors are CbirError subclasses
         "Unknown backbone 'resnet151'",
     ),
     (
