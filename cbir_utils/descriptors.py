@@ -7,8 +7,8 @@ L2-normalised descriptors of :mod:`cbir_utils.features`:
   (a print seen at several scales; also blurs the halftone screen at the small scales).
 * :func:`fit_whitening` / :class:`Whitening`: PCA-whitening learned, without labels, on the
   collection's own descriptors (centring, decorrelation, optional dimension reduction).
-* :func:`alpha_query_expansion` (αQE) and :func:`database_augmentation` (αDBA): a descriptor
-  is replaced by the weighted mean of itself and its nearest neighbours (weights
+* :func:`neighbour_mean`: αQE (a query) and αDBA (the database itself): a descriptor is
+  replaced by the weighted mean of itself and its nearest neighbours (weights
   ``cosine ** alpha``), which pulls the printings of one scene together.
 
 All functions are pure: arrays in, new arrays out.
@@ -239,43 +239,6 @@ def neighbour_mean(
     w = np.where(ok, np.clip(sims, 0.0, None), 0.0) ** alpha
     w = np.where(ok, w, 0.0)
     return l2n(x + np.einsum("nk,nkd->nd", w, db[np.where(ok, idx, 0)]))
-
-
-def alpha_query_expansion(
-    queries: np.ndarray,
-    database: np.ndarray,
-    k: int = 2,
-    alpha: float = 3.0,
-    query_idx: Sequence[int] | None = None,
-) -> np.ndarray:
-    """αQE: each query plus its ``k`` nearest database descriptors, weighted ``cos ** alpha``.
-
-    Args:
-        queries: ``(Q, D)`` unit-norm descriptors.
-        database: ``(N, D)`` unit-norm descriptors.
-        k: Neighbours added (0 = no expansion).
-        alpha: Weight exponent (0 = plain average query expansion).
-        query_idx: Database row of each query when the queries are in the database (that
-            row is not its own neighbour); ``None`` otherwise.
-
-    Returns:
-        Expanded unit-norm queries ``(Q, D)``.
-    """
-    q, db = _check_desc(queries, "queries"), _check_desc(database, "database")
-    if q.shape[1] != db.shape[1]:
-        raise InputError(f"queries have dimension {q.shape[1]}, database {db.shape[1]}.")
-    ex = None
-    if query_idx is not None:
-        ex = np.asarray(query_idx, dtype=int)
-        if ex.shape != (len(q),):
-            raise InputError("query_idx needs one database row per query.")
-    return neighbour_mean(q, db, int(k), float(alpha), ex)
-
-
-def database_augmentation(database: np.ndarray, k: int = 2, alpha: float = 3.0) -> np.ndarray:
-    """αDBA: every database descriptor replaced by its αQE over the database itself."""
-    db = _check_desc(database, "database")
-    return neighbour_mean(db, db, int(k), float(alpha), np.arange(len(db)))
 
 
 # --------------------------------------------------------------------------- scores

@@ -72,18 +72,18 @@ def test_whitening_removes_a_shared_nuisance_direction(rng):
 # --------------------------------------------------------------------------- query expansion
 
 
-def test_alpha_query_expansion_by_hand():
+def test_alpha_query_expansion_by_hand():  # αQE = neighbour_mean over the database
     db = np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
     q = np.array([[1, 0]], dtype=np.float32)
     # k=1: nearest is db[0] itself (cos 1): q' = q + 1**3 * db[0]
-    assert np.allclose(D.alpha_query_expansion(q, db, k=1, alpha=3), [[1, 0]])
+    assert np.allclose(D.neighbour_mean(q, db, 1, 3.0), [[1, 0]])
     # the query is db[0]: excluded; nearest other is db[1], cos 0.6, weight 0.216
-    got = D.alpha_query_expansion(q, db, k=1, alpha=3, query_idx=[0])
+    got = D.neighbour_mean(q, db, 1, 3.0, np.array([0]))
     want = np.array([1 + 0.216 * 0.6, 0.216 * 0.8])
     assert np.allclose(got, [want / np.linalg.norm(want)], atol=1e-6)
     # k=0 is the identity (renormalised); negative cosines get no weight
-    assert np.allclose(D.alpha_query_expansion(q, db, k=0), q)
-    far = D.alpha_query_expansion(np.array([[-1, 0]], np.float32), db[2:], k=1)
+    assert np.allclose(D.neighbour_mean(q, db, 0, 3.0), q)
+    far = D.neighbour_mean(np.array([[-1, 0]], np.float32), db[2:], 1, 3.0)
     assert np.allclose(far, [[-1, 0]])
 
 
@@ -93,7 +93,7 @@ def test_database_augmentation_pulls_scene_members_together(rng):
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     same = (scenes[:, None] == scenes[None, :]) & ~np.eye(30, dtype=bool)
     before = (x @ x.T)[same].mean()
-    xa = D.database_augmentation(x, k=2, alpha=1.0)
+    xa = D.neighbour_mean(x, x, 2, 1.0, np.arange(len(x)))  # αDBA
     assert (xa @ xa.T)[same].mean() > before
     assert np.allclose(np.linalg.norm(xa, axis=1), 1.0, atol=1e-5)
 
