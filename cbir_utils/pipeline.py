@@ -372,13 +372,18 @@ class FittedPipeline:
         progress: bool,
         hops: bool = True,
     ) -> Ranking:
+        q = self._own_queries(rows)
+        return self._rank(q, [self.paths[i] for i in rows], k, rows, store, progress, hops, True)
+
+    def _own_queries(self, rows: np.ndarray) -> np.ndarray:
+        """The query vectors of collection rows: their database vectors, αQE-expanded."""
         q = self.database[rows]
         post = self.config.post()
         if post.qe_k:
             q = D.neighbour_mean(
                 q, self.database, post.qe_k, post.qe_alpha, rows, self._searcher("database")
             )
-        return self._rank(q, [self.paths[i] for i in rows], k, rows, store, progress, hops, True)
+        return q
 
     def _rank(self, q, query_images, k, exclude, store, progress, hops=True, own=False) -> Ranking:
         cfg = self.config
@@ -460,17 +465,12 @@ class FittedPipeline:
         k = n - 1 if k is None else min(int(k), n - 1)
         if self._own is not None and k == n - 1:
             rows = []
+            queries = self._own_queries(np.arange(n))  # once for all rows
             for r in range(n):
                 ok = self._own.indices[r] >= 0
                 ids, sc = self._own.indices[r][ok], self._own.scores[r][ok]
                 cos, inl = self._own.cosine[r][ok], self._own.inliers[r][ok]
-                q = self.database[[r]]
-                if self.config.qe_k:
-                    post = self.config.post()
-                    q = D.neighbour_mean(
-                        q, self.database, post.qe_k, post.qe_alpha, [r], self._searcher("database")
-                    )
-                ids, sc, cos, inl = self._hops(q[0], ids, sc, cos, inl, r)
+                ids, sc, cos, inl = self._hops(queries[r], ids, sc, cos, inl, r)
                 order = np.argsort(-sc, kind="stable")
                 rows.append((ids[order], sc[order], cos[order], inl[order]))
             return _pad(rows, k)
