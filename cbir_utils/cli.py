@@ -355,13 +355,8 @@ def _for_queries(fitted, args):
 
 
 def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
-    from dataclasses import replace
-
-    import numpy as np
-    import pandas as pd
-
-    from . import features, models
-    from .data import SKIPPED_COLUMNS, preprocess_from_meta, save_skipped
+    from . import features
+    from .data import preprocess_from_meta, save_skipped
     from .index import Index, load_model
 
     shards_dir = folder.with_name(folder.name + ".shards")
@@ -374,46 +369,19 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
                     f"The index in {folder} was built with other model settings; pass --rebuild "
                     "to replace it, or --name/--out for a new index."
                 )
-        merged = features.merge_shards(
-            shards_dir, args.num_shards if args.num_shards > 1 else None, progress=_progress(args)
-        )
-        if models.identity(merged.meta.get("model", {})) != models.identity(meta) or bool(
-            merged.meta.get("mirror")
-        ) != bool(args.mirror):
-            raise InputError(
-                f"The shards in {shards_dir} were made with other model settings than given here."
-            )
-        if merged.meta.get("collection_digest") != features.collection_digest(paths):
-            raise InputError(
-                f"The shards in {shards_dir} were made for another list of files than {args.source}."
-            )
-        # the images the shards left out (each job checked its own)
-        as_str = col.items["path"].map(str)
-        items = col.items[as_str.isin(set(merged.paths))].reset_index(drop=True)
-        bad = col.items.iloc[0:0].assign(kind="", reason="")
-        if (merged.folder / "skipped.csv").exists():
-            listed = pd.read_csv(merged.folder / "skipped.csv", dtype=str, keep_default_na=False)
-            why = dict(zip(listed["path"], zip(listed["kind"], listed["reason"])))
-            bad = col.items[as_str.isin(set(why))].copy()
-            bad["kind"] = [why[str(p)][0] for p in bad["path"]]
-            bad["reason"] = [why[str(p)][1] for p in bad["path"]]
-        skipped = pd.concat(
-            [col.skipped, bad[list(SKIPPED_COLUMNS)]],
-            ignore_index=True,
-        )
-        col = replace(col, items=items, skipped=skipped)
-        index = Index.from_vectors(
-            np.asarray(merged.vectors), col, meta, ckpt, mirror=args.mirror, name=name,
-            config=config,
+        n_bad = len(col.skipped)
+        index, col = Index.from_shards(
+            shards_dir, col, meta, ckpt, mirror=args.mirror, name=name, config=config,
+            num_shards=args.num_shards if args.num_shards > 1 else None,
         )  # fmt: skip
+        n_bad = len(col.skipped) - n_bad
         index.fitted(_local_store(), _progress(args))
         index.save(folder)
         save_skipped(col, folder)
         _say(
             args,
-            f"Index {folder}: {len(index)} images merged from "
-            f"{merged.meta.get('merged_from')} shard(s)"
-            + (f"; {len(bad)} unusable image(s) left out (skipped.csv)" if len(bad) else "")
+            f"Index {folder}: {len(index)} images merged from the shards"
+            + (f"; {n_bad} unusable image(s) left out (skipped.csv)" if n_bad else "")
             + ".",
         )
         return 0

@@ -9,9 +9,9 @@ precision and pinned memory on CUDA):
 * :func:`extract_cached`: reuses vectors cached by file content and model identity; new
   vectors are committed to the cache every ``chunk_size`` images, so a killed extraction
   resumes without recomputing the finished chunks.
-* :func:`extract_shard` / :func:`merge_shards`: shard ``i`` of ``n`` of a collection as an
-  independent job (a SLURM array task, say), resumable, then one merged index
-  (:class:`DescriptorIndex`, read back with :func:`load_index`).
+* :func:`extract_shard`: shard ``i`` of ``n`` of a collection as an independent job (a
+  SLURM array task, say), resumable; :meth:`cbir_utils.index.Index.from_shards` merges the
+  finished shards into one index.
 
 Defaults (batch size, worker processes, prefetching, threads) were chosen by measurement
 with ``benchmarks/extract.py``.
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Preprocess, check_image
-from .errors import InputError, MissingFilesError
+from .errors import InputError
 from .io import atomic_write_text, save_csv, save_json, save_npy
 from .models import RetrievalNet, default_device, file_digest, identity, l2_normalise
 
@@ -621,7 +621,8 @@ def extract_shard(
     batch), ``paths.txt`` and ``meta.json``. Progress is recorded every ``chunk_size``
     images after the vectors are synced to disk, so a killed job started again continues
     from its last chunk; a finished shard is not recomputed. Merge the shards with
-    :func:`merge_shards`. ``shard=0, num_shards=1`` extracts the whole collection.
+    :meth:`cbir_utils.index.Index.from_shards`. ``shard=0, num_shards=1`` extracts the whole
+    collection.
 
     Args:
         model, paths, preprocess, output, mirror: As for :func:`extract`.
@@ -720,155 +721,3 @@ def extract_shard(
     if done == n_rows:
         os.replace(partial, vec_path)
     return ShardResult(folder, rows, computed, resumed_from, done == n_rows, n_skipped)
-
-
-@dataclass
-class DescriptorIndex:
-    """A collection's descriptors on disk: ``vectors.npy``, ``paths.txt``, ``meta.json``.
-
-    Attributes:
-        folder: Where it lives.
-        vectors: ``(N, D)`` unit-norm rows, memory-mapped read-only.
-        paths: The image of each row.
-        meta: The extraction's description (model meta, preprocessing, output, mirror...).
-    """
-
-    folder: Path
-    vectors: np.ndarray
-    paths: list[str]
-    meta: dict
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-def load_index(folder: str | os.PathLike) -> DescriptorIndex:
-    """Read an index written by :func:`merge_shards` (vectors memory-mapped)."""
-    folder = Path(folder)
-    for name in ("vectors.npy", "paths.txt", "meta.json"):
-        if not (folder / name).exists():
-            raise MissingFilesError(f"{folder} is not a descriptor index: {name} is missing.")
-    vectors = np.load(folder / "vectors.npy", mmap_mode="r")
-    paths = (folder / "paths.txt").read_text(encoding="utf-8").splitlines()
-    meta = json.loads((folder / "meta.json").read_text())
-    if len(paths) != len(vectors):
-        raise InputError(f"{folder}: {len(vectors)} vectors but {len(paths)} paths.")
-    return DescriptorIndex(folder, vectors, paths, meta)
-
-
-def merge_shards(
-    out_dir: str | os.PathLike,
-    num_shards: int | None = None,
-    dest: str | os.PathLike | None = None,
-    block_rows: int = 65536,
-    progress: bool = False,
-) -> DescriptorIndex:
-    """Merge the shards of ``out_dir`` into one index, in collection order.
-
-    Vectors are copied block by block into ``dest/vectors.npy`` (memory stays flat);
-    ``paths.txt`` and ``meta.json`` follow, each written atomically, so a merge that was
-    interrupted is simply run again. Images the shards left out as unusable (their
-    ``skipped.csv``) are not in the index; when the shards checked their images, the
-    index folder gets the combined ``skipped.csv`` and ``meta["n_skipped"]``.
-
-    Args:
-        out_dir: The folder given to :func:`extract_shard`.
-        num_shards: Number of shards; ``None`` reads it from the shard folders found.
-        dest: Where the index goes; default ``out_dir/index``.
-        block_rows: Rows copied at a time.
-        progress: Show a progress bar.
-
-    Raises:
-        FileNotFoundError: No shard, or some shard is missing or unfinished (named).
-        ValueError: Shards of different extractions.
-    """
-    out_dir = Path(out_dir)
-    if num_shards is None:
-        found = sorted(out_dir.glob("shard-*-of-*/meta.json"))
-        if not found:
-            raise MissingFilesError(f"No shard found in {out_dir}.")
-        counts = {int(p.parent.name.rsplit("-", 1)[1]) for p in found}
-        if len(counts) != 1:
-            raise InputError(f"{out_dir} mixes shard counts {sorted(counts)}; pass num_shards.")
-        num_shards = counts.pop()
-    folders = [shard_dir(out_dir, s, num_shards) for s in range(num_shards)]
-    missing = [f.name for f in folders if not (f / "vectors.npy").exists()]
-    if missing:
-        raise MissingFilesError(
-            f"{len(missing)} of {num_shards} shard(s) in {out_dir} are missing or unfinished: "
-            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. Run them first."
-        )
-    metas = [json.loads((f / "meta.json").read_text()) for f in folders]
-    common = [{k: v for k, v in m.items() if k not in ("shard", "rows")} for m in metas]
-    if any(c != common[0] for c in common[1:]):
-        raise InputError(f"The shards in {out_dir} come from different extractions.")
-    meta = common[0]
-    n_listed, dim = int(meta["n_items"]), int(meta["dim"])
-    # rows kept by each shard (a shard that checked its images may have left some out)
-    lines: list[str] = []
-    skipped = []
-    for s, (f, m) in enumerate(zip(folders, metas)):
-        expected = shard_rows(n_listed, s, num_shards)
-        if m["rows"] != [expected.start, expected.stop]:
-            raise InputError(f"{f} does not hold the rows of shard {s}.")
-        n_vec = len(np.load(f / "vectors.npy", mmap_mode="r"))
-        shard_lines = (f / "paths.txt").read_text(encoding="utf-8").splitlines()
-        n_lines = len(shard_lines)
-        n_bad = 0
-        if (f / "skipped.csv").exists():
-            bad = pd.read_csv(f / "skipped.csv", dtype=str, keep_default_na=False)
-            skipped.append(bad)
-            n_bad = len(bad)
-        if n_vec != n_lines or n_vec + n_bad != len(expected):
-            raise InputError(
-                f"{f} is incomplete: {n_vec} vectors and {n_lines} paths for "
-                f"{len(expected)} rows ({n_bad} skipped)."
-            )
-        lines.extend(shard_lines)
-    n = len(lines)  # each shard's vectors match its paths (checked above)
-    dest = Path(dest) if dest is not None else out_dir / "index"
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".vectors.npy.{uuid.uuid4().hex[:8]}.partial"
-    try:
-        with NpyRowWriter(tmp, (n, dim)) as writer:
-            bar = tqdm(total=n, desc="Merging shards", unit="img", disable=not progress)
-            offset = 0
-            for f in folders:
-                vec = np.load(f / "vectors.npy", mmap_mode="r")
-                for a in range(0, len(vec), block_rows):
-                    block = np.asarray(vec[a : a + block_rows])
-                    writer.write(offset + a, block)
-                    bar.update(len(block))
-                offset += len(vec)
-                del vec
-            bar.close()
-            writer.flush()
-        os.replace(tmp, dest / "vectors.npy")
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    atomic_write_text(dest / "paths.txt", "".join(p + "\n" for p in lines))
-    if meta.get("validate", "none") != "none":
-        frame = pd.concat(skipped, ignore_index=True) if skipped else None
-        if frame is None or frame.empty:
-            frame = pd.DataFrame(columns=list(SHARD_SKIPPED_COLUMNS))
-        save_csv(dest / "skipped.csv", frame)
-    save_json(dest / "meta.json", {**meta, "merged_from": num_shards, "n_skipped": n_listed - n})
-    return load_index(dest)
-
-
-def extract_index(
-    model: RetrievalNet,
-    paths: Sequence[str | os.PathLike],
-    preprocess: Preprocess,
-    out_dir: str | os.PathLike,
-    model_meta: dict | None = None,
-    **kwargs,
-) -> DescriptorIndex:
-    """The whole collection as one resumable shard, merged into ``out_dir/index``.
-
-    ``kwargs`` go to :func:`extract_shard`. Memory stays flat: the vectors are streamed
-    to disk and returned memory-mapped.
-    """
-    extract_shard(model, paths, preprocess, out_dir, 0, 1, model_meta, **kwargs)
-    return merge_shards(out_dir, 1)

@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -305,6 +305,61 @@ class Index(ItemTable):
             name=name or col.root.name,
             config=config,
         )
+
+    @classmethod
+    def from_shards(
+        cls,
+        shards_dir: str | os.PathLike,
+        col: Collection,
+        meta: dict,
+        checkpoint: str | None = None,
+        mirror: bool = False,
+        name: str = "",
+        config: P.PipelineConfig | None = None,
+        num_shards: int | None = None,
+    ) -> tuple[Index, Collection]:
+        """The index of a sharded extraction (:func:`cbir_utils.features.extract_shard`).
+
+        Every shard must be finished and come from this model, mirroring and listing of
+        ``col`` (the shard folders' ``meta.json``); their vectors are read in collection
+        order. The images the shards left out as unusable (each job checked its own) are
+        not in the index.
+
+        Args:
+            shards_dir: The folder the shard jobs wrote to.
+            col: The collection, listed as the jobs listed it.
+            meta, checkpoint, mirror, name, config: As for :meth:`from_vectors`.
+            num_shards: Number of shards; ``None`` reads it from the shard folders.
+
+        Returns:
+            The index, and ``col`` as indexed: its items those merged, its ``skipped`` grown
+            by the images the shards left out.
+
+        Raises:
+            FileNotFoundError: No shard, or a shard missing or unfinished (named).
+            ValueError: Shards of other settings, of another listing, or inconsistent.
+        """
+        from .data import SKIPPED_COLUMNS
+
+        vectors, paths, smeta, listed = read_shards(Path(shards_dir), num_shards)
+        if models.identity(smeta.get("model", {})) != models.identity(meta) or bool(
+            smeta.get("mirror")
+        ) != bool(mirror):
+            raise InputError(
+                f"The shards in {shards_dir} were made with other model settings than given here."
+            )
+        as_str = col.items["path"].map(str)
+        if smeta.get("collection_digest") != features.collection_digest(as_str.tolist()):
+            raise InputError(f"The shards in {shards_dir} were made for another list of files.")
+        why = dict(zip(listed["path"], zip(listed["kind"], listed["reason"])))
+        bad = col.items[as_str.isin(set(why))].copy()
+        bad["kind"] = [why[str(p)][0] for p in bad["path"]]
+        bad["reason"] = [why[str(p)][1] for p in bad["path"]]
+        items = col.items[as_str.isin(set(paths))].reset_index(drop=True)
+        skipped = pd.concat([col.skipped, bad[list(SKIPPED_COLUMNS)]], ignore_index=True)
+        col = replace(col, items=items, skipped=skipped)
+        index = cls.from_vectors(vectors, col, meta, checkpoint, mirror, name=name, config=config)
+        return index, col
 
     def model(self) -> models.RetrievalNet:
         """The network of this index (built once, on first use)."""
@@ -718,6 +773,53 @@ def pipeline_config(meta: dict, mirror: bool = False, **settings) -> P.PipelineC
     if not fields["rerank"]:
         fields["graph"] = False
     return P.PipelineConfig(**fields)
+
+
+def read_shards(
+    out_dir: Path, num_shards: int | None
+) -> tuple[np.ndarray, list[str], dict, pd.DataFrame]:
+    """The finished shards of ``out_dir``: vectors and paths in collection order, the
+    extraction's meta, and the images the shards left out (``path``, ``kind``, ``reason``)."""
+    if num_shards is None:
+        found = sorted(out_dir.glob("shard-*-of-*/meta.json"))
+        if not found:
+            raise MissingFilesError(f"No shard found in {out_dir}.")
+        counts = {int(p.parent.name.rsplit("-", 1)[1]) for p in found}
+        if len(counts) != 1:
+            raise InputError(f"{out_dir} mixes shard counts {sorted(counts)}; pass num_shards.")
+        num_shards = counts.pop()
+    folders = [features.shard_dir(out_dir, s, num_shards) for s in range(num_shards)]
+    missing = [f.name for f in folders if not (f / "vectors.npy").exists()]
+    if missing:
+        raise MissingFilesError(
+            f"{len(missing)} of {num_shards} shard(s) in {out_dir} are missing or unfinished: "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. Run them first."
+        )
+    metas = [json.loads((f / "meta.json").read_text()) for f in folders]
+    common = [{k: v for k, v in m.items() if k not in ("shard", "rows")} for m in metas]
+    if any(c != common[0] for c in common[1:]):
+        raise InputError(f"The shards in {out_dir} come from different extractions.")
+    n_listed = int(common[0]["n_items"])
+    parts, paths = [], []
+    skipped = [pd.DataFrame(columns=list(features.SHARD_SKIPPED_COLUMNS))]
+    for s, (f, m) in enumerate(zip(folders, metas)):
+        expected = features.shard_rows(n_listed, s, num_shards)
+        if m["rows"] != [expected.start, expected.stop]:
+            raise InputError(f"{f} does not hold the rows of shard {s}.")
+        vec = np.load(f / "vectors.npy", mmap_mode="r")
+        lines = (f / "paths.txt").read_text(encoding="utf-8").splitlines()
+        if (f / "skipped.csv").exists():
+            skipped.append(pd.read_csv(f / "skipped.csv", dtype=str, keep_default_na=False))
+        n_bad = len(skipped[-1]) if (f / "skipped.csv").exists() else 0
+        if len(vec) != len(lines) or len(vec) + n_bad != len(expected):
+            raise InputError(
+                f"{f} is incomplete: {len(vec)} vectors and {len(lines)} paths for "
+                f"{len(expected)} rows ({n_bad} skipped)."
+            )
+        parts.append(vec)
+        paths.extend(lines)
+    vectors = np.concatenate(parts) if parts else np.zeros((0, int(common[0]["dim"])), np.float32)
+    return vectors, paths, common[0], pd.concat(skipped, ignore_index=True)
 
 
 def _config_from_header(header: dict) -> P.PipelineConfig:

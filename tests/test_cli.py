@@ -194,6 +194,14 @@ def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path, capsys
     assert merged.relpaths == whole.relpaths and merged.config == whole.config
     assert merged.config.scales == (1.0,)
     np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
+    # the shards are the listing's: a grown collection is not merged from them
+    grown = tmp_path / "grown"
+    shutil.copytree(tiny_collection, grown)
+    shutil.copy(next(grown.rglob("*.jpg")), next(grown.iterdir()) / "new.jpg")
+    shutil.copytree(folder.with_name("sharded.shards"), tmp_path / "g.shards")
+    code = cli.main(["index", str(grown), "--out", str(tmp_path / "g"), *SIZE, "--merge", "-q"])
+    assert code == 2 and not (tmp_path / "g" / "index.json").exists()
+    assert "another list of files" in capsys.readouterr().err
 
 
 def test_shard_jobs_check_only_their_own_images(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cbir_utils import data, features, models
+from cbir_utils.index import read_shards
 
 SIZE = 96  # small inputs keep these tests fast; the pipeline is the same at any size
 META = models.model_meta("efficientnet_lite0", "imagenet", "avg", SIZE)
@@ -81,20 +82,18 @@ def test_two_shards_merge_to_the_single_run_index(tmp_path, lite0, paths, prep, 
     out = tmp_path / "shards"
     kw = dict(model_meta=META, batch_size=4, num_workers=0, progress=False, chunk_size=4)
     with pytest.raises(FileNotFoundError, match="shard"):
-        features.merge_shards(out, 2)
+        read_shards(out, 2)
     # the jobs run independently, in any order
     r1 = features.extract_shard(lite0, paths, prep, out, 1, 2, **kw)
     with pytest.raises(FileNotFoundError, match="shard-00000-of-00002"):
-        features.merge_shards(out, 2)
+        read_shards(out, 2)
     r0 = features.extract_shard(lite0, paths, prep, out, 0, 2, **kw)
     assert r0.complete and r1.complete
     assert (r0.computed, r1.computed) == (10, 10)
-    index = features.merge_shards(out)
-    np.testing.assert_allclose(index.vectors, reference, atol=1e-5)
-    assert index.paths == [str(p) for p in paths]
-    assert index.meta["model"]["image_size"] == SIZE and index.meta["merged_from"] == 2
-    again = features.load_index(out / "index")
-    np.testing.assert_array_equal(np.asarray(again.vectors), np.asarray(index.vectors))
+    vectors, merged, meta, skipped = read_shards(out, None)  # the shard count read from disk
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    assert merged == [str(p) for p in paths] and skipped.empty
+    assert meta["model"]["image_size"] == SIZE and meta["num_shards"] == 2
     # a finished shard is not recomputed
     assert features.extract_shard(lite0, paths, prep, out, 0, 2, **kw).computed == 0
 
@@ -122,8 +121,7 @@ def test_killed_shard_resumes_without_recomputing(tmp_path, lite0, paths, prep, 
     assert not (folder / "vectors.npy").exists()  # unfinished shards are never merged
     res = features.extract_shard(lite0, paths, prep, out, 0, 1, **kw)
     assert (res.resumed_from, res.computed, res.complete) == (16, 4, True)
-    index = features.merge_shards(out)
-    np.testing.assert_allclose(index.vectors, reference, atol=1e-5)
+    np.testing.assert_allclose(read_shards(out, None)[0], reference, atol=1e-5)
 
 
 def test_killed_cached_extraction_resumes(tmp_path, lite0, paths, prep, reference):
@@ -177,9 +175,7 @@ def test_shard_leaves_out_unusable_images_and_remembers_them(
     monkeypatch.setattr(features, "check_image", lambda *a: checks.append(a))
     again = features.extract_shard(lite0, listing, prep, out, 1, 2, META, **kw)
     assert (again.computed, again.skipped, checks) == (0, 1, [])
-    merged = features.merge_shards(out)
-    assert merged.paths == [str(p) for p in paths[:6]]
-    np.testing.assert_allclose(merged.vectors, reference[:6], atol=1e-5)
-    assert merged.meta["n_skipped"] == 1
-    skipped = (merged.folder / "skipped.csv").read_text().splitlines()
-    assert skipped[0] == "path,kind,reason" and skipped[1].startswith(f"{broken},truncated,")
+    vectors, merged, _, skipped = read_shards(out, None)
+    assert merged == [str(p) for p in paths[:6]]
+    np.testing.assert_allclose(vectors, reference[:6], atol=1e-5)
+    assert skipped["path"].tolist() == [str(broken)] and skipped["kind"].tolist() == ["truncated"]
