@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cbir_utils import data, models, pipeline, runs  # noqa: E402
 from cbir_utils import verify as V  # noqa: E402
+from cbir_utils.config import config_from_params  # noqa: E402
 from cbir_utils.io import atomic_write_text, save_csv  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
 
@@ -57,7 +58,7 @@ def cbir_index(folder: Path, tmp: Path) -> float:
 def full_pipeline(folder: Path) -> float:
     """Seconds of the notebooks' default indexing work: 3-scale descriptors + local features."""
     params = runs.notebook_defaults("01_pretrained_retrieval")
-    config = pipeline.config_from_params(params)
+    config = config_from_params(params)
     collection = data.open_collection(folder, build_demo=False)
     t0 = time.perf_counter()
     model = models.build_model(params["BACKBONE"], params["WEIGHTS"], params["POOLING"]).eval()

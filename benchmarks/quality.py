@@ -71,6 +71,7 @@ from cbir_utils import data, features, models, pipeline, retrieval, training  # 
 from cbir_utils import descriptors as D  # noqa: E402
 from cbir_utils import metrics as M  # noqa: E402
 from cbir_utils import verify as V  # noqa: E402
+from cbir_utils.config import PipelineConfig  # noqa: E402
 from cbir_utils.io import atomic_write_text, save_csv, save_json  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
 
@@ -107,7 +108,7 @@ COLUMNS = [
 
 # --------------------------------------------------------------------------- pipeline
 
-Pipeline = pipeline.PipelineConfig
+Pipeline = PipelineConfig.baseline  # the plain pipeline, with the changes given
 
 PRETRAINED_STEPS: list[tuple[str, dict]] = [
     ("whole image (letterbox 224)", {}),
@@ -138,8 +139,8 @@ class BenchmarkResult:
     """
 
     table: pd.DataFrame
-    best: Pipeline
-    best_finetuned: Pipeline | None = None
+    best: PipelineConfig
+    best_finetuned: PipelineConfig | None = None
     finetuned_checkpoint: str = ""
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -274,7 +275,7 @@ def _one_thread():
 
 
 def _embed_one(
-    model: models.RetrievalNet, path: Path, config: Pipeline, backbone: str, output: str
+    model: models.RetrievalNet, path: Path, config: PipelineConfig, backbone: str, output: str
 ) -> np.ndarray:
     """One query's vector, computed in-process (decode, every scale, mirror): its latency."""
     im = data.load_image(path)
@@ -296,7 +297,7 @@ def _score_pipeline(
     model: models.RetrievalNet,
     meta: dict,
     paths: list[Path],
-    config: Pipeline,
+    config: PipelineConfig,
     cache: Path,
     store: V.LocalFeatureStore | None,
     timing_idx: np.ndarray,
@@ -822,12 +823,9 @@ BACKBONE_COLUMNS = [
 ]  # fmt: skip
 
 
-def default_pipeline(backbone: str, image_size: int, descreen: float) -> Pipeline:
+def default_pipeline(backbone: str, image_size: int, descreen: float) -> PipelineConfig:
     """The notebooks' pipeline with this backbone's input size and descreening."""
-    return Pipeline(
-        image_size=image_size, descreen=descreen, scales=(0.75, 1.0, 1.25), whiten_dim=64,
-        dba_k=1, qe_k=1, rerank=True, graph=True,
-    )  # fmt: skip
+    return PipelineConfig(image_size=image_size, descreen=descreen)
 
 
 HEAD_LR = 0.003

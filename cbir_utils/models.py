@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._compat import import_torchvision
+from .config import POOLINGS
 from .errors import CbirError, InputError, MissingFilesError
 
 BACKBONES: dict[str, dict[str, Any]] = {
@@ -46,7 +47,6 @@ RANDOM_WEIGHTS = (None, "", "none", "random")
 FILE_FAMILIES = ("onnx", "torchscript")
 """Families whose architecture lives in their weights file (rebuilt from it, not by name)."""
 SSCD_TORCHSCRIPT_FILE = "sscd_disc_mixup.torchscript.pt"
-POOLINGS = ("avg", "gem", "max")
 
 # ImageNet normalisation of torchvision models; EfficientNet-Lite expects (x*255-127)/128.
 IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

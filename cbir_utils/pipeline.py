@@ -1,11 +1,11 @@
 """The retrieval pipeline end to end: descriptors, post-processing, verification, evaluation.
 
-One configuration (:class:`PipelineConfig`) says how images become descriptors (input size,
+One configuration (:class:`cbir_utils.config.PipelineConfig`) says how images become descriptors (input size,
 whole image or centre crop, descreening, pooling, mirror, scales) and how the collection is
 then ranked (PCA-whitening, αDBA, αQE, re-ranking by local-feature verification with the
 collection's verification graph). The notebooks and ``benchmarks/quality.py`` share it:
 
-    config = pipeline.PipelineConfig(image_size=128, pooling="gem", whiten_dim=64, rerank=True)
+    config = PipelineConfig(image_size=128, pooling="gem", graph=False)  # cbir_utils.config
     desc = pipeline.describe(model, meta, collection.paths, config, cache_dir)
     ranked = pipeline.rank_collection(desc, collection.paths, config)
     evals = pipeline.evaluate_scores(ranked.scores, split)   # {protocol: retrieval.Evaluation}
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,118 +30,8 @@ from . import descriptors as D
 from . import metrics as M
 from . import models, retrieval
 from . import verify as V
-from .data import Preprocess
+from .config import PipelineConfig
 from .errors import InputError
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """One configuration of the retrieval pipeline (defaults: the plain baseline).
-
-    Attributes:
-        image_size: Network input side (letterbox: the long side).
-        resize: ``letterbox`` (whole image, padded) or ``center_crop`` (the study's).
-        grayscale: Gray input.
-        descreen: Gaussian blur radius before resizing, thousandths of the long side.
-        pooling: ``avg``, ``gem`` or ``max``.
-        mirror: Mirror-invariant descriptor (image and mirror summed).
-        scales: Input sizes relative to ``image_size``, descriptors summed.
-        whiten_dim: PCA-whitening learned on the collection, dimensions kept (0 = off).
-        dba_k: αDBA neighbours (0 = off).
-        qe_k: αQE neighbours (0 = off).
-        rerank: Re-rank each query's ``rerank_top_n`` best by local-feature verification.
-        rerank_top_n: Candidates verified per query.
-        rerank_weight: Score added at full verification evidence.
-        graph: Also use the collection's verification graph (two-hop verified printings
-            get ``hop_weight``); needs ``rerank``.
-        hop_weight: Score added for a two-hop verification.
-    """
-
-    image_size: int = 224
-    resize: str = "letterbox"
-    grayscale: bool = True
-    descreen: float = 0.0
-    pooling: str = "avg"
-    mirror: bool = False
-    scales: tuple[float, ...] = (1.0,)
-    whiten_dim: int = 0
-    dba_k: int = 0
-    qe_k: int = 0
-    rerank: bool = False
-    rerank_top_n: int = 50
-    rerank_weight: float = 1.0
-    graph: bool = False
-    hop_weight: float = 0.25
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        if self.graph and not self.rerank:
-            raise InputError("graph=True needs rerank=True (the graph is made of verifications).")
-        for name in ("whiten_dim", "dba_k", "qe_k", "rerank_top_n"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
-        D.scaled_sizes(self.image_size, self.scales)  # validates the scales
-
-    def preprocess(self, backbone: str) -> Preprocess:
-        """The preprocessing at scale 1 (normalisation of ``backbone``)."""
-        return models.preprocess_for(
-            backbone, self.image_size, self.resize, self.grayscale, self.descreen
-        )
-
-    def post(self) -> D.PostProcess:
-        """The descriptor post-processing."""
-        return D.PostProcess(
-            whiten=self.whiten_dim > 0,
-            whiten_dim=self.whiten_dim or None,
-            dba_k=self.dba_k,
-            qe_k=self.qe_k,
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable."""
-        d = asdict(self)
-        d["scales"] = list(self.scales)
-        return d
-
-
-PARAM_FIELDS: dict[str, str] = {
-    "IMAGE_SIZE": "image_size",
-    "RESIZE": "resize",
-    "GRAYSCALE": "grayscale",
-    "DESCREEN": "descreen",
-    "POOLING": "pooling",
-    "MIRROR": "mirror",
-    "SCALES": "scales",
-    "WHITEN_DIM": "whiten_dim",
-    "DBA_K": "dba_k",
-    "QE_K": "qe_k",
-    "RERANK": "rerank",
-    "RERANK_TOP_N": "rerank_top_n",
-    "GRAPH": "graph",
-}
-"""Notebook parameter -> :class:`PipelineConfig` field."""
-
-_FROM_META = ("image_size", "resize", "grayscale", "pooling")
-
-
-def config_from_params(params: dict, meta: dict | None = None) -> PipelineConfig:
-    """The pipeline configuration of a notebook's parameters (:data:`PARAM_FIELDS`).
-
-    Args:
-        params: The notebook's checked parameters; names it lacks keep their default.
-        meta: A fine-tuned checkpoint's meta: its input size, resize, grayscale and pooling
-            are the network's and override ``params`` (descreening, scales and the
-            post-processing stay the notebook's: they may differ from fine-tuning's).
-
-    Raises:
-        ValueError: An inconsistent combination (e.g. ``GRAPH`` without ``RERANK``).
-    """
-    kwargs = {f: params[name] for name, f in PARAM_FIELDS.items() if name in params}
-    if meta is not None:
-        kwargs.update({f: meta[f] for f in _FROM_META if f in meta})
-    if "scales" in kwargs:
-        kwargs["scales"] = tuple(kwargs["scales"])
-    return PipelineConfig(**kwargs)
 
 
 def describe(
@@ -515,7 +405,7 @@ class FittedPipeline:
         folder = Path(folder)
         head = json.loads((folder / cls.FILES[0]).read_text(encoding="utf-8"))
         cfg = head["config"]
-        config = PipelineConfig(**{**cfg, "scales": tuple(cfg["scales"])})
+        config = PipelineConfig.from_dict(cfg)
         with np.load(folder / cls.FILES[1], allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         whitening = None

@@ -17,7 +17,6 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import Param, param_specs
 from .errors import SettingsError, install_notebook_handler
 from .io import atomic_create_text, save_json
 from .paths import output_dir, resolve
@@ -158,42 +158,10 @@ def start_run(
 # --------------------------------------------------------------------------- parameters
 
 
-@dataclass(frozen=True)
-class Param:
-    """What a notebook parameter accepts.
-
-    Attributes:
-        kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"ints"`` or ``"floats"``
-            (non-empty lists).
-        optional: ``None`` is allowed (also given as ``"None"``/``"null"``/``""``).
-        low: Smallest allowed value (of each element for lists).
-        high: Largest allowed value.
-        high_open: ``high`` itself is excluded.
-        low_open: ``low`` itself is excluded.
-        choices: Allowed strings, or a function returning them (imported lazily).
-        help: What the parameter is, for messages.
-    """
-
-    kind: str
-    optional: bool = False
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
-    help: str = ""
-
-
 def _backbones() -> tuple[str, ...]:
     from .models import BACKBONES
 
     return tuple(BACKBONES)
-
-
-def _poolings() -> tuple[str, ...]:
-    from .models import POOLINGS
-
-    return tuple(POOLINGS)
 
 
 def _training(name: str) -> Callable[[], tuple[str, ...]]:
@@ -214,12 +182,6 @@ PARAM_SPECS: dict[str, Param] = {
     "DEMO_SEED": _SEED,
     "BACKBONE": Param("str", choices=_backbones),
     "WEIGHTS": Param("str", help="'imagenet', 'none' or the path of a weights file"),
-    "POOLING": Param("str", choices=_poolings),
-    "IMAGE_SIZE": Param("int", low=32),
-    "RESIZE": Param("str", choices=("letterbox", "center_crop")),
-    "GRAYSCALE": Param("bool"),
-    "DESCREEN": Param("float", low=0.0),
-    "MIRROR": Param("bool"),
     "BATCH_SIZE": Param("int", low=1),
     "NUM_WORKERS": Param("int", low=0),
     "TOP_K": Param("int", low=1),
@@ -253,19 +215,13 @@ PARAM_SPECS: dict[str, Param] = {
     "N_REVIEW": Param("int", low=0, help="candidates shown for review, 0 for none"),
     "N_TIMELINES": Param("int", low=0),
     "MAP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.layout").layout.LAYOUTS),
-    "SCALES": Param("floats", low=0.0, low_open=True, help="input sizes relative to IMAGE_SIZE"),
-    "WHITEN_DIM": Param("int", low=0, help="0 for no whitening"),
-    "DBA_K": Param("int", low=0, help="0 for no database-side augmentation"),
-    "QE_K": Param("int", low=0, help="0 for no query expansion"),
-    "RERANK": Param("bool"),
-    "RERANK_TOP_N": Param("int", low=1),
-    "GRAPH": Param("bool"),
     "METRIC_LOSS": Param("str", choices=_training("METRIC_LOSSES")),
     "METRIC_WEIGHT": Param("float", low=0.0),
     "METRIC_MARGIN": Param("float", optional=True, low=0.0, low_open=True),
     "PK_VIEWS": Param("int", low=2),
     "USE_CHECKPOINT": Param("str", choices=("best", "last")),
     "RUN_BENCHMARK": Param("bool"),
+    **param_specs(),  # the pipeline's: IMAGE_SIZE, SCALES, WHITEN_DIM... (cbir_utils.config)
 }
 """Parameters of the notebooks, by name (a name means the same in every notebook)."""
 

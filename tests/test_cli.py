@@ -323,6 +323,29 @@ def test_defaults_are_the_notebooks(tmp_path):
         assert sig[name].default == cli.DEFAULTS[name.upper()], name
 
 
+def test_pipeline_options_are_checked_as_the_notebooks_parameters(tmp_path, capsys):
+    """The pipeline's options take their default, help and check from PipelineConfig:
+    what a notebook accepts (case-insensitive choices, lists) the option accepts, and what
+    it refuses the option refuses with the same message."""
+    from cbir_utils import runs
+    from cbir_utils.config import PipelineConfig, param_specs
+
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["index", str(tmp_path), "--pooling", "GeM", "--scales", "1,0.5", "--no-graph"]
+    )
+    assert (args.pooling, args.scales, args.graph) == ("gem", [1.0, 0.5], False)
+    for option, bad in (("--scales", "0,1"), ("--whiten-dim", "-4"), ("--image-size", "16")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["index", str(tmp_path), option, bad])
+        err = capsys.readouterr().err
+        with pytest.raises(ValueError) as e:
+            runs.check_params({option[2:].replace("-", "_").upper(): bad}, check_paths=False)
+        assert str(e.value).split(" must be ")[1] in err, (option, err)
+    assert set(param_specs()) <= set(runs.PARAM_SPECS)
+    assert cli.DEFAULTS["SCALES"] == list(PipelineConfig().scales)
+
+
 def test_groups_without_labels_use_the_backbones_measured_threshold(local, tmp_path, capsys):
     """An unlabelled folder: SSCD's fallback threshold (0.47), not the old lite0 one."""
     from cbir_utils import groups

@@ -12,6 +12,7 @@ from PIL import Image
 from cbir_utils import data, models, pipeline, retrieval
 from cbir_utils import descriptors as D
 from cbir_utils import verify as V
+from cbir_utils.config import PipelineConfig, config_from_params
 from cbir_utils.demo import halftone
 
 
@@ -23,7 +24,7 @@ def coll_split(tiny_collection):
 
 def test_plain_config_matches_retrieval_evaluate_protocols(lite0, coll_split):
     coll, split = coll_split
-    cfg = pipeline.PipelineConfig(image_size=64)
+    cfg = PipelineConfig.baseline(image_size=64)
     meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", 64)
     desc = pipeline.describe(lite0, meta, coll.paths, cfg, progress=False)
     ranked = pipeline.rank_collection(desc, coll.paths, cfg, progress=False)
@@ -43,7 +44,7 @@ def test_plain_config_matches_retrieval_evaluate_protocols(lite0, coll_split):
 
 def test_rerank_and_graph_only_raise_scores(lite0, coll_split, tmp_path):
     coll, split = coll_split
-    cfg = pipeline.PipelineConfig(
+    cfg = PipelineConfig.baseline(
         image_size=64, whiten_dim=8, qe_k=1, dba_k=1, rerank=True, rerank_top_n=6, graph=True
     )
     meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", 64)
@@ -62,10 +63,10 @@ def test_rerank_and_graph_only_raise_scores(lite0, coll_split, tmp_path):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="graph"):
-        pipeline.PipelineConfig(graph=True)
+        PipelineConfig.baseline(graph=True)
     with pytest.raises(ValueError, match="scales"):
-        pipeline.PipelineConfig(scales=(0.0,))
-    cfg = pipeline.PipelineConfig(scales=[1, 0.5])
+        PipelineConfig.baseline(scales=(0.0,))
+    cfg = PipelineConfig.baseline(scales=[1, 0.5])
     assert cfg.scales == (1.0, 0.5) and cfg.to_dict()["scales"] == [1.0, 0.5]
 
 
@@ -142,18 +143,19 @@ def test_notebook_defaults_are_the_benchmarks_best_pipeline():
     quality = _quality()
     backbone, size, descreen = quality.DEFAULT_BACKBONE
     best = quality.default_pipeline(backbone, size, descreen)
-    assert best == pipeline.PipelineConfig(
+    assert best == PipelineConfig.baseline(
         image_size=size, descreen=descreen, scales=(0.75, 1.0, 1.25), whiten_dim=64,
         dba_k=1, qe_k=1, rerank=True, graph=True,
     )  # fmt: skip
+    assert best == PipelineConfig()  # its defaults, which the CLI's and the index's take
     from cbir_utils import runs
 
     nb01 = runs.check_params(_notebook_defaults("01_pretrained_retrieval"), check_paths=False)
-    assert pipeline.config_from_params(nb01) == best
+    assert config_from_params(nb01) == best
     assert nb01["BACKBONE"] == backbone
     nb03 = runs.check_params(_notebook_defaults("03_finetuned_retrieval"), check_paths=False)
     ckpt_meta = {"image_size": size, "resize": "letterbox", "grayscale": True, "pooling": "gem"}
-    assert pipeline.config_from_params(nb03, ckpt_meta) == replace(best, pooling="gem")
+    assert config_from_params(nb03, ckpt_meta) == replace(best, pooling="gem")
 
 
 def test_backbone_pick_uses_validation_then_micro_ap_then_speed():
@@ -187,8 +189,8 @@ def test_paper_profile_is_the_studys_method():
         params = runs.check_params(
             {**_notebook_defaults(nb), **_profile("paper")}, check_paths=False
         )
-        cfg = pipeline.config_from_params(params)
-        assert cfg == pipeline.PipelineConfig(image_size=224, resize="center_crop")
+        cfg = config_from_params(params)
+        assert cfg == PipelineConfig.baseline(image_size=224, resize="center_crop")
     p02 = runs.check_params(
         {**_notebook_defaults("02_finetune_classification"), **_profile("paper")},
         check_paths=False,
@@ -209,7 +211,7 @@ def test_paper_profile_is_the_studys_method():
 
 def test_config_from_params_takes_the_network_from_the_checkpoint():
     meta = {"image_size": 96, "resize": "center_crop", "grayscale": False, "pooling": "gem"}
-    cfg = pipeline.config_from_params({"IMAGE_SIZE": 128, "DESCREEN": 2.0, "RERANK": True}, meta)
+    cfg = config_from_params({"IMAGE_SIZE": 128, "DESCREEN": 2.0, "RERANK": True}, meta)
     assert (cfg.image_size, cfg.resize, cfg.grayscale, cfg.pooling) == (
         96,
         "center_crop",
@@ -218,7 +220,7 @@ def test_config_from_params_takes_the_network_from_the_checkpoint():
     )
     assert cfg.descreen == 2.0 and cfg.rerank
     with pytest.raises(ValueError, match="graph"):
-        pipeline.config_from_params({"RERANK": False, "GRAPH": True})
+        config_from_params({"RERANK": False, "GRAPH": True})
 
 
 def test_notebook_02_defaults_are_the_benchmarks_recipe():
@@ -324,7 +326,7 @@ def test_sparse_ranking_equals_the_dense_one(coll_split):
     coll, split = coll_split
     model = models.build_model("sscd_distilled", "default")
     meta = models.model_meta("sscd_distilled", "default", "avg", 128)
-    cfg = pipeline.PipelineConfig(image_size=128, scales=(0.75, 1.0), whiten_dim=8, dba_k=1,
+    cfg = PipelineConfig.baseline(image_size=128, scales=(0.75, 1.0), whiten_dim=8, dba_k=1,
                                   qe_k=1, rerank=True, rerank_top_n=5, graph=True)  # fmt: skip
     desc = pipeline.describe(model, meta, coll.paths, cfg, progress=False)
     store = V.LocalFeatureStore()
@@ -367,7 +369,7 @@ def test_large_collection_path_hnsw_and_whitening_sample(monkeypatch):
     x = search.synthetic_vectors(3000, 64, "clustered", seed=1)
     q = search.synthetic_vectors(40, 64, "clustered", seed=2)
     paths = [f"x{i}.jpg" for i in range(len(x))]
-    cfg = pipeline.PipelineConfig(whiten_dim=32, dba_k=1, qe_k=1)
+    cfg = PipelineConfig.baseline(whiten_dim=32, dba_k=1, qe_k=1)
     exact = pipeline.FittedPipeline.fit(x, paths, cfg, method="exact")
     monkeypatch.setattr(search, "EXACT_MAX", 100)
     approx = pipeline.FittedPipeline.fit(x, paths, cfg, method="auto")

@@ -1,0 +1,225 @@
+"""The retrieval pipeline's settings: one dataclass holds their defaults and their checks.
+
+:class:`PipelineConfig` is the single source of the pipeline's defaults (notebook 01's
+recommended pipeline) and of what each setting accepts (:class:`Param`, in each field's
+metadata). The notebooks' parameter checks (:data:`cbir_utils.runs.PARAM_SPECS`), the
+command line's options and defaults (:mod:`cbir_utils.cli`) and a saved index's pipeline
+(:func:`cbir_utils.index.pipeline_config`) are derived from it. Light on purpose (no
+numpy or torch at import), so ``cbir --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Param:
+    """What a notebook parameter (or a command-line option) accepts.
+
+    Attributes:
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"ints"`` or ``"floats"``
+            (non-empty lists).
+        optional: ``None`` is allowed (also given as ``"None"``/``"null"``/``""``).
+        low: Smallest allowed value (of each element for lists).
+        high: Largest allowed value.
+        high_open: ``high`` itself is excluded.
+        low_open: ``low`` itself is excluded.
+        choices: Allowed strings, or a function returning them (imported lazily).
+        help: What the parameter is, for messages and ``--help``.
+    """
+
+    kind: str
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    help: str = ""
+
+
+POOLINGS = ("avg", "gem", "max")
+"""Global poolings of the networks (:mod:`cbir_utils.models`)."""
+RESIZES = ("letterbox", "center_crop")
+
+
+def _setting(default, spec: Param, **kw):
+    return field(default=default, metadata={"param": spec}, **kw)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One configuration of the retrieval pipeline; the defaults are notebook 01's.
+
+    :meth:`baseline` is the plain pipeline (whole image at 224 px, cosine only) that the
+    quality benchmark's steps start from.
+
+    Attributes:
+        image_size: Network input side (letterbox: the long side).
+        resize: ``letterbox`` (whole image, padded) or ``center_crop`` (the study's).
+        grayscale: Gray input.
+        descreen: Gaussian blur radius before resizing, thousandths of the long side.
+        pooling: ``avg``, ``gem`` or ``max``.
+        mirror: Mirror-invariant descriptor (image and mirror summed).
+        scales: Input sizes relative to ``image_size``, descriptors summed.
+        whiten_dim: PCA-whitening learned on the collection, dimensions kept (0 = off).
+        dba_k: αDBA neighbours (0 = off).
+        qe_k: αQE neighbours (0 = off).
+        rerank: Re-rank each query's ``rerank_top_n`` best by local-feature verification.
+        rerank_top_n: Candidates verified per query.
+        rerank_weight: Score added at full verification evidence.
+        graph: Also use the collection's verification graph (two-hop verified printings
+            get ``hop_weight``); needs ``rerank``.
+        hop_weight: Score added for a two-hop verification.
+    """
+
+    image_size: int = _setting(
+        288, Param("int", low=32, help="side of the network input in pixels")
+    )
+    resize: str = _setting(
+        "letterbox",
+        Param(
+            "str",
+            choices=RESIZES,
+            help="letterbox keeps the whole image; center_crop is the study's",
+        ),
+    )
+    grayscale: bool = _setting(True, Param("bool", help="convert to gray first, as the study did"))
+    descreen: float = _setting(
+        3.0,
+        Param(
+            "float",
+            low=0.0,
+            help="halftone removal: blur radius in thousandths of the long side, 0 for off",
+        ),
+    )
+    pooling: str = _setting("avg", Param("str", choices=POOLINGS, help="global pooling"))
+    mirror: bool = _setting(False, Param("bool", help="mirror-invariant descriptors"))
+    scales: tuple[float, ...] = _setting(
+        (0.75, 1.0, 1.25),
+        Param(
+            "floats",
+            low=0.0,
+            low_open=True,
+            help="input sizes relative to the image size, descriptors summed, e.g. 0.75,1,1.25",
+        ),  # fmt: skip
+    )
+    whiten_dim: int = _setting(
+        64,
+        Param(
+            "int", low=0, help="PCA-whitening learned on the collection, dimensions kept; 0 = off"
+        ),
+    )
+    dba_k: int = _setting(
+        1, Param("int", low=0, help="database-side augmentation neighbours; 0 = off")
+    )
+    qe_k: int = _setting(1, Param("int", low=0, help="query expansion neighbours; 0 = off"))
+    rerank: bool = _setting(True, Param("bool", help="re-rank by local-feature verification"))
+    rerank_top_n: int = _setting(
+        50, Param("int", low=1, help="candidates per query verified by local features")
+    )
+    rerank_weight: float = 1.0
+    graph: bool = _setting(
+        True,
+        Param(
+            "bool",
+            help="verify every image against its best candidates at indexing time, so printings "
+            "verified through a third image rise too (the slow part)",
+        ),
+    )
+    hop_weight: float = 0.25
+
+    def __post_init__(self) -> None:
+        from .descriptors import scaled_sizes
+
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if self.graph and not self.rerank:
+            raise InputError("graph=True needs rerank=True (the graph is made of verifications).")
+        for name in ("whiten_dim", "dba_k", "qe_k", "rerank_top_n"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
+        scaled_sizes(self.image_size, self.scales)  # validates the scales
+
+    @classmethod
+    def baseline(cls, **changes) -> PipelineConfig:
+        """The plain pipeline: whole image at 224 px, gray, cosine only; ``changes`` applied."""
+        plain = dict(image_size=224, descreen=0.0, scales=(1.0,), whiten_dim=0, dba_k=0, qe_k=0,
+                     rerank=False, graph=False)  # fmt: skip
+        return cls(**{**plain, **changes})
+
+    def preprocess(self, backbone: str):
+        """The preprocessing at scale 1 (normalisation of ``backbone``)."""
+        from .models import preprocess_for
+
+        return preprocess_for(backbone, self.image_size, self.resize, self.grayscale, self.descreen)
+
+    def post(self):
+        """The descriptor post-processing (:class:`cbir_utils.descriptors.PostProcess`)."""
+        from .descriptors import PostProcess
+
+        return PostProcess(
+            whiten=self.whiten_dim > 0,
+            whiten_dim=self.whiten_dim or None,
+            dba_k=self.dba_k,
+            qe_k=self.qe_k,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable."""
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PipelineConfig:
+        """Read back :meth:`to_dict` (fields it lacks keep their default)."""
+        return cls(**{**d, "scales": tuple(d.get("scales", cls.scales))})
+
+
+PARAM_FIELDS: dict[str, str] = {
+    f.name.upper(): f.name for f in fields(PipelineConfig) if "param" in f.metadata
+}
+"""Notebook parameter -> :class:`PipelineConfig` field (the field's name in capitals)."""
+
+
+def param_specs() -> dict:
+    """What each notebook parameter of the pipeline accepts, by name."""
+    return {
+        f.name.upper(): f.metadata["param"] for f in fields(PipelineConfig) if "param" in f.metadata
+    }
+
+
+def defaults() -> dict:
+    """Each notebook parameter of the pipeline and its default (lists for tuples)."""
+    out = {}
+    for f in fields(PipelineConfig):
+        if "param" in f.metadata:
+            out[f.name.upper()] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
+_FROM_META = ("image_size", "resize", "grayscale", "pooling")
+
+
+def config_from_params(params: dict, meta: dict | None = None) -> PipelineConfig:
+    """The pipeline configuration of a notebook's parameters (:data:`PARAM_FIELDS`).
+
+    Args:
+        params: The notebook's checked parameters; names it lacks keep their default.
+        meta: A fine-tuned checkpoint's meta: its input size, resize, grayscale and pooling
+            are the network's and override ``params`` (descreening, scales and the
+            post-processing stay the notebook's: they may differ from fine-tuning's).
+
+    Raises:
+        ValueError: An inconsistent combination (e.g. ``GRAPH`` without ``RERANK``).
+    """
+    kwargs = {f: params[name] for name, f in PARAM_FIELDS.items() if name in params}
+    if meta is not None:
+        kwargs.update({f: meta[f] for f in _FROM_META if f in meta})
+    if "scales" in kwargs:
+        kwargs["scales"] = tuple(kwargs["scales"])
+    return PipelineConfig(**kwargs)
