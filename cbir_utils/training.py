@@ -609,6 +609,158 @@ def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 # --------------------------------------------------------------------------- training
 
 
+@dataclass
+class _TrainData:
+    """The images a run trains and validates on, as class ids."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    classes: list[str]
+    y_train: np.ndarray
+    y_val: np.ndarray
+    key: str  # identifies the classes and images (a resumed run must have the same)
+
+
+def _train_data(collection: Collection, split: pd.DataFrame) -> _TrainData:
+    """The classes (sorted scenes with a ``train`` image) and the labelled images."""
+    train_df, val_df = _resolve_split(collection, split)
+    classes = sorted(set(train_df["scene"]))
+    if not len(train_df):
+        raise InputError("The split has no labelled 'train' images: nothing to fine-tune on.")
+    if len(classes) < 2:
+        raise InputError(f"Need at least 2 scenes with training images, got {classes}.")
+    class_id = {c: i for i, c in enumerate(classes)}
+    unseen = ~val_df["scene"].isin(class_id)
+    if unseen.any():
+        warnings.warn(
+            f"{int(unseen.sum())} validation image(s) of scenes without training images are "
+            "skipped (a classifier cannot predict them).",
+            stacklevel=3,
+        )
+    val_df = val_df[~unseen].reset_index(drop=True)
+    return _TrainData(
+        train_df,
+        val_df,
+        classes,
+        train_df["scene"].map(class_id).to_numpy(dtype=np.int64),
+        val_df["scene"].map(class_id).to_numpy(dtype=np.int64),
+        _data_key(train_df, val_df, classes),
+    )
+
+
+def _saved_run(
+    last_path: Path, cfg_dict: dict[str, Any], data_key: str, resume: bool
+) -> dict[str, Any] | None:
+    """The run's ``last.pt`` to resume from, after checking it is this run's; None to start.
+
+    Raises:
+        ValueError: The folder holds a run of another configuration or on other data.
+    """
+    if not last_path.exists():
+        return None
+    out_dir = last_path.parent.parent
+    saved = models.safe_load(last_path)
+    saved_cfg = saved.get("meta", {}).get("train_config", {})
+    if _comparable(saved_cfg) != _comparable(cfg_dict):
+        diff = sorted(
+            k
+            for k in set(saved_cfg) | set(cfg_dict)
+            if k not in _RESUME_IGNORED and saved_cfg.get(k) != cfg_dict.get(k)
+        )
+        shown = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {cfg_dict.get(k)!r}" for k in diff)
+        raise InputError(
+            f"{out_dir} holds a training run with another configuration ({shown}). "
+            "Choose another output folder for this configuration (e.g. a new RUN_NAME); "
+            "nothing was overwritten."
+        )
+    if saved.get("data_key") != data_key:
+        raise InputError(
+            f"{out_dir} holds a training run on other images or another split (its classes "
+            "or train/val images differ). Choose another output folder; nothing was overwritten."
+        )
+    if resume:
+        return saved
+    warnings.warn(f"resume=False: restarting the run in {out_dir} from scratch.", stacklevel=3)
+    for p in last_path.parent.glob("*.pt"):
+        p.unlink()
+    return None
+
+
+def _build(config: TrainConfig, n_classes: int, device: torch.device, resumed: bool):
+    """The network, its ArcFace head (or None) and the optimiser, on ``device``."""
+    _seed_everything(_epoch_seed(config.seed, 0))
+    model = models.build_model(
+        config.backbone,
+        # a resumed run loads its own weights: no ImageNet download needed
+        weights="none" if resumed else config.weights,
+        pooling=config.pooling,
+        n_classes=n_classes,
+    )
+    if config.freeze == "trunk":
+        for p in model.trunk.parameters():
+            p.requires_grad_(False)
+    model = model.to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    arcface = None
+    if config.loss == "arcface":  # the head is the (bias-free) cosine classifier ArcFace trains
+        arcface = losses.ArcFace(model.dim, n_classes).to(device)
+        with torch.no_grad():
+            model.head.weight.copy_(arcface.weight)
+            model.head.bias.zero_()
+        model.head.bias.requires_grad_(False)
+        arcface.weight = model.head.weight
+    return model, arcface, _make_optimizer(config, model)
+
+
+def _epoch_order(config: TrainConfig, y_train: np.ndarray, gen: torch.Generator) -> list[int]:
+    """The training images of one epoch, in the order drawn by ``class_balance``."""
+    if config.class_balance == "pk_sampler":  # positive pairs in every batch
+        return _pk_order(y_train, config.batch_size, config.pk_views, gen)
+    if config.class_balance == "balanced_sampler":  # classes equally likely
+        p = torch.as_tensor(1.0 / np.bincount(y_train)[y_train], dtype=torch.double)
+        return torch.multinomial(p, len(y_train), replacement=True, generator=gen).tolist()
+    return torch.randperm(len(y_train), generator=gen).tolist()
+
+
+def _train_epoch(model, arcface, criterion, optimizer, loader, config, device, n_batches, desc):
+    """One pass over ``loader``: (mean loss, true labels, predicted labels)."""
+    _set_train_mode(model, config.freeze)
+    loss_sum, n_seen, trues, preds = 0.0, 0, [], []
+    bar = tqdm(islice(loader, n_batches), total=n_batches, desc=desc, disable=desc is None)
+    for x, y, _ in bar:
+        x, y = _to_input(x, device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        d = model.descriptor(x)
+        logits = model.head(d)
+        loss = arcface(d, y) if arcface is not None else criterion(logits, y)
+        if config.metric_loss != "none" and config.metric_weight > 0:
+            loss = loss + config.metric_weight * losses.metric_loss(
+                config.metric_loss, d, y, config.metric_margin
+            )
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(y)
+        n_seen += len(y)
+        trues.append(y.cpu().numpy())
+        preds.append(logits.detach().argmax(1).cpu().numpy())
+        bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+    bar.close()
+    return loss_sum / max(n_seen, 1), np.concatenate(trues), np.concatenate(preds)
+
+
+def _row(epoch: int, stage: int, split: str, loss: float, trues, preds, lr: float, t0: float):
+    return {
+        "epoch": epoch,
+        "stage": stage,
+        "split": split,
+        "loss": loss,
+        **classification_scores(trues, preds),
+        "lr": lr,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def train(
     config: TrainConfig,
     collection: Collection,
@@ -625,6 +777,10 @@ def train(
     other scenes (and unlabelled images) are ignored. After every epoch the model is
     validated, ``history.csv`` and ``checkpoints/last.pt`` are written (atomically), and
     ``best.pt`` is updated when validation macro-F1 improves (ties: lower val loss).
+
+    The parts: :func:`_train_data` (classes and images), :func:`_saved_run` (resume),
+    :func:`_build` (network, head, optimiser), then per epoch :func:`_epoch_order`,
+    :func:`_train_epoch`, validation (:func:`_evaluate`) and the checkpoints.
 
     Args:
         config: The run's parameters.
@@ -653,85 +809,12 @@ def train(
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    history_path = out_dir / "history.csv"
-
-    train_df, val_df = _resolve_split(collection, split)
-    classes = sorted(set(train_df["scene"]))
-    if not len(train_df):
-        raise InputError("The split has no labelled 'train' images: nothing to fine-tune on.")
-    if len(classes) < 2:
-        raise InputError(f"Need at least 2 scenes with training images, got {classes}.")
-    class_id = {c: i for i, c in enumerate(classes)}
-    unseen = ~val_df["scene"].isin(class_id)
-    if unseen.any():
-        warnings.warn(
-            f"{int(unseen.sum())} validation image(s) of scenes without training images are "
-            "skipped (a classifier cannot predict them).",
-            stacklevel=2,
-        )
-    val_df = val_df[~unseen].reset_index(drop=True)
-    y_train = train_df["scene"].map(class_id).to_numpy(dtype=np.int64)
-    y_val = val_df["scene"].map(class_id).to_numpy(dtype=np.int64)
-    data_key = _data_key(train_df, val_df, classes)
+    data = _train_data(collection, split)
     cfg_dict = config.to_dict()
-
-    # ---- resume or start
-    saved: dict[str, Any] | None = None
-    if last_path.exists():
-        saved = models.safe_load(last_path)
-        saved_cfg = saved.get("meta", {}).get("train_config", {})
-        if _comparable(saved_cfg) != _comparable(cfg_dict):
-            diff = sorted(
-                k
-                for k in set(saved_cfg) | set(cfg_dict)
-                if k not in _RESUME_IGNORED and saved_cfg.get(k) != cfg_dict.get(k)
-            )
-            shown = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {cfg_dict.get(k)!r}" for k in diff)
-            raise InputError(
-                f"{out_dir} holds a training run with another configuration ({shown}). "
-                "Choose another output folder for this configuration (e.g. a new RUN_NAME); "
-                "nothing was overwritten."
-            )
-        if saved.get("data_key") != data_key:
-            raise InputError(
-                f"{out_dir} holds a training run on other images or another split (its classes "
-                "or train/val images differ). Choose another output folder; nothing was overwritten."
-            )
-        if not resume:
-            warnings.warn(
-                f"resume=False: restarting the run in {out_dir} from scratch.", stacklevel=2
-            )
-            saved = None
-            for p in ckpt_dir.glob("*.pt"):
-                p.unlink()
+    saved = _saved_run(last_path, cfg_dict, data.key, resume)
 
     device = torch.device(config.device) if config.device else models.default_device()
-    channels_last = device.type == "cpu"
-
-    _seed_everything(_epoch_seed(config.seed, 0))
-    model = models.build_model(
-        config.backbone,
-        # a resumed run loads its own weights: no ImageNet download needed
-        weights="none" if saved is not None else config.weights,
-        pooling=config.pooling,
-        n_classes=len(classes),
-    )
-    if config.freeze == "trunk":
-        for p in model.trunk.parameters():
-            p.requires_grad_(False)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    arcface = None
-    if config.loss == "arcface":  # the head is the (bias-free) cosine classifier ArcFace trains
-        arcface = losses.ArcFace(model.dim, len(classes)).to(device)
-        with torch.no_grad():
-            model.head.weight.copy_(arcface.weight)
-            model.head.bias.zero_()
-        model.head.bias.requires_grad_(False)
-        arcface.weight = model.head.weight
-    optimizer = _make_optimizer(config, model)
-
+    model, arcface, optimizer = _build(config, len(data.classes), device, saved is not None)
     history: list[dict[str, Any]] = []
     start_epoch = 1
     best = {"epoch": 0, "f1": -math.inf, "loss": math.inf}
@@ -744,38 +827,19 @@ def train(
         del saved
 
     pre = config.preprocess()
-    train_ds = _SeededDataset(
-        ImageDataset(
-            train_df["path"].tolist(), _TrainTransform(AUGMENTATIONS[config.augment], pre), y_train
-        )
-    )
-    val_ds = ImageDataset(val_df["path"].tolist(), pre, y_val)
-    weight = _class_weights(y_train, len(classes)).to(device)
-    smoothing = 0.1 if config.loss == "label_smoothing" else 0.0
+    transform = _TrainTransform(AUGMENTATIONS[config.augment], pre)
+    train_ds = _SeededDataset(ImageDataset(data.train["path"].tolist(), transform, data.y_train))
+    val_ds = ImageDataset(data.val["path"].tolist(), pre, data.y_val)
+    weight = _class_weights(data.y_train, len(data.classes)).to(device)
     criterion = nn.CrossEntropyLoss(
         weight=weight if config.class_balance == "weighted_loss" else None,
-        label_smoothing=smoothing,
+        label_smoothing=0.1 if config.loss == "label_smoothing" else 0.0,
     )
     val_criterion = nn.CrossEntropyLoss(reduction="sum")  # plain CE: comparable across configs
     if not len(val_ds):
         warnings.warn(
             "No validation images of the training scenes: best.pt will be the last epoch.",
             stacklevel=2,
-        )
-
-    def meta_for(epoch: int) -> dict[str, Any]:
-        return models.model_meta(
-            config.backbone,
-            config.weights,
-            config.pooling,
-            config.image_size,
-            classes=classes,
-            resize=config.resize,
-            grayscale=config.grayscale,
-            descreen=config.descreen,
-            train_config=cfg_dict,
-            epoch=epoch,
-            stage=config.stage_of(epoch),
         )
 
     epochs_run = 0
@@ -790,103 +854,30 @@ def train(
             epoch_seed = _epoch_seed(config.seed, epoch)
             gen = _seed_everything(epoch_seed)
             train_ds.epoch_seed = epoch_seed
-            if config.class_balance == "pk_sampler":  # positive pairs in every batch
-                order = torch.tensor(
-                    _pk_order(y_train, config.batch_size, config.pk_views, gen), dtype=torch.long
-                )
-            elif config.class_balance == "balanced_sampler":  # classes equally likely
-                p = torch.as_tensor(1.0 / np.bincount(y_train)[y_train], dtype=torch.double)
-                order = torch.multinomial(p, len(y_train), replacement=True, generator=gen)
-            else:
-                order = torch.randperm(len(y_train), generator=gen)
             loader = DataLoader(
                 train_ds,
                 batch_size=config.batch_size,
-                sampler=_DrawSampler(order.tolist()),
+                sampler=_DrawSampler(_epoch_order(config, data.y_train, gen)),
                 num_workers=config.num_workers,
                 pin_memory=device.type == "cuda",
             )
             label = f"Stage {stage}/{len(config.stages)} · epoch {epoch}/{config.epochs}"
-
-            # ---- train
             t0 = time.perf_counter()
-            _set_train_mode(model, config.freeze)
             n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-            loss_sum, n_seen, trues, preds = 0.0, 0, [], []
-            bar = tqdm(
-                islice(loader, n_batches),
-                total=n_batches,
-                desc=f"{label} train",
-                disable=not progress,
-            )
-            for x, y, _ in bar:
-                x, y = _to_input(x, device), y.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                desc = model.descriptor(x)
-                logits = model.head(desc)
-                loss = arcface(desc, y) if arcface is not None else criterion(logits, y)
-                if config.metric_loss != "none" and config.metric_weight > 0:
-                    loss = loss + config.metric_weight * losses.metric_loss(
-                        config.metric_loss, desc, y, config.metric_margin
-                    )
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                n_seen += len(y)
-                trues.append(y.cpu().numpy())
-                preds.append(logits.detach().argmax(1).cpu().numpy())
-                bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
-            bar.close()
-            train_row = {
-                "epoch": epoch,
-                "stage": stage,
-                "split": "train",
-                "loss": loss_sum / max(n_seen, 1),
-                **classification_scores(np.concatenate(trues), np.concatenate(preds)),
-                "lr": lr,
-                "seconds": time.perf_counter() - t0,
-            }
-
-            # ---- validate
+            loss, trues, preds = _train_epoch(
+                model, arcface, criterion, optimizer, loader, config, device, n_batches,
+                f"{label} train" if progress else None,
+            )  # fmt: skip
+            train_row = _row(epoch, stage, "train", loss, trues, preds, lr, t0)
             t0 = time.perf_counter()
             val_loss, vt, vp = _evaluate(
                 model, val_ds, val_criterion, config, device, max_batches, progress, f"{label} val"
             )
-            val_row = {
-                "epoch": epoch,
-                "stage": stage,
-                "split": "val",
-                "loss": val_loss,
-                **classification_scores(vt, vp),
-                "lr": lr,
-                "seconds": time.perf_counter() - t0,
-            }
+            val_row = _row(epoch, stage, "val", val_loss, vt, vp, lr, t0)
             history += [train_row, val_row]
             epochs_run += 1
-
-            # ---- save: stage / best / history first, last.pt last (it marks the epoch done)
-            meta = meta_for(epoch)
-            scores = {"val_f1": val_row["f1"], "val_loss": val_row["loss"]}
-            if epoch == sum(config.stages[:stage]):
-                models.save_checkpoint(
-                    ckpt_dir / f"stage{stage}.pt", model, meta, epoch=epoch, stage=stage, **scores
-                )
-            if _is_better(val_row, best):
-                best = {"epoch": epoch, "f1": val_row["f1"], "loss": val_row["loss"]}
-                models.save_checkpoint(best_path, model, meta, epoch=epoch, stage=stage, **scores)
-            frame = _history_frame(history)
-            save_csv(history_path, frame)
-            models.save_checkpoint(
-                last_path,
-                model,
-                meta,
-                optimizer=optimizer.state_dict(),
-                epoch=epoch,
-                stage=stage,
-                history=history,
-                best=best,
-                data_key=data_key,
-                **scores,
+            best = _save_epoch(
+                config, data, model, optimizer, out_dir, epoch, history, best, val_row
             )
             if progress:
                 tqdm.write(
@@ -901,11 +892,39 @@ def train(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
         history=frame,
-        classes=classes,
+        classes=data.classes,
         best_epoch=int(best["epoch"]),
         seconds=float(frame["seconds"].sum()) if len(frame) else 0.0,
         completed=last_epoch >= config.epochs,
     )
+
+
+def _save_epoch(config, data, model, optimizer, out_dir, epoch, history, best, val_row) -> dict:
+    """The epoch's checkpoints: stage / best / history first, ``last.pt`` last (it marks
+    the epoch done). Returns the best epoch so far."""
+    ckpt_dir = out_dir / "checkpoints"
+    stage = config.stage_of(epoch)
+    meta = models.model_meta(
+        config.backbone, config.weights, config.pooling, config.image_size,
+        classes=data.classes, resize=config.resize, grayscale=config.grayscale,
+        descreen=config.descreen, train_config=config.to_dict(), epoch=epoch, stage=stage,
+    )  # fmt: skip
+    scores = {"val_f1": val_row["f1"], "val_loss": val_row["loss"]}
+    if epoch == sum(config.stages[:stage]):
+        models.save_checkpoint(
+            ckpt_dir / f"stage{stage}.pt", model, meta, epoch=epoch, stage=stage, **scores
+        )
+    if _is_better(val_row, best):
+        best = {"epoch": epoch, "f1": val_row["f1"], "loss": val_row["loss"]}
+        models.save_checkpoint(
+            ckpt_dir / "best.pt", model, meta, epoch=epoch, stage=stage, **scores
+        )
+    save_csv(out_dir / "history.csv", _history_frame(history))
+    models.save_checkpoint(
+        ckpt_dir / "last.pt", model, meta, optimizer=optimizer.state_dict(), epoch=epoch,
+        stage=stage, history=history, best=best, data_key=data.key, **scores,
+    )  # fmt: skip
+    return best
 
 
 def _is_better(val_row: dict[str, Any], best: dict[str, Any]) -> bool:
