@@ -142,6 +142,77 @@ def crop_box(image, box: Sequence[float]):
     return image.crop((cx0, cy0, cx1, cy1))
 
 
+# --------------------------------------------------------------------------- embedding
+
+
+@dataclass
+class Embedder:
+    """How an index turns images (or regions of them) into descriptors.
+
+    Attributes:
+        meta: Model meta (backbone, weights, pooling, preprocessing): the cache key.
+        checkpoint: Fine-tuned checkpoint path, or ``None`` for a pretrained backbone.
+        output: ``"descriptor"`` or ``"logits"``.
+        mirror: Mirror-invariant descriptors.
+        config: The pipeline (its scales: descriptors summed over them).
+        model: The network, built from ``meta`` on first use when not given.
+    """
+
+    meta: dict
+    checkpoint: str | None = None
+    output: str = "descriptor"
+    mirror: bool = False
+    config: PipelineConfig | None = None
+    model: models.RetrievalNet | None = field(default=None, repr=False)
+
+    def network(self) -> models.RetrievalNet:
+        """The network (built once, on first use; a checkpoint verified by its SHA-1)."""
+        if self.model is None:
+            self.model = load_model(self.meta, self.checkpoint)
+        return self.model
+
+    def files(self, paths, cache_dir=None, stats=None, **kwargs) -> np.ndarray:
+        """Descriptors of image files, through the descriptor cache (default
+        ``outputs/cache``, shared with the notebooks)."""
+        cache = Path(cache_dir) if cache_dir else _default_cache()
+        paths = [str(p) for p in paths]
+        if self.output != "descriptor":
+            return features.extract_cached(
+                self.network(), paths, preprocess_from_meta(self.meta), cache, self.meta,
+                output=self.output, mirror=self.mirror, stats=stats, **kwargs,
+            )  # fmt: skip
+        return P.describe(
+            self.network(), self.meta, paths, self.config, cache, stats=stats, **kwargs
+        )
+
+    def images(
+        self,
+        paths: Sequence[str | os.PathLike],
+        box: Sequence[float] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        stats: features.ExtractStats | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """Descriptors of query images, whole or the region ``box`` of each (not cached)."""
+        paths = [Path(p).expanduser() for p in paths]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise MissingFilesError(f"Query image not found: {missing[0]}")
+        if box is None:
+            return self.files(paths, cache_dir, stats, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="cbir-crop-") as tmp:
+            crops = []
+            for k, p in enumerate(paths):
+                crops.append(Path(tmp) / f"crop{k}.png")
+                crop_box(load_image(p), box).save(crops[-1])  # lossless: embedded as decoded
+            if self.output != "descriptor":
+                return features.extract(
+                    self.network(), crops, preprocess_from_meta(self.meta), output=self.output,
+                    mirror=self.mirror, **kwargs,
+                )  # fmt: skip
+            return P.describe(self.network(), self.meta, crops, self.config, None, **kwargs)
+
+
 # --------------------------------------------------------------------------- the index
 
 
@@ -158,6 +229,11 @@ class AddReport:
 @dataclass
 class Index(ItemTable):
     """Descriptors of a collection with everything needed to query it later.
+
+    Three parts: the store (this class: items, vectors, :meth:`add`, :meth:`save`,
+    :meth:`load`), the :attr:`embedder` (an :class:`Embedder`: how images become vectors)
+    and the searcher (:meth:`fitted`, a :class:`cbir_utils.pipeline.FittedPipeline` saved
+    with the index, which :meth:`search` ranks with).
 
     Attributes:
         vectors: ``(N, D)`` float32, unit-norm rows.
@@ -191,6 +267,9 @@ class Index(ItemTable):
     def __post_init__(self) -> None:
         if self.config is None:
             self.config = pipeline_config(self.meta, self.mirror)
+        self.embedder = Embedder(
+            self.meta, self.checkpoint, self.output, self.mirror, self.config, self._model
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -362,24 +441,6 @@ class Index(ItemTable):
         index = cls.from_vectors(vectors, col, meta, checkpoint, mirror, name=name, config=config)
         return index, col
 
-    def model(self) -> models.RetrievalNet:
-        """The network of this index (built once, on first use)."""
-        if self._model is None:
-            self._model = load_model(self.meta, self.checkpoint)
-        return self._model
-
-    def _embed_files(self, paths, cache_dir, stats, **kwargs) -> np.ndarray:
-        cache = Path(cache_dir) if cache_dir else _default_cache()
-        if self.output != "descriptor":
-            return features.extract_cached(
-                self.model(), [str(p) for p in paths], self.preprocess, cache, self.meta,
-                output=self.output, mirror=self.mirror, stats=stats, **kwargs,
-            )  # fmt: skip
-        return P.describe(
-            self.model(), self.meta, [str(p) for p in paths], self.config, cache, stats=stats,
-            **kwargs,
-        )  # fmt: skip
-
     def _relpath(self, path: Path) -> str:
         try:
             return path.relative_to(Path(self.root).resolve()).as_posix()
@@ -440,7 +501,7 @@ class Index(ItemTable):
             )
         if not todo:
             return report
-        vecs = self._embed_files(
+        vecs = self.embedder.files(
             [abs_paths[k] for k in todo], cache_dir, report.stats, **extract_kwargs
         )
         items = self.items.copy()
@@ -605,36 +666,6 @@ class Index(ItemTable):
             and self.output == output
         )
 
-    # ---- searching
-
-    def embed_images(
-        self,
-        paths: Sequence[str | os.PathLike],
-        box: Sequence[float] | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        stats: features.ExtractStats | None = None,
-        **extract_kwargs,
-    ) -> np.ndarray:
-        """Descriptors of query images (whole, or the region ``box`` of each) for this index."""
-        paths = [Path(p).expanduser() for p in paths]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise MissingFilesError(f"Query image not found: {missing[0]}")
-        if box is None:
-            return self._embed_files(paths, cache_dir, stats, **extract_kwargs)
-        with tempfile.TemporaryDirectory(prefix="cbir-crop-") as tmp:
-            crops = []
-            for k, p in enumerate(paths):
-                crop = crop_box(load_image(p), box)
-                crops.append(Path(tmp) / f"crop{k}.png")
-                crop.save(crops[-1])  # lossless: the crop is embedded as decoded
-            if self.output != "descriptor":
-                return features.extract(
-                    self.model(), crops, self.preprocess, output=self.output,
-                    mirror=self.mirror, **extract_kwargs,
-                )  # fmt: skip
-            return P.describe(self.model(), self.meta, crops, self.config, None, **extract_kwargs)
-
     # ---- the retrieval pipeline
 
     def fitted(
@@ -712,7 +743,7 @@ class Index(ItemTable):
         if len(self) == 0:
             raise InputError("The index is empty.")
         progress = extract_kwargs.get("progress", True)
-        qv = self.embed_images(paths, box, cache_dir, stats, **extract_kwargs)
+        qv = self.embedder.images(paths, box, cache_dir, stats, **extract_kwargs)
         exclude = None
         if exclude_self:
             row_of = {d: i for i, d in enumerate(self.items["sha1"])}
