@@ -47,8 +47,6 @@ DEFAULTS = {
     "SPLIT_FILE": "",
 }
 
-EVALUATE_MAX = 20_000  # evaluate holds an N x N score table (the metrics rank everything)
-
 EPILOG = """examples:
   python -m cbir_utils index data/demo                       # -> outputs/index/demo/
   python -m cbir_utils search demo new_scan.tif --out hits.csv
@@ -618,29 +616,22 @@ def cmd_evaluate(args) -> int:
     scenes = split["scene"].to_numpy(dtype=object)
     # with verdicts there is no split: every image of a confirmed group is a query
     protocols = ("all",) if args.verdicts else ("all", "study", "disjoint")
-    from . import pipeline
-
-    if len(index) > EVALUATE_MAX:
-        raise InputError(
-            f"evaluate scores every image against all the others ({len(index)}^2 scores); it "
-            f"handles up to {EVALUATE_MAX} images. Evaluate a labelled sample instead (a "
-            "manifest of it, indexed on its own)."
-        )
-    # the index's pipeline ranks the collection exactly as notebook 01 does (and `search`)
+    # the index's pipeline ranks the collection exactly as notebook 01 does (and `search`):
+    # whole lists up to retrieval.FULL_LISTS_MAX images (exact metrics), the top above
     store = _local_store()
     fitted = _for_queries(index.fitted(store, _progress(args)), args)
-    ranking = fitted.rank_collection(None, store, _progress(args))
+    ranking = fitted.rank_collection(retrieval.list_length(len(index)), store, _progress(args))
     if args.rerank_top_n is None:
         index.save(folder)  # keeps the fitted pipeline (graph) for later searches
-    evals = pipeline.evaluate_scores(
-        ranking.dense(len(index)), split, protocols, ks=args.ks, threshold=args.threshold
+    evals = retrieval.evaluate_ranked(
+        ranking.indices, ranking.scores, split, protocols, ks=args.ks, threshold=args.threshold
     )
     table = retrieval.results_table({index.name: evals})
     save_csv(out / "metrics.csv", table)
     save_json(out / "metrics.json", {p: ev.to_dict() for p, ev in evals.items()})
     ev = evals["all"]
     topk = retrieval.topk_table(
-        index.relpaths, scenes, ev.query_idx, ev.scores, args.top_k, ev.mask, index.items
+        index.relpaths, scenes, ev.query_idx, ev.indices, ev.scores, args.top_k, index.items
     )
     save_csv(out / "topk.csv", topk)
     k = args.ks[-1]

@@ -16,6 +16,12 @@ Conventions shared by every function taking a score matrix:
   matrix cells: when both images of a pair are queries, ``(i, j)`` and ``(j, i)`` are two pairs.
 * Undefined ratios (0/0) are 0.0, as sklearn's ``zero_division=0``; per-query ranking metrics
   of a query with no relevant candidate are NaN and such queries are left out of the means.
+* **Ranked lists** work as matrices: row ``i`` holds query ``i``'s top-k candidates' scores
+  (``-inf`` where a list is shorter), ``relevant`` their relevance, and ``n_relevant``
+  (``(n_queries,)``) each query's relevant candidates in the whole collection, listed or
+  not. Relevant candidates beyond a list count as never retrieved (AP and µAP truncated,
+  recall and pairwise false negatives complete); with whole lists the figures are those of
+  the full matrix. Memory is ``O(n_queries k)``, never ``n_queries x N``.
 
 See ``DOMAIN.md``, "How retrieval quality is measured".
 """
@@ -119,6 +125,19 @@ def _n_relevant(rel: np.ndarray, n_relevant: int | None) -> int:
             f"n_relevant={n_relevant} is smaller than the {found} relevant items in the ranking"
         )
     return int(n_relevant)
+
+
+def _totals(rel: np.ndarray, valid: np.ndarray, n_relevant) -> np.ndarray:
+    """Per query, its relevant candidates: those of the row, or ``n_relevant`` (lists)."""
+    found = (rel & valid).sum(axis=1)
+    if n_relevant is None:
+        return found
+    total = np.asarray(n_relevant, dtype=np.int64).reshape(-1)
+    if total.shape != found.shape:
+        raise InputError(f"n_relevant has {total.size} entries for {found.size} queries")
+    if (total < found).any():
+        raise InputError("n_relevant is smaller than the relevant candidates listed for a query")
+    return total
 
 
 def _check_k(k: int) -> int:
@@ -322,17 +341,19 @@ def retrieval_metrics(
     relevant: np.ndarray,
     mask: np.ndarray | None = None,
     ks: Sequence[int] = (1, 5, 10),
+    n_relevant: np.ndarray | None = None,
 ) -> RetrievalMetrics:
-    """Compute mAP, P@k, R@k, nDCG@k and µAP for a score matrix.
+    """Compute mAP, P@k, R@k, nDCG@k and µAP for a score matrix or ranked lists.
 
     Each row is ranked over its valid candidates (see ``rank``); its relevant count is the number
     of valid relevant cells, so a masked query never counts as its own match.
 
     Args:
-        scores: ``(n_queries, n_db)`` similarities.
+        scores: ``(n_queries, n_db)`` similarities, or ranked lists (module docstring).
         relevant: Bool matrix, True = same scene.
         mask: Optional bool matrix, False = not a candidate.
         ks: Cut-offs for P@k, R@k and nDCG@k.
+        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
 
     Returns:
         A ``RetrievalMetrics``.
@@ -342,9 +363,10 @@ def retrieval_metrics(
     """
     s, rel, valid = _prepare(scores, relevant, mask)
     ks = _check_ks(ks)
+    totals = _totals(rel, valid, n_relevant)
     records = []
     for i, (idx, ranked) in enumerate(_ranked_rows(s, rel, valid)):
-        n_rel = int(ranked.sum())
+        n_rel = int(totals[i])
         row: dict[str, Any] = {"query": i, "n_candidates": int(idx.size), "n_relevant": n_rel}
         row["ap"] = average_precision(ranked, n_rel)
         for k in ks:
@@ -360,20 +382,24 @@ def retrieval_metrics(
     def mean(col: str) -> float:
         return float(evaluated[col].mean()) if len(evaluated) else math.nan
 
-    has_pos = bool(rel[valid].any())
     return RetrievalMetrics(
         map=mean("ap"),
         precision_at_k={k: mean(f"P@{k}") for k in ks},
         recall_at_k={k: mean(f"R@{k}") for k in ks},
         ndcg_at_k={k: mean(f"nDCG@{k}") for k in ks},
-        mu_ap=micro_ap(s, rel, valid) if has_pos else math.nan,
+        mu_ap=micro_ap(s, rel, valid, totals),
         n_queries=len(evaluated),
         n_queries_without_relevant=len(per_query) - len(evaluated),
         per_query=per_query,
     )
 
 
-def micro_ap(scores: np.ndarray, relevant: np.ndarray, mask: np.ndarray | None = None) -> float:
+def micro_ap(
+    scores: np.ndarray,
+    relevant: np.ndarray,
+    mask: np.ndarray | None = None,
+    n_relevant: np.ndarray | None = None,
+) -> float:
     """Micro average precision (µAP, DISC21 copy-detection protocol).
 
     Every valid (query, candidate, score) triple is pooled and sorted globally; AP of that one
@@ -384,15 +410,20 @@ def micro_ap(scores: np.ndarray, relevant: np.ndarray, mask: np.ndarray | None =
         scores: ``(n_queries, n_db)`` similarities.
         relevant: Bool matrix, True = same scene.
         mask: Optional bool matrix, False = not a candidate.
+        n_relevant: Per query, its relevant candidates in the collection (ranked lists:
+            those beyond the lists are never retrieved, so the AP scales by found / total).
 
     Returns:
-        µAP in [0, 1], or NaN when no valid pair is relevant.
+        µAP in [0, 1], or NaN when no pair is relevant.
     """
     s, rel, valid = _prepare(scores, relevant, mask)
     y_true = rel[valid]
-    if not y_true.any():
+    total = int(_totals(rel, valid, n_relevant).sum())
+    if not total:
         return math.nan
-    return float(average_precision_score(y_true, s[valid]))
+    if not y_true.any():
+        return 0.0
+    return float(average_precision_score(y_true, s[valid])) * int(y_true.sum()) / total
 
 
 # --------------------------------------------------------------------------- pairwise metrics
@@ -428,6 +459,7 @@ def pairwise_prf(
     relevant: np.ndarray,
     threshold: float,
     mask: np.ndarray | None = None,
+    n_relevant: np.ndarray | None = None,
 ) -> PairwiseResult:
     """Pairwise precision, recall and F1 at a threshold, as in the original study.
 
@@ -440,6 +472,8 @@ def pairwise_prf(
         relevant: Bool matrix, True = same scene.
         threshold: Decision threshold (choose it on validation data, never on test).
         mask: Optional bool matrix, False = not a candidate.
+        n_relevant: Per query, its relevant candidates in the collection (ranked lists:
+            those beyond the lists are false negatives).
 
     Returns:
         A ``PairwiseResult``.
@@ -449,14 +483,17 @@ def pairwise_prf(
     truth = rel[valid]
     tp = int((pred & truth).sum())
     fp = int((pred & ~truth).sum())
-    fn = int((~pred & truth).sum())
+    fn = int(_totals(rel, valid, n_relevant).sum()) - tp
     precision = _safe_div(tp, tp + fp)
     recall = _safe_div(tp, tp + fn)
     return PairwiseResult(float(threshold), precision, recall, _f1(precision, recall), tp, fp, fn)
 
 
 def pr_curve(
-    scores: np.ndarray, relevant: np.ndarray, mask: np.ndarray | None = None
+    scores: np.ndarray,
+    relevant: np.ndarray,
+    mask: np.ndarray | None = None,
+    n_relevant: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Pairwise precision/recall/F1 at every distinct valid score used as threshold.
 
@@ -466,6 +503,7 @@ def pr_curve(
         scores: ``(n_queries, n_db)`` similarities.
         relevant: Bool matrix, True = same scene.
         mask: Optional bool matrix, False = not a candidate.
+        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
 
     Returns:
         DataFrame with columns ``threshold, precision, recall, f1, tp, fp, fn``, thresholds
@@ -475,6 +513,7 @@ def pr_curve(
         ValueError: When there is no valid pair.
     """
     s, rel, valid = _prepare(scores, relevant, mask)
+    n_pos = int(_totals(rel, valid, n_relevant).sum())
     flat, truth = s[valid], rel[valid]
     if flat.size == 0:
         raise InputError("no valid (query, candidate) pair: mask excludes everything")
@@ -484,7 +523,6 @@ def pr_curve(
     last = np.r_[np.nonzero(np.diff(flat))[0], flat.size - 1]
     tp = np.cumsum(truth)[last]
     fp = (last + 1) - tp
-    n_pos = int(truth.sum())
     fn = n_pos - tp
     precision = tp / (tp + fp)  # tp + fp >= 1 at every distinct score
     recall = tp / n_pos if n_pos else np.zeros(tp.size)
@@ -504,7 +542,10 @@ def pr_curve(
 
 
 def best_threshold(
-    scores: np.ndarray, relevant: np.ndarray, mask: np.ndarray | None = None
+    scores: np.ndarray,
+    relevant: np.ndarray,
+    mask: np.ndarray | None = None,
+    n_relevant: np.ndarray | None = None,
 ) -> float:
     """Threshold maximising pairwise F1 (fit on validation data, then apply to test).
 
@@ -515,6 +556,7 @@ def best_threshold(
         scores: ``(n_queries, n_db)`` similarities.
         relevant: Bool matrix, True = same scene.
         mask: Optional bool matrix, False = not a candidate.
+        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
 
     Returns:
         The chosen threshold (one of the valid scores).
@@ -522,7 +564,7 @@ def best_threshold(
     Raises:
         ValueError: When no valid pair is relevant (F1 is 0 at every threshold).
     """
-    curve = pr_curve(scores, relevant, mask)
+    curve = pr_curve(scores, relevant, mask, n_relevant)
     if int(curve["tp"].iloc[-1]) == 0:
         raise InputError("no relevant valid pair: the F1-maximising threshold is undefined")
     return float(curve["threshold"].iloc[int(np.argmax(curve["f1"].to_numpy()))])
@@ -575,6 +617,7 @@ def topk_precision_recall_f1(
     k: int,
     threshold: float | None = None,
     mask: np.ndarray | None = None,
+    n_relevant: np.ndarray | None = None,
 ) -> TopKResult:
     """The original study's retrieval table: top k results per query, optionally thresholded.
 
@@ -591,12 +634,14 @@ def topk_precision_recall_f1(
         k: Results per query (>= 1); larger than the database means all candidates.
         threshold: Optional minimum score for a result to count as retrieved.
         mask: Optional bool matrix, False = not a candidate.
+        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
 
     Returns:
         A ``TopKResult``.
     """
     s, rel, valid = _prepare(scores, relevant, mask)
     k = _check_k(k)
+    totals = _totals(rel, valid, n_relevant)
     records = []
     for i, (idx, ranked) in enumerate(_ranked_rows(s, rel, valid)):
         top = idx[:k]
@@ -604,7 +649,7 @@ def topk_precision_recall_f1(
         if threshold is not None:
             keep = s[i, top] >= threshold
             top, hit = top[keep], hit[keep]
-        n_rel = int(ranked.sum())
+        n_rel = int(totals[i])
         n_hit = int(hit.sum())
         if n_rel:
             p = _safe_div(n_hit, top.size)

@@ -8,9 +8,9 @@ collection's verification graph). The notebooks and ``benchmarks/quality.py`` sh
     config = PipelineConfig(image_size=128, pooling="gem", graph=False)  # cbir_utils.config
     desc = pipeline.describe(model, meta, collection.paths, config, cache_dir)
     ranked = pipeline.rank_collection(desc, collection.paths, config)
-    evals = pipeline.evaluate_scores(ranked.scores, split)   # {protocol: retrieval.Evaluation}
+    evals = ranked.evaluate(split)   # {protocol: retrieval.Evaluation}, from ranked lists
 
-``evaluate_scores`` returns the same :class:`retrieval.Evaluation` objects as
+``ranked.evaluate`` returns the same :class:`retrieval.Evaluation` objects as
 ``retrieval.evaluate_protocols``, so tables, galleries and PR curves work unchanged.
 """
 
@@ -27,7 +27,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import descriptors as D
-from . import metrics as M
 from . import models, retrieval
 from . import verify as V
 from .config import PipelineConfig
@@ -88,19 +87,6 @@ class Ranking:
     cosine: np.ndarray
     inliers: np.ndarray
 
-    def dense(self, n: int, which: str = "scores") -> np.ndarray:
-        """A ``(Q, n)`` matrix of one field, ``-inf`` (``-1`` for inliers) off the lists.
-
-        For collections small enough to score fully (evaluation, galleries): the library's
-        own paths use the lists.
-        """
-        vals = getattr(self, which)
-        fill = -1 if which == "inliers" else -np.inf
-        out = np.full((len(self.indices), n), fill, dtype=vals.dtype)
-        r, c = np.nonzero(self.indices >= 0)
-        out[r, self.indices[r, c]] = vals[r, c]
-        return out
-
 
 def _pad(rows: list[tuple[np.ndarray, ...]], k: int) -> Ranking:
     q = len(rows)
@@ -116,9 +102,6 @@ def _pad(rows: list[tuple[np.ndarray, ...]], k: int) -> Ranking:
 
 WHITEN_SAMPLE = 100_000
 """Largest collection whose every descriptor trains the whitening; above, a fixed sample."""
-FULL_LISTS_MAX = 5_000
-"""Up to this many images, fitting the graph ranks each image against all others (the lists
-:meth:`FittedPipeline.rank_collection` reuses); above, only the verified top candidates."""
 
 
 class FittedPipeline:
@@ -203,7 +186,7 @@ class FittedPipeline:
             n = len(white)
             # the verified lists make the graph; small collections keep whole lists, which
             # rank_collection then reuses (no second verification)
-            k = n - 1 if n <= FULL_LISTS_MAX else config.rerank_top_n
+            k = n - 1 if n <= retrieval.FULL_LISTS_MAX else config.rerank_top_n
             own = fitted._rank_rows(np.arange(n), k, store, progress, hops=False)
             fitted.graph = V.graph_from_lists(own.indices, own.inliers, n)
             fitted._own = own if k == n - 1 else None
@@ -428,29 +411,37 @@ class FittedPipeline:
 
 @dataclass
 class RankedCollection:
-    """The collection ranked against itself, as matrices (collections that fit in memory).
+    """The collection ranked against itself: every image's ranked list.
 
     Attributes:
-        scores: ``(N, N)`` final scores (cosine after post-processing, plus verification
-            bonuses); ``-inf`` on the diagonal (the query itself).
-        cosine: ``(N, N)`` scores before re-ranking.
+        ranking: Row ``i``: image ``i``'s ranked list (itself excluded) of
+            :func:`cbir_utils.retrieval.list_length` candidates: the whole collection up to
+            :data:`cbir_utils.retrieval.FULL_LISTS_MAX` images, its top above.
         descriptors: ``(N, d)`` post-processed unit-norm descriptors (whitened, αDBA):
-            their dot products are ``cosine`` when αQE is off (e.g. for duplicate groups).
-        inliers: ``(N, N)`` inlier counts of the verified pairs (``-1`` elsewhere), or None.
+            their dot products are the cosines when αQE is off (e.g. for duplicate groups).
         graph: The verification graph, or None.
         whitening: The whitening learned on the collection, or None.
         seconds: Time of each stage (``post``, ``rerank``).
         fitted: The :class:`FittedPipeline` that ranked it (ranks new images the same way).
     """
 
-    scores: np.ndarray
-    cosine: np.ndarray
+    ranking: Ranking
     descriptors: np.ndarray | None = None
-    inliers: np.ndarray | None = None
     graph: V.VerificationGraph | None = None
     whitening: D.Whitening | None = None
     seconds: dict = field(default_factory=dict)
     fitted: FittedPipeline | None = None
+
+    def evaluate(
+        self,
+        split: pd.DataFrame,
+        protocols: Sequence[str] = ("all", "study", "disjoint"),
+        ks: Sequence[int] = (1, 5, 10),
+        threshold: float | None = None,
+    ) -> dict[str, retrieval.Evaluation]:
+        """Its quality under each protocol (:func:`cbir_utils.retrieval.evaluate_ranked`)."""
+        r = self.ranking
+        return retrieval.evaluate_ranked(r.indices, r.scores, split, protocols, ks, threshold)
 
 
 def rank_collection(
@@ -460,14 +451,13 @@ def rank_collection(
     store: V.LocalFeatureStore | None = None,
     progress: bool = True,
 ) -> RankedCollection:
-    """Score every image of the collection against every other, as ``config`` says.
+    """Rank every image of the collection against the others, as ``config`` says.
 
     Post-processing (whitening learned on ``desc``, αDBA, αQE) gives the cosine scores; with
     ``rerank`` each image's ``rerank_top_n`` best are verified by local features and get
     ``rerank_weight * inlier_bonus``; with ``graph`` the verifications form the collection's
     graph and two-hop printings get ``hop_weight`` (each query's own edges ignored, as for
-    a new query). The ranking itself is :class:`FittedPipeline`'s (top-k lists); this
-    returns it as ``(N, N)`` matrices for the notebooks' evaluation and figures.
+    a new query). The ranking is :class:`FittedPipeline`'s, as top-k lists.
 
     Args:
         desc: ``(N, D)`` unit-norm descriptors of ``paths``.
@@ -482,61 +472,15 @@ def rank_collection(
         raise InputError(f"{desc.shape[0]} descriptors for {n} images.")
     fitted = FittedPipeline.fit(desc, paths, config, store, progress)
     t0 = time.perf_counter()
-    ranking = fitted.rank_collection(None, store, progress)
-    scores = ranking.dense(n)
-    cosine = ranking.dense(n, "cosine")
+    ranking = fitted.rank_collection(retrieval.list_length(n), store, progress)
     seconds = dict(fitted.seconds)
     if config.rerank:  # verification happens while ranking unless the graph needed it first
         seconds["rerank"] = seconds.get("rerank", 0.0) + time.perf_counter() - t0
     return RankedCollection(
-        scores,
-        cosine,
+        ranking,
         descriptors=fitted.database,
-        inliers=ranking.dense(n, "inliers") if config.rerank else None,
         graph=fitted.graph,
         whitening=fitted.whitening,
         seconds=seconds,
         fitted=fitted,
     )
-
-
-def evaluate_scores(
-    scores: np.ndarray,
-    split: pd.DataFrame,
-    protocols: Sequence[str] = ("all", "study", "disjoint"),
-    ks: Sequence[int] = (1, 5, 10),
-    threshold: float | None = None,
-) -> dict[str, retrieval.Evaluation]:
-    """Like :func:`retrieval.evaluate_protocols`, from a full ``(N, N)`` score matrix.
-
-    The pairwise threshold is chosen on the ``val`` queries unless ``threshold`` is given;
-    each query's own column is masked out.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    scenes = split["scene"].to_numpy(dtype=object)
-    n = len(scenes)
-    if scores.shape != (n, n):
-        raise InputError(f"scores must be ({n}, {n}) for this split, got {scores.shape}.")
-    if threshold is None:
-        val = retrieval.protocol_queries(split, "val")
-        if not len(val):
-            raise InputError("No validation queries to choose a threshold on.")
-        rel = retrieval.relevance(scenes[val], scenes)
-        threshold = M.best_threshold(scores[val], rel, retrieval.self_mask(val, n))
-    out = {}
-    for p in protocols:
-        q = retrieval.protocol_queries(split, p)
-        if not len(q):
-            continue
-        S, mask = scores[q], retrieval.self_mask(q, n)
-        rel = retrieval.relevance(scenes[q], scenes)
-        out[p] = retrieval.Evaluation(
-            protocol=p,
-            ranking=M.retrieval_metrics(S, rel, mask=mask, ks=tuple(ks)),
-            pairwise=M.pairwise_prf(S, rel, float(threshold), mask=mask),
-            pr_curve=M.pr_curve(S, rel, mask=mask),
-            scores=S,
-            mask=mask,
-            query_idx=q,
-        )
-    return out

@@ -1,7 +1,11 @@
-"""Ranking by cosine similarity, top-k tables and the evaluation protocols.
+"""Ranked lists, top-k tables and the evaluation protocols.
 
-Descriptors are L2-normalised, so the dot product is the cosine similarity. Each
-query is compared with the whole collection, itself excluded.
+Descriptors are L2-normalised, so the dot product is the cosine similarity. Each query's
+candidates are the whole collection, itself excluded, as a **ranked list** (indices and
+scores, best first): whole lists for collections up to :data:`FULL_LISTS_MAX` images (the
+metrics are then exactly those of the full score matrix), the top :data:`EVAL_TOP` above
+(AP truncated there; see :mod:`cbir_utils.metrics`). Memory ``O(queries x list)``; no
+``N x N`` matrix is built.
 """
 
 from __future__ import annotations
@@ -21,36 +25,31 @@ PROTOCOLS = {
     "study": "queries are test images of scenes seen in fine-tuning (the original protocol)",
     "disjoint": "queries are images of scenes held out of fine-tuning (scene-disjoint)",
 }
+FULL_LISTS_MAX = 5000
+"""Up to this many images, every query's list holds the whole collection (exact metrics)."""
+EVAL_TOP = 1000
+"""Above :data:`FULL_LISTS_MAX`, the length of the evaluated lists."""
 
 
-def cosine_scores(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-    """Cosine similarity of unit-norm rows: ``(n_queries, n_db)``."""
-    return np.asarray(queries, dtype=np.float32) @ np.asarray(database, dtype=np.float32).T
+def list_length(n: int) -> int:
+    """The ranked-list length an evaluation of ``n`` images uses (all others, or the top)."""
+    return max(n - 1, 0) if n <= FULL_LISTS_MAX else EVAL_TOP
 
 
-def self_mask(query_idx: Sequence[int], n_db: int) -> np.ndarray:
-    """Candidate mask that excludes each query from its own database row."""
-    q = np.asarray(query_idx, dtype=int)
-    mask = np.ones((len(q), n_db), dtype=bool)
-    mask[np.arange(len(q)), q] = False
-    return mask
-
-
-def relevance(scenes_q: Sequence[str], scenes_db: Sequence[str]) -> np.ndarray:
-    """``relevant[i, j]``: query i and candidate j show the same (labelled) scene."""
-    q = np.asarray(scenes_q, dtype=object)[:, None]
-    d = np.asarray(scenes_db, dtype=object)[None, :]
-    return (q == d) & (q != UNLABELLED)
-
-
-def top_k(
-    scores: np.ndarray, k: int, mask: np.ndarray | None = None
+def ranked_lists(
+    desc: np.ndarray, query_idx: Sequence[int], k: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the ``k`` best candidates per row (ties: lower index first)."""
-    s = np.where(mask, scores, -np.inf) if mask is not None else scores
-    k = min(k, s.shape[1] - (1 if mask is not None else 0)) if s.shape[1] else 0
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(s, order, axis=1)
+    """Each query's top-``k`` collection rows by cosine, itself excluded, best first.
+
+    Exact (chunked, :func:`cbir_utils.search.exact_search`; ties: lower index first).
+    ``k`` defaults to :func:`list_length`. Returns ``(indices, scores)``, ``-1``/``-inf``
+    where a list is shorter.
+    """
+    from .search import exact_search
+
+    q = np.asarray(query_idx, dtype=int)
+    nb = exact_search(np.asarray(desc[q], dtype=np.float32), desc, k or list_length(len(desc)), q)
+    return nb.indices, nb.scores
 
 
 def nearest(
@@ -58,10 +57,8 @@ def nearest(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` candidates of each query in the whole collection, itself excluded.
 
-    Unlike :func:`evaluate`, which scores every query against every image, this never
-    builds a ``queries x N`` matrix: exact chunked search below
-    :data:`cbir_utils.search.EXACT_MAX` images, a FAISS IVF index above (``method``
-    forces one of :data:`cbir_utils.search.METHODS`). For large collections.
+    Exact chunked search below :data:`cbir_utils.search.EXACT_MAX` images, FAISS HNSW above
+    (``method`` forces one of :data:`cbir_utils.search.METHODS`). For large collections.
 
     Returns:
         ``(indices, scores)``, each ``(len(query_idx), min(k, N - 1))``, best first.
@@ -73,31 +70,52 @@ def nearest(
     return nb.indices, nb.scores
 
 
+def list_relevance(
+    indices: np.ndarray, scenes: Sequence[str], query_idx: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance of ranked lists, and each query's relevant images in the collection.
+
+    Returns:
+        ``relevant`` (shape of ``indices``: the candidate shows the query's labelled scene)
+        and ``n_relevant`` (per query: the other images of its scene; 0 when unlabelled).
+    """
+    scenes = np.asarray(scenes, dtype=object)
+    q = np.asarray(query_idx, dtype=int)
+    sq = scenes[q]
+    labelled = sq != UNLABELLED
+    rel = (indices >= 0) & (scenes[np.where(indices >= 0, indices, 0)] == sq[:, None])
+    counts = pd.Series(scenes).value_counts()
+    n_rel = np.where(labelled, counts.reindex(sq).to_numpy() - 1, 0)
+    return rel & labelled[:, None], n_rel.astype(np.int64)
+
+
 def topk_table(
     relpaths: Sequence[str],
     scenes: Sequence[str],
     query_idx: Sequence[int],
+    indices: np.ndarray,
     scores: np.ndarray,
     k: int,
-    mask: np.ndarray | None = None,
     items: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Long table ``query, rank, candidate, score, relevant`` of each query's top-k.
 
+    ``indices``/``scores`` are the queries' ranked lists (e.g. an :class:`Evaluation`'s).
     With ``items`` (the collection's, with ``relpath`` and metadata columns) each row also
     gets the candidate's metadata (periodical, date, page...).
     """
     relpaths = np.asarray(relpaths, dtype=object)
     scenes = np.asarray(scenes, dtype=object)
-    idx, val = top_k(scores, k, mask)
-    q = np.repeat(np.asarray(query_idx, dtype=int), idx.shape[1])
-    c = idx.ravel()
+    idx, val = np.asarray(indices)[:, :k], np.asarray(scores)[:, :k]
+    ok = idx >= 0
+    q = np.repeat(np.asarray(query_idx, dtype=int), idx.shape[1])[ok.ravel()]
+    c = idx[ok]
     table = pd.DataFrame(
         {
             "query": relpaths[q],
-            "rank": np.tile(np.arange(1, idx.shape[1] + 1), len(idx)),
+            "rank": np.tile(np.arange(1, idx.shape[1] + 1), len(idx))[ok.ravel()],
             "candidate": relpaths[c],
-            "score": val.ravel().round(6),
+            "score": val[ok].round(6),
             "relevant": (scenes[q] == scenes[c]) & (scenes[q] != UNLABELLED),
         }
     )
@@ -127,14 +145,24 @@ def protocol_queries(split: pd.DataFrame, protocol: str) -> np.ndarray:
 
 @dataclass
 class Evaluation:
-    """Retrieval quality of one descriptor set under one protocol."""
+    """Retrieval quality of one ranking under one protocol.
+
+    Attributes:
+        protocol: Its name (:data:`PROTOCOLS`, or ``val``).
+        ranking: mAP, P@k, R@k, nDCG@k, µAP.
+        pairwise: Pairwise precision, recall, F1 at the threshold.
+        pr_curve: The pairwise precision-recall curve.
+        indices: ``(Q, L)`` each query's ranked list (collection rows, ``-1`` padding).
+        scores: ``(Q, L)`` their scores, best first (``-inf`` padding).
+        query_idx: The queries' collection rows.
+    """
 
     protocol: str
     ranking: M.RetrievalMetrics
     pairwise: M.PairwiseResult
     pr_curve: pd.DataFrame
+    indices: np.ndarray
     scores: np.ndarray
-    mask: np.ndarray
     query_idx: np.ndarray
 
     def to_dict(self) -> dict:
@@ -150,22 +178,67 @@ class Evaluation:
         )
         return d
 
+    def top(self, query: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` candidates of the query at collection row ``query`` (and scores)."""
+        where = np.flatnonzero(self.query_idx == int(query))
+        if not len(where):
+            raise InputError(f"Image {query} is not among the queries of this evaluation.")
+        idx, val = self.indices[where[0], :k], self.scores[where[0], :k]
+        return idx[idx >= 0], val[idx >= 0]
 
-def _scores_for(desc: np.ndarray, scenes: np.ndarray, query_idx: np.ndarray):
-    scores = cosine_scores(desc[query_idx], desc)
-    mask = self_mask(query_idx, len(desc))
-    rel = relevance(scenes[query_idx], scenes)
-    return scores, mask, rel
+
+def list_threshold(
+    indices: np.ndarray, scores: np.ndarray, scenes: Sequence[str], query_idx: Sequence[int]
+) -> float:
+    """Threshold maximising pairwise F1 over the ranked lists of ``query_idx`` (validation)."""
+    if len(query_idx) == 0:
+        raise InputError("No validation queries to choose a threshold on.")
+    rel, n_rel = list_relevance(indices, scenes, query_idx)
+    return float(M.best_threshold(scores, rel, n_relevant=n_rel))
 
 
 def choose_threshold(desc: np.ndarray, scenes: Sequence[str], val_idx: Sequence[int]) -> float:
     """Cosine threshold maximising pairwise F1 with the validation images as queries."""
-    scenes = np.asarray(scenes, dtype=object)
     val_idx = np.asarray(val_idx, dtype=int)
     if len(val_idx) == 0:
         raise InputError("No validation queries to choose a threshold on.")
-    scores, mask, rel = _scores_for(desc, scenes, val_idx)
-    return float(M.best_threshold(scores, rel, mask))
+    return list_threshold(*ranked_lists(desc, val_idx), scenes, val_idx)
+
+
+def evaluate_lists(
+    indices: np.ndarray,
+    scores: np.ndarray,
+    scenes: Sequence[str],
+    query_idx: Sequence[int],
+    threshold: float,
+    ks: Sequence[int] = (1, 5, 10),
+    protocol: str = "all",
+) -> Evaluation:
+    """Every metric of the queries' ranked lists (rows of ``indices``/``scores``).
+
+    Args:
+        indices: ``(Q, L)`` each query's ranked collection rows (itself excluded).
+        scores: ``(Q, L)`` their scores, best first.
+        scenes: Scene label of each collection image.
+        query_idx: The queries' collection rows.
+        threshold: Score threshold of the pairwise precision/recall/F1.
+        ks: Cut-offs for P@k, R@k and nDCG@k.
+        protocol: Name stored with the result.
+    """
+    query_idx = np.asarray(query_idx, dtype=int)
+    if len(query_idx) == 0:
+        raise InputError(f"Protocol {protocol!r} has no query images.")
+    scores = np.where(indices >= 0, scores, -np.inf)
+    rel, n_rel = list_relevance(indices, scenes, query_idx)
+    return Evaluation(
+        protocol=protocol,
+        ranking=M.retrieval_metrics(scores, rel, ks=tuple(ks), n_relevant=n_rel),
+        pairwise=M.pairwise_prf(scores, rel, threshold, n_relevant=n_rel),
+        pr_curve=M.pr_curve(scores, rel, n_relevant=n_rel),
+        indices=np.asarray(indices),
+        scores=scores,
+        query_idx=query_idx,
+    )
 
 
 def evaluate(
@@ -176,30 +249,46 @@ def evaluate(
     ks: Sequence[int] = (1, 5, 10),
     protocol: str = "all",
 ) -> Evaluation:
-    """Rank the whole collection for each query and compute every metric.
-
-    Args:
-        desc: Unit-norm descriptors of the whole collection ``(N, D)``.
-        scenes: Scene label of each image.
-        query_idx: Rows of ``desc`` used as queries.
-        threshold: Cosine threshold for the pairwise precision/recall/F1.
-        ks: Cut-offs for P@k, R@k and nDCG@k.
-        protocol: Name stored with the result.
-    """
-    scenes = np.asarray(scenes, dtype=object)
+    """Rank the collection by cosine for each query (:func:`ranked_lists`) and evaluate it."""
     query_idx = np.asarray(query_idx, dtype=int)
     if len(query_idx) == 0:
         raise InputError(f"Protocol {protocol!r} has no query images.")
-    scores, mask, rel = _scores_for(desc, scenes, query_idx)
-    return Evaluation(
-        protocol=protocol,
-        ranking=M.retrieval_metrics(scores, rel, mask=mask, ks=tuple(ks)),
-        pairwise=M.pairwise_prf(scores, rel, threshold, mask=mask),
-        pr_curve=M.pr_curve(scores, rel, mask=mask),
-        scores=scores,
-        mask=mask,
-        query_idx=query_idx,
-    )
+    idx, sc = ranked_lists(desc, query_idx)
+    return evaluate_lists(idx, sc, scenes, query_idx, threshold, ks, protocol)
+
+
+def evaluate_ranked(
+    indices: np.ndarray,
+    scores: np.ndarray,
+    split: pd.DataFrame,
+    protocols: Sequence[str] = ("all", "study", "disjoint"),
+    ks: Sequence[int] = (1, 5, 10),
+    threshold: float | None = None,
+) -> dict[str, Evaluation]:
+    """Evaluate the collection's ranking under several protocols, one threshold for all.
+
+    Args:
+        indices: ``(N, L)`` every image's ranked list (row ``i``: image ``i``'s, itself
+            excluded), e.g. :class:`cbir_utils.pipeline.Ranking`'s.
+        scores: ``(N, L)`` their scores.
+        split: Frame with ``scene`` and ``split`` columns (see :func:`data.make_split`).
+        protocols: Names from :data:`PROTOCOLS` (or ``val``); those without queries skipped.
+        ks: Cut-offs.
+        threshold: Fixed score threshold (e.g. the study's 0.88); ``None`` chooses it on
+            the validation queries.
+    """
+    scenes = split["scene"].to_numpy(dtype=object)
+    if len(indices) != len(scenes):
+        raise InputError(f"{len(indices)} ranked lists for a split of {len(scenes)} images.")
+    if threshold is None:
+        val = protocol_queries(split, "val")
+        threshold = list_threshold(indices[val], scores[val], scenes, val)
+    out = {}
+    for p in protocols:
+        q = protocol_queries(split, p)
+        if len(q):
+            out[p] = evaluate_lists(indices[q], scores[q], scenes, q, threshold, ks, protocol=p)
+    return out
 
 
 def evaluate_protocols(
@@ -209,25 +298,9 @@ def evaluate_protocols(
     ks: Sequence[int] = (1, 5, 10),
     threshold: float | None = None,
 ) -> dict[str, Evaluation]:
-    """Evaluate ``desc`` under several protocols, one threshold chosen on ``val`` for all.
-
-    Args:
-        desc: Unit-norm descriptors in the order of ``split``.
-        split: Frame with ``scene`` and ``split`` columns (see :func:`data.make_split`).
-        protocols: Names from :data:`PROTOCOLS`; protocols without queries are skipped.
-        ks: Cut-offs.
-        threshold: Fixed cosine threshold (e.g. the study's 0.88); ``None`` chooses it on
-            the validation queries.
-    """
-    scenes = split["scene"].to_numpy(dtype=object)
-    if threshold is None:
-        threshold = choose_threshold(desc, scenes, protocol_queries(split, "val"))
-    out = {}
-    for p in protocols:
-        q = protocol_queries(split, p)
-        if len(q):
-            out[p] = evaluate(desc, scenes, q, threshold, ks, protocol=p)
-    return out
+    """:func:`evaluate_ranked` of the cosine ranking of ``desc`` (rows in split order)."""
+    idx, sc = ranked_lists(desc, np.arange(len(desc)))
+    return evaluate_ranked(idx, sc, split, protocols, ks, threshold)
 
 
 def results_table(results: dict[str, dict[str, Evaluation]]) -> pd.DataFrame:
@@ -297,12 +370,10 @@ def gallery_rows(
         captions = [describe(r) for r in items.to_dict("records")]
     paths = [str(p) for p in paths]
     scenes = np.asarray(scenes, dtype=object)
-    where = {int(q): r for r, q in enumerate(ev.query_idx)}
-    rows = [where[int(q)] for q in queries if int(q) in where]
-    idx, val = top_k(ev.scores[rows], k, ev.mask[rows])
+    asked = set(ev.query_idx.tolist())
     qpaths, results = [], []
-    for r, cand, sc in zip(rows, idx, val):
-        q = int(ev.query_idx[r])
+    for q in (int(q) for q in queries if int(q) in asked):
+        cand, sc = ev.top(q, k)
         qpaths.append(paths[q])
         row = [
             (paths[c], float(s), bool(scenes[c] == scenes[q] and scenes[q] != UNLABELLED))

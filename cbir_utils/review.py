@@ -327,17 +327,11 @@ def review_query(
         draw_matches: Draw the verified local-feature matches of each candidate.
     """
     from .provenance import describe
-    from .retrieval import top_k
 
-    where = {int(q): r for r, q in enumerate(ev.query_idx)}
-    if int(query) not in where:
-        raise InputError(f"Image {query} is not among the queries of this evaluation.")
-    r = where[int(query)]
-    idx, val = top_k(ev.scores[[r]], k, ev.mask[[r]])
+    idx, val = ev.top(query, k)
     rec = items.to_dict("records")
     cands = [
-        (rec[c]["path"], rec[c]["relpath"], float(s), describe(rec[c]))
-        for c, s in zip(idx[0], val[0])
+        (rec[c]["path"], rec[c]["relpath"], float(s), describe(rec[c])) for c, s in zip(idx, val)
     ]
     q = rec[int(query)]
     return ReviewWidget((q["path"], q["relpath"]), cands, out, reviewer, context, draw_matches)

@@ -40,7 +40,7 @@ def test_planted_duplicates_are_found(tiny_desc):
     # every printing's nearest neighbour is another printing of its own photo
     assert ev.ranking.precision_at_k[1] == 1.0
     assert ev.ranking.map > 0.9
-    top = retrieval.topk_table(col.items["relpath"], scenes, q, ev.scores, 2, ev.mask)
+    top = retrieval.topk_table(col.items["relpath"], scenes, q, ev.indices, ev.scores, 2)
     assert list(top.columns) == ["query", "rank", "candidate", "score", "relevant"]
     assert (top["query"] != top["candidate"]).all()  # a query never finds itself
     assert top.loc[top["rank"] == 1, "relevant"].all()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
+from cbir_utils import metrics as M
 from cbir_utils.metrics import (
     PairwiseResult,
     average_precision,
@@ -385,3 +386,24 @@ def test_classification_metrics_bad_input() -> None:
         classification_metrics([0, 1], [0])
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         classification_metrics([0, 1], [0, 3], n_classes=3)
+
+
+def test_ranked_lists_count_the_relevant_images_they_miss():
+    """A top-3 list of a query with 3 relevant images, 2 of them listed (hand-computed):
+    the third is never retrieved, so AP and µAP are truncated and it is a false negative."""
+    scores = np.array([[0.9, 0.8, 0.7]])
+    rel = np.array([[True, False, True]])
+    n_rel = np.array([3])
+    m = M.retrieval_metrics(scores, rel, ks=(1, 3), n_relevant=n_rel)
+    assert m.map == pytest.approx((1 / 1 + 2 / 3) / 3)
+    assert m.recall_at_k[3] == pytest.approx(2 / 3) and m.precision_at_k[1] == 1.0
+    assert m.mu_ap == pytest.approx((1 + 2 / 3) / 2 * 2 / 3)
+    pw = M.pairwise_prf(scores, rel, 0.75, n_relevant=n_rel)
+    assert (pw.tp, pw.fp, pw.fn) == (1, 1, 2) and pw.f1 == pytest.approx(0.4)
+    curve = M.pr_curve(scores, rel, n_relevant=n_rel)
+    assert curve["recall"].iloc[-1] == pytest.approx(2 / 3)
+    # whole lists (n_relevant = those listed): the matrix figures
+    full = M.retrieval_metrics(scores, rel, ks=(1,), n_relevant=np.array([2]))
+    assert full.map == M.retrieval_metrics(scores, rel, ks=(1,)).map == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="n_relevant"):
+        M.retrieval_metrics(scores, rel, n_relevant=np.array([1]))

@@ -22,6 +22,38 @@ def coll_split(tiny_collection):
     return coll, data.make_split(coll.items, seed=0, heldout_frac=0.3)
 
 
+def _dense(ranking, n: int, which: str = "scores") -> np.ndarray:
+    """A ranking's lists as an ``(N, n)`` matrix (``-inf``, ``-1`` for inliers, off the lists)."""
+    vals = getattr(ranking, which)
+    out = np.full((len(ranking.indices), n), -1 if which == "inliers" else -np.inf, vals.dtype)
+    r, c = np.nonzero(ranking.indices >= 0)
+    out[r, ranking.indices[r, c]] = vals[r, c]
+    return out
+
+
+def _dense_evaluation(scores: np.ndarray, split) -> dict:
+    """mAP, pairwise F1 and the threshold of a full score matrix, by the metrics' matrix API."""
+    from cbir_utils import metrics as M
+
+    scenes = split["scene"].to_numpy(dtype=object)
+    n = len(scenes)
+
+    def cells(q):
+        rel = (scenes[q][:, None] == scenes[None, :]) & (scenes[q][:, None] != "")
+        mask = np.ones((len(q), n), bool)
+        mask[np.arange(len(q)), q] = False
+        return scores[q], rel, mask
+
+    threshold = M.best_threshold(*cells(retrieval.protocol_queries(split, "val")))
+    out = {}
+    for p in ("all", "study", "disjoint"):
+        q = retrieval.protocol_queries(split, p)
+        S, rel, mask = cells(q)
+        out[p] = (M.retrieval_metrics(S, rel, mask).map, M.pairwise_prf(S, rel, threshold, mask).f1,
+                  M.micro_ap(S, rel, mask), threshold)  # fmt: skip
+    return out
+
+
 def test_plain_config_matches_retrieval_evaluate_protocols(lite0, coll_split):
     coll, split = coll_split
     cfg = PipelineConfig.baseline(image_size=64)
@@ -29,10 +61,11 @@ def test_plain_config_matches_retrieval_evaluate_protocols(lite0, coll_split):
     desc = pipeline.describe(lite0, meta, coll.paths, cfg, progress=False)
     ranked = pipeline.rank_collection(desc, coll.paths, cfg, progress=False)
     off = ~np.eye(len(desc), dtype=bool)
-    assert np.allclose(ranked.scores[off], (desc @ desc.T)[off], atol=1e-5)
-    assert np.isneginf(np.diag(ranked.scores)).all()  # the query itself is not a result
+    scores = _dense(ranked.ranking, len(desc))
+    assert np.allclose(scores[off], (desc @ desc.T)[off], atol=1e-5)
+    assert np.isneginf(np.diag(scores)).all()  # the query itself is not a result
     assert np.allclose(ranked.descriptors, desc, atol=1e-6)
-    mine = pipeline.evaluate_scores(ranked.scores, split, ks=(1, 5))
+    mine = ranked.evaluate(split, ks=(1, 5))
     ref = retrieval.evaluate_protocols(desc, split, ks=(1, 5))
     assert set(mine) == set(ref)
     for p in ref:
@@ -54,10 +87,11 @@ def test_rerank_and_graph_only_raise_scores(lite0, coll_split, tmp_path):
     off = ~np.eye(n, dtype=bool)
     assert ranked.whitening is not None and ranked.whitening.dim == 8
     assert ranked.descriptors.shape == (n, 8)
-    assert (ranked.scores[off] >= ranked.cosine[off] - 1e-9).all()
-    assert ((ranked.inliers >= 0).sum(1) == 6).all()  # top 6 verified per image
+    r = ranked.ranking
+    assert (_dense(r, n)[off] >= _dense(r, n, "cosine")[off] - 1e-9).all()
+    assert ((_dense(r, n, "inliers") >= 0).sum(1) == 6).all()  # top 6 verified per image
     assert ranked.graph is not None and ranked.graph.n == n
-    evals = pipeline.evaluate_scores(ranked.scores, split, protocols=("disjoint",))
+    evals = ranked.evaluate(split, protocols=("disjoint",))
     assert 0.0 <= evals["disjoint"].ranking.map <= 1.0
 
 
@@ -332,15 +366,21 @@ def test_sparse_ranking_equals_the_dense_one(coll_split):
     store = V.LocalFeatureStore()
     ref_scores, ref_cos, ref_inl = _dense_reference(desc, coll.paths, cfg, store)
     ranked = pipeline.rank_collection(desc, coll.paths, cfg, store, progress=False)
-    off = ~np.eye(len(coll), dtype=bool)
-    assert np.allclose(ranked.cosine[off], ref_cos[off], atol=1e-6)
-    assert np.array_equal(ranked.inliers[off], ref_inl[off])
-    assert np.allclose(ranked.scores[off], ref_scores[off], atol=1e-6)
+    n = len(coll)
+    off = ~np.eye(n, dtype=bool)
+    r = ranked.ranking
+    assert np.allclose(_dense(r, n, "cosine")[off], ref_cos[off], atol=1e-6)
+    assert np.array_equal(_dense(r, n, "inliers")[off], ref_inl[off])
+    assert np.allclose(_dense(r, n)[off], ref_scores[off], atol=1e-6)
     assert ranked.graph.edges.nnz > 0  # the graph is used: some two-hop bonus exists
-    mine = pipeline.evaluate_scores(ranked.scores, split)
-    ref = pipeline.evaluate_scores(np.where(off, ref_scores, -np.inf), split)
-    for p in ref:
-        assert mine[p].ranking.map == pytest.approx(ref[p].ranking.map, abs=1e-9)
+    # the evaluation of the ranked lists is that of the full score matrix
+    mine = ranked.evaluate(split)
+    ref = _dense_evaluation(np.where(off, ref_scores, -np.inf), split)
+    for p, (m_ap, f1, mu_ap, threshold) in ref.items():
+        assert mine[p].ranking.map == pytest.approx(m_ap, abs=1e-9)
+        assert mine[p].ranking.mu_ap == pytest.approx(mu_ap, abs=1e-9)
+        assert mine[p].pairwise.f1 == pytest.approx(f1, abs=1e-9)
+        assert mine[p].pairwise.threshold == pytest.approx(threshold, abs=1e-9)
     # short lists are the heads of the full ones
     fitted = ranked.fitted
     top3 = fitted.rank_collection(3, store, progress=False)

@@ -132,10 +132,8 @@ def test_output_tables_carry_metadata(with_metadata):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    s = x @ x.T
-    t = retrieval.topk_table(
-        col.items["relpath"], col.scenes, [0, 1], s[[0, 1]], 3, None, col.items
-    )
+    idx, sc = retrieval.ranked_lists(x, [0, 1], 3)
+    t = retrieval.topk_table(col.items["relpath"], col.scenes, [0, 1], idx, sc, 3, col.items)
     assert {"periodical", "date", "page", "archive_box"} <= set(t.columns)
     row = col.items.set_index("relpath").loc[t["candidate"].iloc[0]]
     assert t["periodical"].iloc[0] == row["periodical"]

@@ -44,7 +44,7 @@ def test_singletons_are_distractors_not_queries(tmp_path):
     # hand-computed APs: A1 7/12 (C intrudes at rank 1), A2 7/12, A3 10/12, B1 = B2 = 1
     assert ev.ranking.map == pytest.approx(0.8)
     # the singleton is still a candidate (a distractor) in the others' rankings
-    top = retrieval.topk_table(col.items["relpath"], col.scenes, q, ev.scores, 1, ev.mask)
+    top = retrieval.topk_table(col.items["relpath"], col.scenes, q, ev.indices, ev.scores, 1)
     assert top.loc[top["query"] == "A/1.png", "candidate"].item() == "C/1.png"
 
 
