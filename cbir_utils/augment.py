@@ -74,12 +74,3 @@ class PressAugment:
 
 press_augment = PressAugment()
 """The ``"press"`` training augmentation (default parameters)."""
-
-
-def augment_views(
-    im: Image.Image, n: int, seed: int = 0, augment: PressAugment | None = None
-) -> list[Image.Image]:
-    """``n`` reprinted views of one image, reproducibly (for figures and checks)."""
-    augment = augment or press_augment
-    rng = np.random.default_rng(seed)
-    return [augment(im, rng) for _ in range(int(n))]

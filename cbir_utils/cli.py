@@ -474,7 +474,7 @@ def _threshold(args, index, desc) -> tuple[float | None, str]:
         split = _split(index, args)
         val = retrieval.protocol_queries(split, "val")
         if len(val):
-            t = groups.choose_group_threshold(desc, split["scene"], val)
+            t = retrieval.choose_threshold(desc, split["scene"], val)
             return t, "chosen on the validation images (pairwise F1)"
     backbone = index.meta.get("backbone")
     t = groups.fallback_threshold(backbone)

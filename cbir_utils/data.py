@@ -424,10 +424,6 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield p
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _is_ignored(p.name)
-
-
 def _printable(rel: str) -> str:
     """A relpath that can be written as UTF-8 (undecodable bytes shown as U+FFFD)."""
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -301,7 +301,9 @@ class _Candidate:
 
 
 def _scatter_rows(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Rows ``R`` with ``R^T R`` = the within-scene covariance (see below)."""
+    """Rows ``R`` with ``R^T R`` = the within-scene covariance: the mean of
+    ``(x_i - x_j)(x_i - x_j)^T`` over same-scene pairs ``i < j`` (over the ``n`` members of a
+    scene, the sum over pairs is ``n`` times their scatter around the scene mean)."""
     rows, n_pairs = [], 0
     for c in np.unique(labels):
         m = x[labels == c]
@@ -313,16 +315,6 @@ def _scatter_rows(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if n_pairs == 0:
         raise InputError("Learned whitening needs at least one scene with two training views.")
     return np.concatenate(rows) / np.sqrt(n_pairs)
-
-
-def within_scene_covariance(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Mean of ``(x_i - x_j)(x_i - x_j)^T`` over same-scene pairs ``i < j``.
-
-    Uses the identity: over the ``n`` members of a scene, the sum over pairs equals ``n``
-    times their scatter around the scene mean.
-    """
-    r = _scatter_rows(np.asarray(x, dtype=np.float64), np.asarray(labels))
-    return r.T @ r
 
 
 def fit_projections(

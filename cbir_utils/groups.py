@@ -426,16 +426,3 @@ def group_quality(labels: Sequence[int], scenes: Sequence[str]) -> GroupQuality:
         pair_f1=float(f1),
         exact_scenes=exact,
     )
-
-
-def choose_group_threshold(
-    desc: np.ndarray, scenes: Sequence[str], val_idx: Sequence[int]
-) -> float:
-    """The cosine threshold for grouping, chosen on validation queries (pairwise F1).
-
-    A thin wrapper of :func:`cbir_utils.retrieval.choose_threshold`, so notebooks and the
-    command line choose it the same way.
-    """
-    from .retrieval import choose_threshold
-
-    return choose_threshold(desc, scenes, val_idx)

@@ -283,13 +283,6 @@ class RetrievalNet(nn.Module):
         self.dim = proj_dim if proj_dim > 0 else dim
         self.head = nn.Linear(self.dim, n_classes) if n_classes > 0 else None
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Last convolutional feature map ``(N, C, H, W)`` (not for self-pooling trunks)."""
-        f = self.trunk(x)
-        if f.ndim != 4:
-            raise InputError("This backbone pools itself: it has no feature map to give.")
-        return f
-
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled (and projected, if the model has a projection) descriptor, not yet normalised.
 

@@ -22,11 +22,12 @@ def test_within_scene_covariance_is_the_mean_pair_difference():
     # pairs of scene a: (0,1) d=(-2,0); (0,2) d=(-1,-3); (1,2) d=(1,-3)
     d = np.array([[-2.0, 0.0], [-1.0, -3.0], [1.0, -3.0]])
     expected = d.T @ d / 3  # [[2, 0], [0, 6]]
-    got = fast_finetune.within_scene_covariance(x, labels)
+    r = fast_finetune._scatter_rows(x, labels)  # what the learned whitening's covariance uses
+    got = r.T @ r
     np.testing.assert_allclose(got, expected)
     np.testing.assert_allclose(got, [[2.0, 0.0], [0.0, 6.0]])
     with pytest.raises(ValueError, match="two training views"):
-        fast_finetune.within_scene_covariance(x[2:], labels[2:])
+        fast_finetune._scatter_rows(x[2:], labels[2:])
 
 
 def test_no_whitening_keeps_the_centred_geometry(rng):
