@@ -75,23 +75,6 @@ def _progress(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
-def _ks(text: str) -> list[int]:
-    try:
-        ks = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,5,10, got {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"cut-offs must be positive integers, got {text!r}")
-    return ks
-
-
-def _unit_interval(text: str) -> float:
-    v = float(text)
-    if not -1.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"a cosine threshold is in [-1, 1], got {text}")
-    return v
-
-
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -173,35 +156,8 @@ def _split(index, args):
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("split (the notebooks' shared train/val/test split)")
-    g.add_argument(
-        "--split-seed",
-        type=int,
-        default=DEFAULTS["SPLIT_SEED"],
-        help="seed of the split (default %(default)s)",
-    )
-    g.add_argument(
-        "--val-frac",
-        type=float,
-        default=DEFAULTS["VAL_FRAC"],
-        help="share of seen scenes' images for validation (default %(default)s)",
-    )
-    g.add_argument(
-        "--test-frac",
-        type=float,
-        default=DEFAULTS["TEST_FRAC"],
-        help="share for test (default %(default)s)",
-    )
-    g.add_argument(
-        "--heldout-frac",
-        type=float,
-        default=DEFAULTS["HELDOUT_FRAC"],
-        help="share of scenes held out (default %(default)s)",
-    )
-    g.add_argument(
-        "--split-file",
-        default=DEFAULTS["SPLIT_FILE"],
-        help="split CSV; default outputs/splits/<collection>-seed<seed>.csv",
-    )
+    for name in ("split_seed", "val_frac", "test_frac", "heldout_frac", "split_file"):
+        _add_param(g, name)
 
 
 def _add_output_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -728,42 +684,34 @@ def cmd_explain(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _add_setting(group, name: str, note: str = "") -> None:
-    """The option of a pipeline setting: its default, help and check are the field's of
-    :class:`cbir_utils.config.PipelineConfig` (the notebooks' check, ``runs.coerce_param``)."""
-    spec = config.param_specs()[name.upper()]
-    flag, default = "--" + name.replace("_", "-"), DEFAULTS[name.upper()]
-    help = f"{spec.help}{note} (default %(default)s)"
+def _add_param(group, name: str, note: str = "", help: str | None = None, **kw) -> None:
+    """The option of a notebook parameter: its default is the notebooks' (:data:`DEFAULTS`),
+    its help and check are :data:`cbir_utils.config.PARAM_SPECS`' (the pipeline's come from
+    :class:`cbir_utils.config.PipelineConfig`), checked by ``runs.coerce_param``."""
+    spec = config.PARAM_SPECS[name.upper()]
+    flag = "--" + name.lower().replace("_", "-")
+    kw.setdefault("default", DEFAULTS.get(name.upper()))
+    text = f"{help or spec.help}{note} (default %(default)s)"
     if spec.kind == "bool":
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, help=text, **kw)
         return
 
-    def check(text: str):
+    def check(value: str):
         from .runs import coerce_param
 
         try:
-            return coerce_param(flag, text, spec)
+            return coerce_param("the value", value, spec)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
-    check.__name__ = name
-    group.add_argument(flag, type=check, default=default, choices=spec.choices, help=help)
+    check.__name__ = name.lower()
+    group.add_argument(flag, type=check, choices=spec.choices, help=text, **kw)
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("descriptor extraction")
-    g.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=DEFAULTS["BATCH_SIZE"],
-        help="images per forward pass (default %(default)s)",
-    )
-    g.add_argument(
-        "--num-workers",
-        type=int,
-        default=DEFAULTS["NUM_WORKERS"],
-        help="worker processes decoding images (default %(default)s)",
-    )
+    _add_param(g, "batch_size")
+    _add_param(g, "num_workers")
     g.add_argument(
         "--cache-dir",
         default=None,
@@ -832,18 +780,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a fine-tuned checkpoint of notebook 02 (then backbone/weights/pooling/preprocessing come from it)",
     )
     for name in ("pooling", "image_size", "resize", "grayscale", "descreen", "mirror"):
-        _add_setting(m, name)
+        _add_param(m, name)
     r = p.add_argument_group(
         "ranking (as notebook 01; kept with the index, used by search and evaluate)"
     )
     for name in ("scales", "whiten_dim", "dba_k", "qe_k"):
-        _add_setting(r, name, " (sharded indexes: 1)" if name == "scales" else "")
+        _add_param(r, name, " (sharded indexes: 1)" if name == "scales" else "")
     r.add_argument(
         "--rerank-top-n", type=_non_negative_int, default=DEFAULTS["RERANK_TOP_N"],
         help="candidates per query verified by local features (SIFT + RANSAC); 0 = off "
         "(default %(default)s)",
     )  # fmt: skip
-    _add_setting(r, "graph")
+    _add_param(r, "graph")
     _add_extract_args(p)
     u = p.add_argument_group("updating and sharding")
     u.add_argument(
@@ -890,12 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(query, rank, candidate, score, scene, path) unless --out is given.")  # fmt: skip
     p.add_argument("index", help="index folder or name")
     p.add_argument("query", help="a query image, or a folder of query images")
-    p.add_argument(
-        "--top-k",
-        type=_positive_int,
-        default=DEFAULTS["TOP_K"],
-        help="results per query (default %(default)s, as the study)",
-    )
+    _add_param(p, "top_k", " (as the study)")
     p.add_argument(
         "--box",
         default="",
@@ -922,12 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common], help="duplicate groups, groups.csv and an HTML contact sheet", formatter_class=fmt,
                        description="Group the indexed images into printings of the same scene.")  # fmt: skip
     p.add_argument("index", help="index folder or name")
-    p.add_argument(
-        "--threshold",
-        type=_unit_interval,
-        default=DEFAULTS["THRESHOLD"],
-        help=f"cosine similarity linking two images; default: chosen on the validation images when scene labels exist, else {FALLBACK_THRESHOLD}",
-    )
+    _add_param(p, "threshold", help="cosine similarity linking two images; None: chosen on "
+               f"the validation images when scene labels exist, else {FALLBACK_THRESHOLD}")  # fmt: skip
     p.add_argument(
         "--method",
         default=DEFAULT_METHOD,
@@ -966,22 +905,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Each labelled image in turn is the query; relevant = same scene. "
                        "Protocols all / study / disjoint as in the notebooks.")  # fmt: skip
     p.add_argument("index", help="index folder or name")
-    p.add_argument(
-        "--ks", type=_ks, default=DEFAULTS["KS"], help="cut-offs k of P@k, R@k, nDCG@k, e.g. 1,5,10"
-    )
+    _add_param(p, "ks")
     p.add_argument(
         "--threshold",
-        type=_unit_interval,
+        type=float,
         default=DEFAULTS["THRESHOLD"],
         help="score threshold of the pairwise metrics (cosine, plus the verification bonus "
         "when re-ranked); default: chosen on the validation images",
     )
-    p.add_argument(
-        "--top-k",
-        type=_positive_int,
-        default=DEFAULTS["TOP_K"],
-        help="results per query in topk.csv",
-    )
+    _add_param(p, "top_k", help="results per query in topk.csv")
     _add_rerank_arg(p, "as `search` ranks")
     p.add_argument(
         "--verdicts",

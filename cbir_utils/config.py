@@ -223,3 +223,81 @@ def config_from_params(params: dict, meta: dict | None = None) -> PipelineConfig
     if "scales" in kwargs:
         kwargs["scales"] = tuple(kwargs["scales"])
     return PipelineConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------- notebook parameters
+
+
+def _backbones() -> tuple[str, ...]:
+    from .models import BACKBONES
+
+    return tuple(BACKBONES)
+
+
+def _training(name: str) -> Callable[[], tuple[str, ...]]:
+    def get() -> tuple[str, ...]:
+        from . import training
+
+        value = getattr(training, name)
+        return tuple(value) if not isinstance(value, dict) else tuple(value.keys())
+
+    return get
+
+
+_SEED = Param("int", low=0, help="a seed")
+
+
+def _frac(help: str) -> Param:
+    return Param("float", low=0.0, high=1.0, high_open=True, help=help)
+
+
+PARAM_SPECS: dict[str, Param] = {
+    "DATA_DIR": Param("str", help="collection folder or CSV manifest"),
+    "BUILD_DEMO": Param("bool"),
+    "DEMO_SEED": _SEED,
+    "BACKBONE": Param("str", choices=_backbones),
+    "WEIGHTS": Param("str", help="'imagenet', 'none' or the path of a weights file"),
+    "BATCH_SIZE": Param("int", low=1, help="images per forward pass"),
+    "NUM_WORKERS": Param("int", low=0, help="worker processes decoding images"),
+    "TOP_K": Param("int", low=1, help="results per query"),
+    "KS": Param("ints", low=1, help="cut-offs k of P@k, R@k, nDCG@k, e.g. 1,5,10"),
+    "THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
+    "SPLIT_SEED": Param("int", low=0, help="seed of the split"),
+    "VAL_FRAC": _frac("share of seen scenes' images for validation"),
+    "TEST_FRAC": _frac("share for test"),
+    "HELDOUT_FRAC": _frac("share of scenes held out"),
+    "SPLIT_FILE": Param(
+        "str", help="split CSV; default outputs/splits/<collection>-seed<seed>.csv"
+    ),
+    "N_GALLERY": Param("int", low=1),
+    "RUN_NAME": Param("str"),
+    "OPTIMIZER": Param("str", choices=_training("OPTIMIZERS")),
+    "LR": Param("float", low=0.0, low_open=True),
+    "STAGES": Param("ints", low=1, help="epochs per stage"),
+    "STAGE_LRS": Param("floats", optional=True, low=0.0, low_open=True),
+    "HEAD_LR": Param("float", optional=True, low=0.0, low_open=True),
+    "LOSS": Param("str", choices=_training("LOSSES")),
+    "CLASS_BALANCE": Param("str", choices=_training("CLASS_BALANCES")),
+    "AUGMENT": Param("str", choices=_training("AUGMENTATIONS")),
+    "FREEZE": Param("str", choices=_training("FREEZES")),
+    "SEED": _SEED,
+    "MAX_BATCHES": Param("int", optional=True, low=1),
+    "FINETUNE_RUN": Param("str"),
+    "CHECKPOINT": Param("str", help="path of a checkpoint file, or empty"),
+    "GROUP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.groups").groups.METHODS),
+    "GROUP_THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
+    "N_EXPLAIN": Param("int", low=0),
+    "VERDICTS": Param("str", help="a verdicts.csv file, or empty"),
+    "REVIEWER": Param("str", help="your name or initials"),
+    "N_REVIEW": Param("int", low=0, help="candidates shown for review, 0 for none"),
+    "N_TIMELINES": Param("int", low=0),
+    "MAP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.layout").layout.LAYOUTS),
+    "METRIC_LOSS": Param("str", choices=_training("METRIC_LOSSES")),
+    "METRIC_WEIGHT": Param("float", low=0.0),
+    "METRIC_MARGIN": Param("float", optional=True, low=0.0, low_open=True),
+    "PK_VIEWS": Param("int", low=2),
+    "USE_CHECKPOINT": Param("str", choices=("best", "last")),
+    "RUN_BENCHMARK": Param("bool"),
+    **param_specs(),  # the pipeline's: IMAGE_SIZE, SCALES, WHITEN_DIM... (cbir_utils.config)
+}
+"""Parameters of the notebooks, by name (a name means the same in every notebook)."""

@@ -16,7 +16,6 @@ import random
 import re
 import sys
 import warnings
-from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Param, param_specs
+from .config import PARAM_SPECS, Param
 from .errors import SettingsError, install_notebook_handler
 from .io import atomic_create_text, save_json
 from .paths import output_dir, resolve
@@ -156,74 +155,6 @@ def start_run(
 
 
 # --------------------------------------------------------------------------- parameters
-
-
-def _backbones() -> tuple[str, ...]:
-    from .models import BACKBONES
-
-    return tuple(BACKBONES)
-
-
-def _training(name: str) -> Callable[[], tuple[str, ...]]:
-    def get() -> tuple[str, ...]:
-        from . import training
-
-        value = getattr(training, name)
-        return tuple(value) if not isinstance(value, dict) else tuple(value.keys())
-
-    return get
-
-
-_SEED = Param("int", low=0, help="a seed")
-_FRAC = Param("float", low=0.0, high=1.0, high_open=True, help="a share")
-PARAM_SPECS: dict[str, Param] = {
-    "DATA_DIR": Param("str", help="collection folder or CSV manifest"),
-    "BUILD_DEMO": Param("bool"),
-    "DEMO_SEED": _SEED,
-    "BACKBONE": Param("str", choices=_backbones),
-    "WEIGHTS": Param("str", help="'imagenet', 'none' or the path of a weights file"),
-    "BATCH_SIZE": Param("int", low=1),
-    "NUM_WORKERS": Param("int", low=0),
-    "TOP_K": Param("int", low=1),
-    "KS": Param("ints", low=1),
-    "THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
-    "SPLIT_SEED": _SEED,
-    "VAL_FRAC": _FRAC,
-    "TEST_FRAC": _FRAC,
-    "HELDOUT_FRAC": _FRAC,
-    "SPLIT_FILE": Param("str"),
-    "N_GALLERY": Param("int", low=1),
-    "RUN_NAME": Param("str"),
-    "OPTIMIZER": Param("str", choices=_training("OPTIMIZERS")),
-    "LR": Param("float", low=0.0, low_open=True),
-    "STAGES": Param("ints", low=1, help="epochs per stage"),
-    "STAGE_LRS": Param("floats", optional=True, low=0.0, low_open=True),
-    "HEAD_LR": Param("float", optional=True, low=0.0, low_open=True),
-    "LOSS": Param("str", choices=_training("LOSSES")),
-    "CLASS_BALANCE": Param("str", choices=_training("CLASS_BALANCES")),
-    "AUGMENT": Param("str", choices=_training("AUGMENTATIONS")),
-    "FREEZE": Param("str", choices=_training("FREEZES")),
-    "SEED": _SEED,
-    "MAX_BATCHES": Param("int", optional=True, low=1),
-    "FINETUNE_RUN": Param("str"),
-    "CHECKPOINT": Param("str", help="path of a checkpoint file, or empty"),
-    "GROUP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.groups").groups.METHODS),
-    "GROUP_THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
-    "N_EXPLAIN": Param("int", low=0),
-    "VERDICTS": Param("str", help="a verdicts.csv file, or empty"),
-    "REVIEWER": Param("str", help="your name or initials"),
-    "N_REVIEW": Param("int", low=0, help="candidates shown for review, 0 for none"),
-    "N_TIMELINES": Param("int", low=0),
-    "MAP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.layout").layout.LAYOUTS),
-    "METRIC_LOSS": Param("str", choices=_training("METRIC_LOSSES")),
-    "METRIC_WEIGHT": Param("float", low=0.0),
-    "METRIC_MARGIN": Param("float", optional=True, low=0.0, low_open=True),
-    "PK_VIEWS": Param("int", low=2),
-    "USE_CHECKPOINT": Param("str", choices=("best", "last")),
-    "RUN_BENCHMARK": Param("bool"),
-    **param_specs(),  # the pipeline's: IMAGE_SIZE, SCALES, WHITEN_DIM... (cbir_utils.config)
-}
-"""Parameters of the notebooks, by name (a name means the same in every notebook)."""
 
 _NONE_STRINGS = {"none", "null", "", "~"}
 _TRUE = {"true", "yes", "y", "1", "on"}

@@ -275,7 +275,7 @@ def test_bad_input_exits_2_with_one_line(local, capsys, tmp_path, tiny_collectio
 def test_usage_errors_and_help(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["groups", "tiny", "--threshold", "2"])
-    assert e.value.code == 2 and "[-1, 1]" in capsys.readouterr().err
+    assert e.value.code == 2 and ">= -1 and <= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main([])
     assert e.value.code == 2
