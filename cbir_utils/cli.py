@@ -691,7 +691,8 @@ def _add_param(group, name: str, note: str = "", help: str | None = None, **kw) 
     spec = config.PARAM_SPECS[name.upper()]
     flag = "--" + name.lower().replace("_", "-")
     kw.setdefault("default", DEFAULTS.get(name.upper()))
-    text = f"{help or spec.help}{note} (default %(default)s)"
+    shown = kw["default"] not in (None, "")  # else the help says what happens
+    text = f"{help or spec.help}{note}" + (" (default %(default)s)" if shown else "")
     if spec.kind == "bool":
         group.add_argument(flag, action=argparse.BooleanOptionalAction, help=text, **kw)
         return
