@@ -1025,11 +1025,45 @@ def check_backbones(table: pd.DataFrame, pick: tuple[str, int, float]) -> list[s
     return fails
 
 
+README_FIGURES = {  # (family, method or "kept"): disjoint mAP the README reports
+    ("study", "pretrained avg, 224 centre crop"): 0.201,
+    ("study", "fine-tuned logits"): 0.280,
+    ("pretrained", "kept"): 0.911,
+    ("fine-tuned", "kept"): 0.925,
+}
+"""The README's figures of ``quality.py`` (efficientnet_lite0, the demo's disjoint protocol)."""
+TOLERANCE = 0.01
+"""How far below (the pipeline) or off (the study, a baseline to reproduce) a run may be."""
+
+
+def check_run(table: pd.DataFrame) -> list[str]:
+    """What the README reports of :func:`run`; the failures (empty when all reached).
+
+    The pipeline's kept rows must reach the README's mAP (within :data:`TOLERANCE`); the
+    study's reimplementation must reproduce its figure to within it either way. A family
+    missing from the run (no checkpoint) is a failure too.
+    """
+    fails = []
+    disjoint = table[table["protocol"] == "disjoint"]
+    for (family, method), want in README_FIGURES.items():
+        if method == "kept":
+            method = best_pipeline(table, family)
+        row = disjoint[(disjoint["family"] == family) & (disjoint["method"] == method)]
+        if not len(row):
+            fails.append(f"{family} {method or '(kept)'}: missing from the run")
+            continue
+        got = float(row["mAP"].iloc[-1])
+        bad = abs(got - want) > TOLERANCE if family == "study" else got < want - TOLERANCE
+        if bad:
+            fails.append(f"{family} {method}: disjoint mAP {got:.3f}, the README says {want:.3f}")
+    return fails
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", nargs="?", default="run", choices=("run", "train", "backbones"))
     ap.add_argument(
-        "--check", action="store_true", help="backbones: exit 1 when a target is missed"
+        "--check", action="store_true", help="exit 1 when a README figure or target is missed"
     )
     ap.add_argument("--data-dir", default="data/demo")
     ap.add_argument("--out-dir", default=str(OUT_DIR))
@@ -1062,7 +1096,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(res.markdown("disjoint"))
     print("\n".join(res.notes))
     print(f"Done in {res.seconds / 60:.1f} min; written to {args.out_dir}")
-    return 0
+    fails = check_run(res.table)
+    print("README figures:", "all reached" if not fails else "; ".join(fails))
+    return 1 if (args.check and fails) else 0
 
 
 if __name__ == "__main__":

@@ -425,3 +425,28 @@ def test_large_collection_path_hnsw_and_whitening_sample(monkeypatch):
     assert sampled.whitening.dim == 32
     assert not np.allclose(sampled.whitening.mean, exact.whitening.mean)
     np.testing.assert_array_equal(sampled.whitening.projection, again.whitening.projection)
+
+
+def test_quality_check_fails_below_the_readme_figures():
+    """``quality.py --check``: the kept rows must reach the README's mAP, the study's
+    reimplementation must reproduce its figure; a missing family fails too."""
+    import pandas as pd
+
+    quality = _quality()
+
+    def table(pretrained_map, study_map):
+        rows = [("study", "pretrained avg, 224 centre crop", "yes", study_map),
+                ("study", "fine-tuned logits", "yes", 0.280),
+                ("pretrained", "whole image", "yes", 0.5),
+                ("pretrained", "+ graph", "yes", pretrained_map),
+                ("pretrained", "+ worse step", "no", 0.99),
+                ("fine-tuned", "+ graph", "yes", 0.93)]  # fmt: skip
+        return pd.DataFrame(
+            [dict(family=f, method=m, kept=k, mAP=v, protocol="disjoint") for f, m, k, v in rows]
+        )
+
+    assert quality.check_run(table(0.915, 0.205)) == []
+    fails = quality.check_run(table(0.89, 0.25))
+    assert len(fails) == 2 and "+ graph: disjoint mAP 0.890" in fails[1] and "0.250" in fails[0]
+    missing = table(0.915, 0.201)
+    assert "missing" in quality.check_run(missing[missing["family"] != "fine-tuned"])[0]
