@@ -52,24 +52,6 @@ def ranked_lists(
     return nb.indices, nb.scores
 
 
-def nearest(
-    desc: np.ndarray, query_idx: Sequence[int], k: int, method: str = "auto"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` candidates of each query in the whole collection, itself excluded.
-
-    Exact chunked search below :data:`cbir_utils.search.EXACT_MAX` images, FAISS HNSW above
-    (``method`` forces one of :data:`cbir_utils.search.METHODS`). For large collections.
-
-    Returns:
-        ``(indices, scores)``, each ``(len(query_idx), min(k, N - 1))``, best first.
-    """
-    from .search import build_index
-
-    q = np.asarray(query_idx, dtype=int)
-    nb = build_index(desc, method).search(np.asarray(desc[q], dtype=np.float32), k, exclude=q)
-    return nb.indices, nb.scores
-
-
 def list_relevance(
     indices: np.ndarray, scenes: Sequence[str], query_idx: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:

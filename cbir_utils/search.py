@@ -14,7 +14,8 @@ means "highest inner product". Two families of methods:
 and ``hnsw`` above (:data:`AUTO_ANN`), as measured by ``benchmarks/search.py`` on 1280-d
 vectors. :func:`knn` and :func:`pairs_above` (every pair above a cosine threshold, memory
 ``O(N k)``, with an inverted-file self-join for large collections) serve duplicate
-grouping (:mod:`cbir_utils.groups`); :func:`cbir_utils.retrieval.nearest` ranks with it.
+grouping (:mod:`cbir_utils.groups`); :class:`cbir_utils.pipeline.FittedPipeline` and
+:func:`cbir_utils.retrieval.ranked_lists` rank with it.
 """
 
 from __future__ import annotations
@@ -380,22 +381,6 @@ def build_index(
         index.nprobe = params["nprobe"]
     keep = x if method in ("ivfpq",) else xf
     return SearchIndex(method, keep, index, params, time.perf_counter() - t0)
-
-
-def search(
-    queries: np.ndarray,
-    database: np.ndarray,
-    k: int,
-    exclude: Sequence[int] | np.ndarray | None = None,
-    method: str = "auto",
-    **index_params,
-) -> Neighbours:
-    """Top-``k`` neighbours of ``queries`` in ``database``: exact or FAISS by size.
-
-    A one-off convenience over :func:`build_index`; build the index once instead when
-    searching the same database repeatedly.
-    """
-    return build_index(database, method, **index_params).search(queries, k, exclude)
 
 
 def knn(desc: np.ndarray, k: int, method: str = "auto", **index_params) -> Neighbours:

@@ -178,20 +178,22 @@ def test_pairs_cap_warns_and_keeps_best(rng):
     assert set(zip(full.i.tolist(), full.j.tolist())) == ref
 
 
-def test_retrieval_nearest_matches_the_full_ranking(clustered, monkeypatch):
+def test_ranked_lists_match_the_full_ranking(clustered, monkeypatch):
     from cbir_utils import retrieval
 
     x, q = clustered[:400], np.arange(0, 400, 7)
-    idx, val = retrieval.nearest(x, q, 10)
+    idx, val = retrieval.ranked_lists(x, q, 10)
     scores = x[q] @ x.T
     scores[np.arange(len(q)), q] = -np.inf
     ref_i = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     ref_v = np.take_along_axis(scores, ref_i, 1)
     np.testing.assert_array_equal(idx, ref_i)
     np.testing.assert_allclose(val, ref_v, atol=1e-6)
-    # above the size threshold the same call goes through FAISS (HNSW)
+    # above the size threshold the index "auto" builds is FAISS HNSW, nearly as good
     monkeypatch.setattr(search, "EXACT_MAX", 100)
-    idx2, _ = retrieval.nearest(x, q, 10)
+    index = search.build_index(x)
+    assert index.method == "hnsw"
+    idx2 = index.search(x[q], 10, exclude=q).indices
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx2, ref_i)]) > 0.95
 
 
