@@ -25,7 +25,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from scipy import ndimage
 from cbir_utils.paths import CHECK_DIR, DEMO_DIR
 
 from .errors import InputError, ToolError
+from .io import atomic_write_bytes
 
 BUILDER_VERSION = 1
 """Bump when the output of :func:`build_demo_collection` changes for the same parameters."""
@@ -847,18 +847,6 @@ def _plan(
     return plan, loaders
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _clean_previous(out: Path) -> None:
     """Delete what an earlier build wrote in ``out`` (scene folders' JPEGs, manifest, params)."""
     for d in sorted(out.iterdir()):
@@ -946,7 +934,7 @@ def build_demo_collection(
         _clean_previous(out)
 
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(params_file, json.dumps({**params, "complete": False}, indent=2).encode())
+    atomic_write_bytes(params_file, json.dumps({**params, "complete": False}, indent=2).encode())
 
     rows: list[dict[str, str]] = []
     cache: dict[Any, Image.Image] = {}
@@ -981,7 +969,7 @@ def build_demo_collection(
                 rel = f"{name}/{name}_{k}.jpg"
                 buf = io.BytesIO()
                 printed.save(buf, format="JPEG", quality=95)
-                _atomic_write(out / rel, buf.getvalue())
+                atomic_write_bytes(out / rel, buf.getvalue())
                 transforms = {"base": {**base_info, "shot": j}, **applied}
                 rows.append(
                     {
@@ -995,7 +983,7 @@ def build_demo_collection(
                 bar.update(1)
 
     _write_manifests(out, rows, int(seed))
-    _atomic_write(params_file, json.dumps({**params, "complete": True}, indent=2).encode())
+    atomic_write_bytes(params_file, json.dumps({**params, "complete": True}, indent=2).encode())
     return manifest
 
 
@@ -1053,7 +1041,7 @@ def _write_manifests(out: Path, rows: Sequence[dict], seed: int) -> None:
         writer = csv.DictWriter(text, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(full)
-        _atomic_write(out / name, text.getvalue().encode("utf-8"))
+        atomic_write_bytes(out / name, text.getvalue().encode("utf-8"))
 
 
 def _add_provenance(out: Path, seed: int) -> None:

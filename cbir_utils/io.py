@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """``write(tmp)`` writes a temporary file beside ``path``, then it is renamed into place
+    (a reader never sees a half-written file; a failed write leaves the old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,7 +31,7 @@ def _atomic(path: Path, write) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file and a rename."""
-    return _atomic(Path(path), lambda t: Path(t).write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda t: Path(t).write_text(text, encoding="utf-8"))
 
 
 def atomic_create_text(path: str | os.PathLike, text: str) -> bool:
@@ -66,7 +68,7 @@ def atomic_create_text(path: str | os.PathLike, text: str) -> bool:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
-    return _atomic(Path(path), lambda t: Path(t).write_bytes(data))
+    return atomic_write(path, lambda t: Path(t).write_bytes(data))
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -85,7 +87,7 @@ def save_json(path: str | os.PathLike, obj: Any) -> Path:
 def save_csv(path: str | os.PathLike, df: pd.DataFrame, **kwargs: Any) -> Path:
     """Save a data frame as CSV atomically (no index unless asked)."""
     kwargs.setdefault("index", False)
-    return _atomic(Path(path), lambda t: df.to_csv(t, **kwargs))
+    return atomic_write(path, lambda t: df.to_csv(t, **kwargs))
 
 
 def save_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
@@ -95,12 +97,12 @@ def save_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
         with open(t, "wb") as fh:
             np.save(fh, arr)
 
-    return _atomic(Path(path), write)
+    return atomic_write(path, write)
 
 
 def save_figure(path: str | os.PathLike, fig, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically."""
-    return _atomic(Path(path), lambda t: fig.savefig(t, dpi=dpi, bbox_inches="tight", format="png"))
+    return atomic_write(path, lambda t: fig.savefig(t, dpi=dpi, bbox_inches="tight", format="png"))
 
 
 def markdown_table(df: pd.DataFrame) -> str:

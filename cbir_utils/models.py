@@ -552,12 +552,11 @@ def model_meta(
 
 def save_checkpoint(path: str | os.PathLike, model: RetrievalNet, meta: dict, **state: Any) -> Path:
     """Save ``model`` with its ``meta`` (and e.g. optimiser state, epoch) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "meta": meta, **state}, tmp)
-    os.replace(tmp, path)
-    return path
+    from .io import atomic_write
+
+    return atomic_write(
+        path, lambda tmp: torch.save({"model": model.state_dict(), "meta": meta, **state}, tmp)
+    )
 
 
 def load_checkpoint(
