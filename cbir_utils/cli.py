@@ -324,6 +324,9 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
         load_model(meta, ckpt), paths, preprocess_from_meta(meta), shards_dir, args.shard,
         args.num_shards, meta, mirror=args.mirror, validate="decode", **opts,
     )  # fmt: skip
+    if res.complete and config.rerank:  # its images' local features, on disk for the merge
+        mine = (res.folder / "paths.txt").read_text(encoding="utf-8").splitlines()
+        _local_store().precompute(mine, _progress(args), keep=False)
     _say(
         args,
         f"Shard {args.shard} of {args.num_shards} ({len(res.rows)} images"

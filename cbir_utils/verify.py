@@ -547,10 +547,19 @@ class LocalFeatureStore:
             self._store[key] = feats
         return self._store[key]
 
-    def precompute(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> None:
-        """Compute the features of ``paths`` now (e.g. the whole collection, at indexing time)."""
+    def precompute(
+        self, paths: Sequence[str | os.PathLike], progress: bool = True, keep: bool = True
+    ) -> None:
+        """Compute the features of ``paths`` now (e.g. the whole collection, at indexing time).
+
+        ``keep=False`` (with a ``cache_dir``) writes them to disk only, memory flat: what a
+        shard job does for its images, so that the merge only matches them. Resumable: the
+        images already on disk are read, not computed.
+        """
         for p in tqdm(paths, desc="Local features", unit="img", disable=not progress):
             self.get(p)
+            if not keep:
+                self._store.pop(str(p), None)
 
 
 def _write_features(file: Path, f: LocalFeatures) -> None:

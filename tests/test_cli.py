@@ -174,13 +174,21 @@ def test_add_and_update(local, tiny_collection, tmp_path, capsys):
     assert len(Index.load(folder)) == 20
 
 
-def test_shards_merge_to_the_same_index(local, tiny_collection, tmp_path, capsys):
-    assert local[0].is_dir()
+def test_shards_merge_to_the_same_index(tiny_collection, tmp_path, capsys, monkeypatch):
+    from cbir_utils import verify
+    from cbir_utils.index import _local_cache
+    from cbir_utils.models import file_digest
+
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")  # caches start empty
     folder = tmp_path / "sharded"
     args = ["index", str(tiny_collection), "--out", str(folder), *SIZE]
     for shard in ("0", "1"):
         capsys.readouterr()
         assert cli.main([*args, "--num-shards", "2", "--shard", shard]) == 0
+    # each job also wrote its images' local features to the disk cache, for the merge
+    cache = verify.LocalFeatureStore(cache_dir=_local_cache()).cache_dir
+    images = sorted(tiny_collection.rglob("*.jpg"))
+    assert all((cache / file_digest(p)[:2] / f"{file_digest(p)}.npz").is_file() for p in images)
     # the merge command a shard job prints keeps --out and the model options
     said = capsys.readouterr().err.split("When every shard is done: ")[1].split("\n")[0]
     merge = shlex.split(said)
