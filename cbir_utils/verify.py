@@ -638,9 +638,6 @@ def rerank(
     saturation: int = SATURATION,
     store: LocalFeatureStore | None = None,
     ratio: float = RATIO,
-    graph: VerificationGraph | None = None,
-    hop_weight: float = 0.25,
-    query_index: int | None = None,
 ) -> Reranked:
     """Re-score a query's best candidates by geometric verification.
 
@@ -659,12 +656,6 @@ def rerank(
         saturation: Inliers giving the full ``weight``.
         store: Where candidate features are computed once and kept; default a new one.
         ratio: Lowe's ratio-test threshold.
-        graph: The collection's verification graph (:func:`graph_from_lists`), its nodes
-            being ``candidate_paths``: candidates verified with an image the query verified
-            (two hops) get ``hop_weight`` too, unless verified directly.
-        hop_weight: Score added for a two-hop verification.
-        query_index: The query's own node in ``graph`` when it belongs to the collection:
-            its edges are ignored (the query is treated as new).
 
     Returns:
         A :class:`Reranked`.
@@ -700,11 +691,6 @@ def rerank(
             memo[key] = (m.n_inliers, m.mirrored)
     verified = inliers >= 0
     s[verified] += weight * inlier_bonus(inliers[verified], min_inliers, saturation)
-    if graph is not None:
-        if graph.n != len(s):
-            raise InputError(f"The graph has {graph.n} nodes but there are {len(s)} candidates.")
-        hops = graph.two_hop(inliers >= graph.edge_inliers, exclude=query_index)
-        s[hops & finite] += hop_weight
     order = np.argsort(-np.where(finite, s, -np.inf), kind="stable")
     return Reranked(order, s, inliers, mirrored, time.perf_counter() - t0)
 
@@ -743,21 +729,13 @@ class VerificationGraph:
         e = self.edges
         return e.indices[e.indptr[i] : e.indptr[i + 1]]
 
-    def two_hop(self, direct: np.ndarray, exclude: int | None = None) -> np.ndarray:
-        """Nodes joined to a node of ``direct`` (bool ``(N,)``), not in ``direct`` themselves.
+    def hops(self, direct: Sequence[int], exclude: int | None = None) -> np.ndarray:
+        """Nodes joined to a node of ``direct`` (ids), not in ``direct`` themselves: the
+        printings two verifications away (the pipeline adds ``hop_weight`` to them).
 
         ``exclude``: a node whose edges are ignored (the query's own, when it is in the
         collection: its edges come from the query itself and would say nothing new).
         """
-        direct = np.asarray(direct, dtype=bool)
-        if direct.shape != (self.n,):
-            raise InputError(f"direct must be a boolean vector of length {self.n}.")
-        out = np.zeros(self.n, dtype=bool)
-        out[self.hops(np.flatnonzero(direct), exclude)] = True
-        return out
-
-    def hops(self, direct: Sequence[int], exclude: int | None = None) -> np.ndarray:
-        """The nodes :meth:`two_hop` gives, from the nodes ``direct`` (sorted ids)."""
         direct = np.asarray(direct, dtype=np.int64)
         src = direct if exclude is None else direct[direct != exclude]
         if not len(src):
