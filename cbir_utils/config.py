@@ -55,94 +55,49 @@ def _setting(default, spec: Param, **kw):
 class PipelineConfig:
     """One configuration of the retrieval pipeline; the defaults are notebook 01's.
 
-    :meth:`baseline` is the plain pipeline (whole image at 224 px, cosine only) that the
-    quality benchmark's steps start from.
-
-    Attributes:
-        image_size: Network input side (letterbox: the long side).
-        resize: ``letterbox`` (whole image, padded) or ``center_crop`` (the study's).
-        grayscale: Gray input.
-        descreen: Gaussian blur radius before resizing, thousandths of the long side.
-        pooling: ``avg``, ``gem`` or ``max``.
-        mirror: Mirror-invariant descriptor (image and mirror summed).
-        scales: Input sizes relative to ``image_size``, descriptors summed.
-        whiten_dim: PCA-whitening learned on the collection, dimensions kept (0 = off).
-        dba_k: αDBA neighbours (0 = off).
-        qe_k: αQE neighbours (0 = off).
-        rerank: Re-rank each query's ``rerank_top_n`` best by local-feature verification.
-        rerank_top_n: Candidates verified per query.
-        rerank_weight: Score added at full verification evidence.
-        graph: Also use the collection's verification graph (two-hop verified printings
-            get ``hop_weight``); needs ``rerank``.
-        hop_weight: Score added for a two-hop verification.
+    Each setting's meaning and accepted values are its field's :class:`Param` (metadata
+    ``"param"``): checked here, and the notebooks' parameter of the same name in capitals
+    and the command line's option are made from it. Besides: ``rerank_weight``, the score
+    added at full verification evidence, and ``hop_weight``, for a two-hop verification.
+    :meth:`baseline` is the plain pipeline (whole image at 224 px, cosine only).
     """
 
-    image_size: int = _setting(
-        288, Param("int", low=32, help="side of the network input in pixels")
-    )
-    resize: str = _setting(
-        "letterbox",
-        Param(
-            "str",
-            choices=RESIZES,
-            help="letterbox keeps the whole image; center_crop is the study's",
-        ),
-    )
+    image_size: int = _setting(288, Param("int", low=32, help="network input side in pixels"))
+    resize: str = _setting("letterbox", Param("str", choices=RESIZES, help="letterbox keeps "
+                           "the whole image; center_crop is the study's"))  # fmt: skip
     grayscale: bool = _setting(True, Param("bool", help="convert to gray first, as the study did"))
-    descreen: float = _setting(
-        3.0,
-        Param(
-            "float",
-            low=0.0,
-            help="halftone removal: blur radius in thousandths of the long side, 0 for off",
-        ),
-    )
+    descreen: float = _setting(3.0, Param("float", low=0.0, help="halftone removal: blur "
+                               "radius in thousandths of the long side, 0 for off"))  # fmt: skip
     pooling: str = _setting("avg", Param("str", choices=POOLINGS, help="global pooling"))
     mirror: bool = _setting(False, Param("bool", help="mirror-invariant descriptors"))
-    scales: tuple[float, ...] = _setting(
-        (0.75, 1.0, 1.25),
-        Param(
-            "floats",
-            low=0.0,
-            low_open=True,
-            help="input sizes relative to the image size, descriptors summed, e.g. 0.75,1,1.25",
-        ),  # fmt: skip
-    )
-    whiten_dim: int = _setting(
-        64,
-        Param(
-            "int", low=0, help="PCA-whitening learned on the collection, dimensions kept; 0 = off"
-        ),
-    )
-    dba_k: int = _setting(
-        1, Param("int", low=0, help="database-side augmentation neighbours; 0 = off")
-    )
-    qe_k: int = _setting(1, Param("int", low=0, help="query expansion neighbours; 0 = off"))
+    scales: tuple[float, ...] = _setting((0.75, 1.0, 1.25), Param("floats", low=0.0,
+        low_open=True, help="input sizes relative to the image size, descriptors summed, "
+        "e.g. 0.75,1,1.25"))  # fmt: skip
+    whiten_dim: int = _setting(64, Param("int", low=0, help="PCA-whitening learned on the "
+                               "collection, dimensions kept; 0 = off"))  # fmt: skip
+    dba_k: int = _setting(1, Param("int", low=0, help="database-side augmentation (αDBA) "
+                          "neighbours; 0 = off"))  # fmt: skip
+    qe_k: int = _setting(1, Param("int", low=0, help="query expansion (αQE) neighbours; 0 = off"))
     rerank: bool = _setting(True, Param("bool", help="re-rank by local-feature verification"))
-    rerank_top_n: int = _setting(
-        50, Param("int", low=1, help="candidates per query verified by local features")
-    )
+    rerank_top_n: int = _setting(50, Param("int", low=1, help="candidates per query verified "
+                                 "by local features"))  # fmt: skip
     rerank_weight: float = 1.0
-    graph: bool = _setting(
-        True,
-        Param(
-            "bool",
-            help="verify every image against its best candidates at indexing time, so printings "
-            "verified through a third image rise too (the slow part)",
-        ),
-    )
+    graph: bool = _setting(True, Param("bool", help="verify every image against its best "
+        "candidates at indexing time, so printings verified through a third image rise too "
+        "(the slow part); needs rerank"))  # fmt: skip
     hop_weight: float = 0.25
 
     def __post_init__(self) -> None:
-        from .descriptors import scaled_sizes
+        from .runs import coerce_param
 
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        for f in fields(self):  # each setting checked (and converted) as its Param says
+            if "param" in f.metadata:
+                value = coerce_param(f.name, getattr(self, f.name), f.metadata["param"])
+                if f.name == "scales":
+                    value = tuple(float(v) for v in value)
+                object.__setattr__(self, f.name, value)
         if self.graph and not self.rerank:
             raise InputError("graph=True needs rerank=True (the graph is made of verifications).")
-        for name in ("whiten_dim", "dba_k", "qe_k", "rerank_top_n"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
-        scaled_sizes(self.image_size, self.scales)  # validates the scales
 
     @classmethod
     def baseline(cls, **changes) -> PipelineConfig:
