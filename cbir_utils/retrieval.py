@@ -182,8 +182,6 @@ def list_threshold(
 def choose_threshold(desc: np.ndarray, scenes: Sequence[str], val_idx: Sequence[int]) -> float:
     """Cosine threshold maximising pairwise F1 with the validation images as queries."""
     val_idx = np.asarray(val_idx, dtype=int)
-    if len(val_idx) == 0:
-        raise InputError("No validation queries to choose a threshold on.")
     return list_threshold(*ranked_lists(desc, val_idx), scenes, val_idx)
 
 
@@ -233,8 +231,6 @@ def evaluate(
 ) -> Evaluation:
     """Rank the collection by cosine for each query (:func:`ranked_lists`) and evaluate it."""
     query_idx = np.asarray(query_idx, dtype=int)
-    if len(query_idx) == 0:
-        raise InputError(f"Protocol {protocol!r} has no query images.")
     idx, sc = ranked_lists(desc, query_idx)
     return evaluate_lists(idx, sc, scenes, query_idx, threshold, ks, protocol)
 
