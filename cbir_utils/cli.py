@@ -255,7 +255,7 @@ def _index_config(args, meta: dict, sharded: bool):
 
     top_n = args.rerank_top_n
     return pipeline_config(
-        meta, args.mirror, scales=(1.0,) if sharded else tuple(args.scales),
+        meta, args.mirror, scales=tuple(args.scales),
         whiten_dim=args.whiten_dim, dba_k=args.dba_k, qe_k=args.qe_k, rerank=top_n > 0,
         rerank_top_n=top_n or DEFAULTS["RERANK_TOP_N"], graph=args.graph and top_n > 0,
     )  # fmt: skip
@@ -288,9 +288,11 @@ def _for_queries(fitted, args):
 
 
 def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
+    from dataclasses import replace
+
     from . import features
     from .data import preprocess_from_meta, save_skipped
-    from .index import Index, load_model
+    from .index import Index, load_model, shard_scales
 
     shards_dir = folder.with_name(folder.name + ".shards")
     paths = col.items["path"].tolist()
@@ -320,10 +322,14 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
         return 0
     if not 0 <= args.shard < args.num_shards:
         raise InputError(f"--shard must be in [0, {args.num_shards}), got {args.shard}.")
-    res = features.extract_shard(
-        load_model(meta, ckpt), paths, preprocess_from_meta(meta), shards_dir, args.shard,
-        args.num_shards, meta, mirror=args.mirror, validate="decode", **opts,
-    )  # fmt: skip
+    model, pre = load_model(meta, ckpt), preprocess_from_meta(meta)
+    for size, out in shard_scales(shards_dir, pre.image_size, config.scales):  # each scale
+        res = features.extract_shard(
+            model, paths, replace(pre, image_size=size), out, args.shard, args.num_shards,
+            meta, mirror=args.mirror, validate="decode", **opts,
+        )  # fmt: skip
+        if not res.complete:
+            break
     if res.complete and config.rerank:  # its images' local features, on disk for the merge
         mine = (res.folder / "paths.txt").read_text(encoding="utf-8").splitlines()
         _local_store().precompute(mine, _progress(args), keep=False)
@@ -789,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ranking (as notebook 01; kept with the index, used by search and evaluate)"
     )
     for name in ("scales", "whiten_dim", "dba_k", "qe_k"):
-        _add_param(r, name, " (sharded indexes: 1)" if name == "scales" else "")
+        _add_param(r, name)
     r.add_argument(
         "--rerank-top-n", type=_non_negative_int, default=DEFAULTS["RERANK_TOP_N"],
         help="candidates per query verified by local features (SIFT + RANSAC); 0 = off "

@@ -365,8 +365,7 @@ class Index(ItemTable):
     ) -> Index:
         """An index from vectors computed elsewhere (e.g. merged shards), in collection order.
 
-        ``config`` must describe how the vectors were made (sharded extraction is single
-        scale: ``pipeline_config(meta, mirror, scales=(1.0,))``).
+        ``config`` must describe how the vectors were made (its scales).
         """
         col = source if isinstance(source, Collection) else load_collection(source)
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -402,8 +401,10 @@ class Index(ItemTable):
 
         Every shard must be finished and come from this model, mirroring and listing of
         ``col`` (the shard folders' ``meta.json``); their vectors are read in collection
-        order. The images the shards left out as unusable (each job checked its own) are
-        not in the index.
+        order. With several scales (``config.scales``) each scale's shards are in their
+        folder (:func:`shard_scales`) and the vectors are summed and normalised, as
+        :func:`cbir_utils.descriptors.extract_multiscale` does. The images the shards left
+        out as unusable (each job checked its own) are not in the index.
 
         Args:
             shards_dir: The folder the shard jobs wrote to.
@@ -420,8 +421,15 @@ class Index(ItemTable):
             ValueError: Shards of other settings, of another listing, or inconsistent.
         """
         from .data import SKIPPED_COLUMNS
+        from .descriptors import l2n
 
-        vectors, paths, smeta, listed = read_shards(Path(shards_dir), num_shards)
+        config = config or pipeline_config(meta, mirror)
+        parts = [read_shards(d, num_shards) for _, d in shard_scales(
+            Path(shards_dir), int(meta["image_size"]), config.scales)]  # fmt: skip
+        if any(p[1] != parts[0][1] for p in parts[1:]):
+            raise InputError(f"The shards of the scales in {shards_dir} hold other images.")
+        vectors = l2n(sum(p[0].astype(np.float32) for p in parts))  # as extract_multiscale
+        _, paths, smeta, listed = parts[0]
         if models.identity(smeta.get("model", {})) != models.identity(meta) or bool(
             smeta.get("mirror")
         ) != bool(mirror):
@@ -795,6 +803,15 @@ def pipeline_config(meta: dict, mirror: bool = False, **settings) -> PipelineCon
     if not fields.get("rerank", True):
         fields["graph"] = False
     return PipelineConfig.from_dict(fields)
+
+
+def shard_scales(shards_dir: Path, image_size: int, scales) -> list[tuple[int, Path]]:
+    """Each input size of a sharded extraction and its folder (``size-<px>/`` when there
+    are several scales; the shards folder itself for one)."""
+    from .descriptors import scaled_sizes
+
+    sizes = scaled_sizes(image_size, scales)
+    return [(s, shards_dir if len(sizes) == 1 else shards_dir / f"size-{s}") for s in sizes]
 
 
 def read_shards(

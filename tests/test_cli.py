@@ -194,13 +194,13 @@ def test_shards_merge_to_the_same_index(tiny_collection, tmp_path, capsys, monke
     merge = shlex.split(said)
     assert merge[:3] == ["python", "-m", "cbir_utils"] and "--shard" not in merge
     assert cli.main(merge[3:]) == 0
-    # sharded extraction is single-scale: the same as a one-machine index at one scale
+    # each job extracted its slice at the three scales: the same vectors as one machine's
+    assert len(list(folder.with_name("sharded.shards").glob("size-*/shard-*"))) == 3 * 2
     single = tmp_path / "single"
-    assert cli.main(["index", str(tiny_collection), "--out", str(single), *SIZE,
-                     "--scales", "1", "-q"]) == 0  # fmt: skip
+    assert cli.main(["index", str(tiny_collection), "--out", str(single), *SIZE, "-q"]) == 0
     merged, whole = Index.load(folder), Index.load(single)
     assert merged.relpaths == whole.relpaths and merged.config == whole.config
-    assert merged.config.scales == (1.0,)
+    assert len(merged.config.scales) == 3
     np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
     # the shards are the listing's: a grown collection is not merged from them
     grown = tmp_path / "grown"
@@ -237,7 +237,8 @@ def test_shard_jobs_check_only_their_own_images(
 
     monkeypatch.setattr(data, "check_image", counting)
     monkeypatch.setattr(features, "check_image", counting)
-    args = ["index", str(col), "--out", str(sharded), *SIZE, "-q", "--num-shards", "2"]
+    args = ["index", str(col), "--out", str(sharded), *SIZE, "--scales", "1", "-q",
+            "--num-shards", "2"]  # fmt: skip
     for shard in (0, 1):
         checked.clear()
         assert cli.main([*args, "--shard", str(shard)]) == 0
