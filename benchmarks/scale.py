@@ -17,8 +17,8 @@ lists from ``cbir_utils.search`` (exact below 50k, HNSW above). Measured per siz
 
 Usage::
 
-    .venv/bin/python benchmarks/scale.py                  # 100k (about 5 minutes)
-    .venv/bin/python benchmarks/scale.py --sizes 100000 1000000 --check   # and 1M (~25 min)
+    .venv/bin/python benchmarks/scale.py                  # 100k (about a minute)
+    .venv/bin/python benchmarks/scale.py --sizes 100000 1000000 --check   # and 1M (~5 min)
 
 ``--check`` exits 1 when a size misses the targets: under 10 ms per query one at a time for
 the descriptor stage, recall@100 at least 0.95, peak memory within 24 GB. Writes
