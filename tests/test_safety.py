@@ -116,7 +116,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        io._atomic(target, half_then_crash)
+        io.atomic_write(target, half_then_crash)
     assert json.loads(target.read_text()) == {"mAP": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
