@@ -303,7 +303,7 @@ def _embed_one(
 ) -> np.ndarray:
     """One query's vector, computed in-process (decode, every scale, mirror): its latency."""
     im = data.load_image(path)
-    pre = config.preprocess(backbone)
+    pre = pipeline.preprocessing(config, backbone)
     total = None
     with torch.inference_mode():
         for size in D.scaled_sizes(config.image_size, config.scales):
@@ -331,7 +331,7 @@ def _score_pipeline(
     """Full score matrix of a configuration (the notebooks' code path), and its latency."""
     backbone = meta.get("backbone", BACKBONE)
     if output == "logits":
-        pre = config.preprocess(backbone)
+        pre = pipeline.preprocessing(config, backbone)
         db = features.extract_cached(
             model, paths, pre, cache, meta, output="logits", mirror=config.mirror, progress=progress
         )

@@ -33,6 +33,23 @@ from .config import PipelineConfig
 from .errors import InputError
 
 
+def preprocessing(config: PipelineConfig, backbone: str):
+    """The preprocessing of ``config`` at scale 1 (normalisation of ``backbone``)."""
+    return models.preprocess_for(
+        backbone, config.image_size, config.resize, config.grayscale, config.descreen
+    )
+
+
+def post_processing(config: PipelineConfig) -> D.PostProcess:
+    """The descriptor post-processing of ``config`` (whitening, αDBA, αQE)."""
+    return D.PostProcess(
+        whiten=config.whiten_dim > 0,
+        whiten_dim=config.whiten_dim or None,
+        dba_k=config.dba_k,
+        qe_k=config.qe_k,
+    )
+
+
 def describe(
     model: models.RetrievalNet,
     meta: dict,
@@ -51,7 +68,7 @@ def describe(
         cache_dir: Descriptor cache folder, or None.
         **kwargs: Passed to the extraction (``batch_size``, ``num_workers``, ``progress``...).
     """
-    pre = config.preprocess(meta.get("backbone", "efficientnet_lite0"))
+    pre = preprocessing(config, meta.get("backbone", "efficientnet_lite0"))
     meta = {
         **meta,
         "image_size": config.image_size,
@@ -165,7 +182,7 @@ class FittedPipeline:
                 f"{desc.shape[0] if desc.ndim else 0} descriptors for {len(paths)} images."
             )
         t0 = time.perf_counter()
-        post = config.post()
+        post = post_processing(config)
         whitening = None
         if post.whiten:  # learned on a sample of a very large collection (memory, time)
             rows = np.arange(len(desc))
@@ -202,7 +219,7 @@ class FittedPipeline:
             raw: ``(Q, D)`` descriptors made as the collection's (:func:`describe`).
             exclude: Per query, its collection row when it is one (not its own neighbour).
         """
-        post = self.config.post()
+        post = post_processing(self.config)
         raw = np.asarray(raw, dtype=np.float32)
         q = self.whitening.apply(raw) if self.whitening is not None else D.l2n(raw)
         ex = None if exclude is None else np.asarray(exclude, dtype=np.int64)
@@ -251,7 +268,7 @@ class FittedPipeline:
     def _own_queries(self, rows: np.ndarray) -> np.ndarray:
         """The query vectors of collection rows: their database vectors, αQE-expanded."""
         q = self.database[rows]
-        post = self.config.post()
+        post = post_processing(self.config)
         if post.qe_k:
             q = D.neighbour_mean(
                 q, self.database, post.qe_k, post.qe_alpha, rows, self._searcher("database")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import platform
 import random
-import re
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import PARAM_SPECS, Param
+from .config import PARAM_SPECS, Param, coerce_param
 from .errors import SettingsError, install_notebook_handler
 from .io import atomic_create_text, save_json
 from .paths import output_dir, resolve
@@ -155,132 +153,6 @@ def start_run(
 
 
 # --------------------------------------------------------------------------- parameters
-
-_NONE_STRINGS = {"none", "null", "", "~"}
-_TRUE = {"true", "yes", "y", "1", "on"}
-_FALSE = {"false", "no", "n", "0", "off"}
-
-
-class _Bad(Exception):
-    pass
-
-
-def _describe(spec: Param) -> str:
-    what = {
-        "int": "an integer",
-        "float": "a number",
-        "bool": "True or False",
-        "str": "a string",
-        "ints": "a list of integers, e.g. [1, 5, 10]",
-        "floats": "a list of numbers, e.g. [0.001, 0.0001]",
-    }[spec.kind]
-    bounds = []
-    if spec.low is not None:
-        bounds.append(f"{'>' if spec.low_open else '>='} {spec.low:g}")
-    if spec.high is not None:
-        bounds.append(f"{'<' if spec.high_open else '<='} {spec.high:g}")
-    if bounds:
-        what += (" (each " if spec.kind in ("ints", "floats") else " ") + " and ".join(bounds)
-        what += ")" if spec.kind in ("ints", "floats") else ""
-    if spec.optional:
-        what += ", or None"
-    return what
-
-
-def _number(v: Any, integer: bool) -> float | int:
-    if isinstance(v, bool):
-        raise _Bad
-    if isinstance(v, str):
-        v = v.strip().replace("_", "")
-        try:
-            v = int(v) if re.fullmatch(r"[+-]?\d+", v) else float(v)
-        except ValueError:
-            raise _Bad from None
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)) and math.isfinite(v):
-        if integer:
-            if float(v).is_integer():
-                return int(v)
-            raise _Bad
-        return float(v)
-    raise _Bad
-
-
-def _in_bounds(x: float, spec: Param) -> bool:
-    if spec.low is not None and (x <= spec.low if spec.low_open else x < spec.low):
-        return False
-    return not (spec.high is not None and (x >= spec.high if spec.high_open else x > spec.high))
-
-
-def _list(v: Any) -> list:
-    if isinstance(v, str):
-        text = v.strip()
-        if text.startswith(("[", "(")):
-            try:
-                v = json.loads(text.replace("(", "[").replace(")", "]"))
-            except ValueError:
-                v = [t for t in re.split(r"[\s,]+", text.strip("[]()")) if t]
-        else:
-            v = [t for t in re.split(r"[\s,]+", text) if t]
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, (list, tuple)) or not v:
-        raise _Bad
-    return list(v)
-
-
-def coerce_param(name: str, value: Any, spec: Param) -> Any:
-    """Convert ``value`` to what ``spec`` wants, or raise ``SettingsError`` naming ``name``.
-
-    Strings are parsed (``"224"`` -> 224, ``"false"`` -> False, ``"[1, 5]"`` or
-    ``"1,5"`` -> [1, 5], ``"None"`` -> None for optional parameters); integral floats
-    become ints; choices match case-insensitively.
-    """
-    try:
-        if spec.optional and (
-            value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS)
-        ):
-            return None
-        if value is None:
-            raise _Bad
-        if spec.kind in ("int", "float"):
-            x = _number(value, spec.kind == "int")
-            if not _in_bounds(x, spec):
-                raise _Bad
-            return x
-        if spec.kind in ("ints", "floats"):
-            out = [_number(e, spec.kind == "ints") for e in _list(value)]
-            if not all(_in_bounds(e, spec) for e in out):
-                raise _Bad
-            return out
-        if spec.kind == "bool":
-            if isinstance(value, (bool, np.bool_)):
-                return bool(value)
-            if isinstance(value, (int, np.integer)) and value in (0, 1):
-                return bool(value)
-            low = str(value).strip().lower() if isinstance(value, str) else None
-            if low in _TRUE or low in _FALSE:
-                return low in _TRUE
-            raise _Bad
-        # str
-        if isinstance(value, bool) or not isinstance(value, (str, int, float, os.PathLike)):
-            raise _Bad
-        text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-        choices = spec.choices() if callable(spec.choices) else spec.choices
-        if choices:
-            match = {c.lower(): c for c in choices}.get(text.strip().lower())
-            if match is None:
-                close = difflib.get_close_matches(text, choices, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise SettingsError(
-                    f"{name} must be one of {', '.join(map(repr, choices))}; got {text!r}{hint}."
-                )
-            return match
-        return text
-    except _Bad:
-        shown = f"{value!r} ({type(value).__name__})"
-        raise SettingsError(f"{name} must be {_describe(spec)}; got {shown}.") from None
 
 
 def check_params(

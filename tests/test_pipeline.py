@@ -317,7 +317,7 @@ def test_quality_benchmark_reports_validation_before_and_after_reranking():
 def _dense_reference(desc, paths, cfg, store):
     """The pipeline written with (N, N) matrices, as it was before the top-k lists: the
     reference the sparse ranking must equal (dense is fine in a test, never in the library)."""
-    post = cfg.post()
+    post = pipeline.post_processing(cfg)
     n = len(desc)
     w = D.fit_whitening(desc, post.whiten_dim) if post.whiten else None
     white = w.apply(desc) if w is not None else D.l2n(desc)
