@@ -194,7 +194,7 @@ def cmd_index(args) -> int:
         args.grayscale, args.descreen, args.checkpoint,
     )  # fmt: skip
     opts = dict(batch_size=args.batch_size, num_workers=args.num_workers, progress=_progress(args))
-    config = _index_config(args, meta, sharded)
+    config = _index_config(args, meta)
     if sharded:
         return _index_sharded(args, col, name, folder, meta, ckpt, opts, config)
     stats = features.ExtractStats()
@@ -249,7 +249,7 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _index_config(args, meta: dict, sharded: bool):
+def _index_config(args, meta: dict):
     """The retrieval pipeline of ``index``: its options (notebook 01's defaults)."""
     from .index import pipeline_config
 
@@ -696,7 +696,7 @@ def cmd_explain(args) -> int:
 def _add_param(group, name: str, note: str = "", help: str | None = None, **kw) -> None:
     """The option of a notebook parameter: its default is the notebooks' (:data:`DEFAULTS`),
     its help and check are :data:`cbir_utils.config.PARAM_SPECS`' (the pipeline's come from
-    :class:`cbir_utils.config.PipelineConfig`), checked by ``runs.coerce_param``."""
+    :class:`cbir_utils.config.PipelineConfig`), checked by ``config.coerce_param``."""
     spec = config.PARAM_SPECS[name.upper()]
     flag = "--" + name.lower().replace("_", "-")
     kw.setdefault("default", DEFAULTS.get(name.upper()))
@@ -707,15 +707,14 @@ def _add_param(group, name: str, note: str = "", help: str | None = None, **kw) 
         return
 
     def check(value: str):
-        from .runs import coerce_param
-
         try:
-            return coerce_param("the value", value, spec)
+            return config.coerce_param("the value", value, spec)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
     check.__name__ = name.lower()
-    group.add_argument(flag, type=check, choices=spec.choices, help=text, **kw)
+    choices = None if callable(spec.choices) else spec.choices  # a lazy list: checked above
+    group.add_argument(flag, type=check, choices=choices, help=text, **kw)
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:

@@ -1,11 +1,13 @@
-"""The retrieval pipeline's settings: one dataclass holds their defaults and their checks.
+"""The settings: defaults and checks, each in one place.
 
 :class:`PipelineConfig` is the single source of the pipeline's defaults (notebook 01's
 recommended pipeline) and of what each setting accepts (:class:`Param`, in each field's
-metadata). The notebooks' parameter checks (:data:`cbir_utils.runs.PARAM_SPECS`), the
-command line's options and defaults (:mod:`cbir_utils.cli`) and a saved index's pipeline
-(:func:`cbir_utils.index.pipeline_config`) are derived from it. Light on purpose (no
-numpy or torch at import), so ``cbir --help`` stays fast.
+metadata). :data:`PARAM_SPECS` says what every notebook parameter accepts (the pipeline's
+taken from those fields) and :func:`coerce_param` checks a value against it. The notebooks'
+parameter checks (:func:`cbir_utils.runs.check_params`), the command line's options and
+defaults (:mod:`cbir_utils.cli`) and a saved index's pipeline
+(:func:`cbir_utils.index.pipeline_config`) are derived from them. Light on purpose (no
+torch or pandas at import), so ``cbir --help`` stays fast.
 """
 
 from __future__ import annotations

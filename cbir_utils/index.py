@@ -175,15 +175,7 @@ class Embedder:
         """Descriptors of image files, through the descriptor cache (default
         ``outputs/cache``, shared with the notebooks)."""
         cache = Path(cache_dir) if cache_dir else _default_cache()
-        paths = [str(p) for p in paths]
-        if self.output != "descriptor":
-            return features.extract_cached(
-                self.network(), paths, preprocess_from_meta(self.meta), cache, self.meta,
-                output=self.output, mirror=self.mirror, stats=stats, **kwargs,
-            )  # fmt: skip
-        return P.describe(
-            self.network(), self.meta, paths, self.config, cache, stats=stats, **kwargs
-        )
+        return self._extract(paths, cache, stats, **kwargs)
 
     def images(
         self,
@@ -205,12 +197,18 @@ class Embedder:
             for k, p in enumerate(paths):
                 crops.append(Path(tmp) / f"crop{k}.png")
                 crop_box(load_image(p), box).save(crops[-1])  # lossless: embedded as decoded
-            if self.output != "descriptor":
-                return features.extract(
-                    self.network(), crops, preprocess_from_meta(self.meta), output=self.output,
-                    mirror=self.mirror, **kwargs,
-                )  # fmt: skip
-            return P.describe(self.network(), self.meta, crops, self.config, None, **kwargs)
+            return self._extract(crops, None, None, **kwargs)
+
+    def _extract(self, paths, cache: Path | None, stats, **kwargs) -> np.ndarray:
+        """The descriptors (or logits) of ``paths``, through ``cache`` unless it is None."""
+        paths, net = [str(p) for p in paths], self.network()
+        if self.output == "descriptor":
+            return P.describe(net, self.meta, paths, self.config, cache, stats=stats, **kwargs)
+        how = dict(output=self.output, mirror=self.mirror, **kwargs)
+        pre = preprocess_from_meta(self.meta)
+        if cache is None:
+            return features.extract(net, paths, pre, **how)
+        return features.extract_cached(net, paths, pre, cache, self.meta, stats=stats, **how)
 
 
 # --------------------------------------------------------------------------- the index
