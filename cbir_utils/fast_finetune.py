@@ -43,9 +43,10 @@ import torch
 from PIL import Image, ImageOps
 from threadpoolctl import threadpool_limits
 
-from . import features, models
+from . import degrade, features, models
 from .data import UNLABELLED, Collection, Preprocess
 from .errors import InputError
+from .head import HeadNet, train_head
 
 METHODS = ("lw", "pca")
 REPRINT_VIEWS = 2
@@ -54,7 +55,10 @@ REPRINT_VIEWS = 2
 and validation scenes with SSCD at 288 px: cv mAP 0.989 without reprints, 1.000 with 2 or 4
 (to 3 decimals), so the cheaper 2; confirmed on the check collection (held-out mAP through
 the pipeline 0.973 without, 0.982 with 2, 0.973 with 4)."""
-HEAD_SCALE = 16.0  # logits = HEAD_SCALE * cosine to the class mean
+HEAD_VIEWS = 6
+"""Simulated reprints of each training image in the pool the trained head draws from."""
+ARCHIVE_P = 0.5
+"""Share of those reprints degraded further as archive scans are (:func:`degrade.degrade`)."""
 
 
 class MirroredPreprocess:
@@ -93,11 +97,15 @@ class ReprintedPreprocess:
 
         small = im.convert("L").resize((32, 32))
         rng = np.random.default_rng([self.seed, self.view, zlib.crc32(small.tobytes())])
-        return self.preprocess(press_augment(im.convert("RGB"), rng))
+        printed = press_augment(im.convert("RGB"), rng)
+        if rng.random() < ARCHIVE_P:
+            printed = degrade.degrade(printed, rng)[0].convert("RGB")
+        return self.preprocess(printed)
 
     def to_dict(self) -> dict:
-        """The cache key: the preprocessing plus the view and its seed."""
-        return {**self.preprocess.to_dict(), "reprint_view": self.view, "seed": self.seed}
+        """The cache key: the preprocessing plus the view, its seed and the archive share."""
+        key = {"reprint_view": self.view, "seed": self.seed, "archive_p": ARCHIVE_P}
+        return {**self.preprocess.to_dict(), **key}
 
 
 @dataclass
@@ -121,6 +129,11 @@ class FastConfig:
         reprint_views: Simulated reprints of each training image added as further views
             (:class:`ReprintedPreprocess`): the within-scene variation the whitening learns
             then includes halftone, crop, tone and mirror, as in a press archive.
+        head_views: Simulated reprints of each training image in the trained head's pool
+            (at least ``reprint_views``; the first ``reprint_views`` also serve the
+            closed-form fit).
+        stages, lr: The trained head's epochs per stage and Adam's learning rate (the
+            study's 30, 50, 50 and 0.001); ``()`` keeps the closed-form projection alone.
         folds: Scene folds of the cross-validation that chooses the candidate.
         seed: Seed of the fold assignment.
         batch_size: Images per forward pass when embedding.
@@ -140,6 +153,9 @@ class FastConfig:
     shrinkages: tuple[float, ...] = (0.05, 0.25, 0.5)
     mirror_views: bool = False
     reprint_views: int = 0
+    head_views: int = 0
+    stages: tuple[int, ...] = ()
+    lr: float = 1e-3
     folds: int = 5
     seed: int = 0
     batch_size: int = 32
@@ -161,6 +177,12 @@ class FastConfig:
             raise InputError(
                 f"Unknown backbone {self.backbone!r}; choose one of {', '.join(models.BACKBONES)}."
             )
+        self.stages = tuple(int(e) for e in self.stages)
+        if any(e < 1 for e in self.stages) or not self.lr > 0:
+            raise InputError(f"stages must be positive epoch counts and lr > 0, got "
+                             f"{self.stages!r}, {self.lr!r}.")  # fmt: skip
+        if not isinstance(self.head_views, int) or self.head_views < 0:
+            raise InputError(f"head_views must be an integer >= 0, got {self.head_views!r}.")
         self.dims = tuple(int(d) for d in self.dims)
         self.shrinkages = tuple(float(s) for s in self.shrinkages)
         if not self.dims or any(d < 0 for d in self.dims):
@@ -179,6 +201,8 @@ class FastConfig:
         d = {k: getattr(config, k) for k in (*names, "descreen", "batch_size", "device", "seed")}
         d["num_workers"] = config.num_workers or None
         d["reprint_views"] = REPRINT_VIEWS if config.augment == "press" else 0
+        d["head_views"] = HEAD_VIEWS if config.augment == "press" else 0
+        d["stages"], d["lr"] = tuple(config.stages), float(config.lr)
         d["mirror_views"] = config.augment == "flip"
         return cls(**{**d, **overrides})
 
@@ -206,6 +230,7 @@ class FastConfig:
         """JSON-friendly dict (stored in the checkpoint's meta)."""
         d = asdict(self)
         d["dims"], d["shrinkages"] = list(self.dims), list(self.shrinkages)
+        d["stages"] = list(self.stages)
         d["methods"] = list(self.methods)
         return d
 
@@ -478,6 +503,9 @@ class FastResult:
         baseline_cv_map: The same for the pretrained descriptors.
         candidates: Every candidate's ``cv_map`` (see :func:`cross_validate`).
         classes: Training scenes (the classifier head's classes).
+        history: The trained head's epochs (:func:`cbir_utils.head.train_head`), ``None``
+            when only the closed form was fitted.
+        best_epoch: Its epoch of best validation macro-F1 (``checkpoints/best.pt``).
     """
 
     checkpoint: Path
@@ -491,6 +519,8 @@ class FastResult:
     baseline_cv_map: float
     candidates: pd.DataFrame = field(repr=False)
     classes: list[str] = field(default_factory=list)
+    history: pd.DataFrame | None = field(default=None, repr=False)
+    best_epoch: int = 0
 
 
 def _train_val(collection: Collection, split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -555,9 +585,14 @@ def fast_finetune(
         views.append(
             features.extract_cached(model, paths, MirroredPreprocess(pre), cache_dir, meta, **opts)
         )
-    for view in range(config.reprint_views):
+    reprints = []
+    n_views = max(config.reprint_views, config.head_views if config.stages else 0)
+    for view in range(n_views):
         reprint = ReprintedPreprocess(pre, view, config.seed)
-        views.append(features.extract_cached(model, paths, reprint, cache_dir, meta, **opts))
+        # in this process: Augraphy's numba code deadlocks in forked DataLoader workers
+        serial = {**opts, "num_workers": 0}
+        reprints.append(features.extract_cached(model, paths, reprint, cache_dir, meta, **serial))
+    views += reprints[: config.reprint_views]
     embed_s = time.perf_counter() - t0
 
     # ---- choose by scene-disjoint cross-validation, fit on the training images
@@ -582,31 +617,38 @@ def fast_finetune(
     out_dim = proj.dim if proj is not None else plain.shape[1]
 
     # ---- classifier head: cosine to each training scene's mean descriptor
-    z_train = proj(plain[:n_tr]) if proj is not None else plain[:n_tr]
+    if proj is None:  # the identity: the trained head starts from the pretrained descriptor
+        proj = Projection(np.eye(plain.shape[1], dtype=np.float32), np.zeros(plain.shape[1]))
+    z_train = proj(plain[:n_tr])
     centres = np.stack([z_train[labels[:n_tr] == c].mean(0) for c in classes])
-    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    closed_form = HeadNet(proj.matrix, proj.mean, centres)
     fit_s = time.perf_counter() - t0
 
-    # ---- checkpoint
-    proj_dim = out_dim if proj is not None else 0
-    net = models.build_model(
-        config.backbone,
-        models.rebuild_weights(config.backbone, config.weights),
-        config.pooling,
-        n_classes=len(classes),
-        proj_dim=proj_dim,
-    )
-    state = model.state_dict()
-    if proj is not None:
-        state["proj.linear.weight"] = torch.from_numpy(np.ascontiguousarray(proj.matrix))
-        state["proj.mean"] = torch.from_numpy(np.ascontiguousarray(proj.mean))
-    state["head.weight"] = torch.from_numpy((HEAD_SCALE * centres).astype(np.float32))
-    state["head.bias"] = torch.zeros(len(classes))
-    net.load_state_dict(state)
+    # ---- the head trained with the study's recipe, from the closed form
+    history, best_epoch, trained = None, 0, None
+    if config.stages:
+        class_id = {c: i for i, c in enumerate(classes)}
+        y_tr = np.array([class_id[c] for c in labels[:n_tr]])
+        y_val = np.array([class_id[c] for c in labels[n_tr:]])
+        trained = train_head(
+            [v[:n_tr] for v in [plain, *reprints]],
+            y_tr,
+            plain[n_tr:],
+            y_val,
+            closed_form,
+            config.stages,
+            config.lr,
+            config.batch_size,
+            config.seed,
+            progress,
+        )
+        history, best_epoch = trained.history, trained.best_epoch
+
+    # ---- checkpoints
     cv_map = float(best["cv_map"])
     ckpt_meta = config.model_meta(
         classes,
-        proj_dim=proj_dim,
+        proj_dim=out_dim,
         fast_config=config.to_dict(),
         projection={
             "method": method,
@@ -614,14 +656,36 @@ def fast_finetune(
             "shrinkage": shrink,
             "cv_map": cv_map,
             "baseline_cv_map": base,
+            "trained_epochs": int(sum(config.stages)),
+            "best_epoch": best_epoch,
         },
     )
-    ckpt = models.save_checkpoint(out_dir / "checkpoints" / "best.pt", net, ckpt_meta)
-    # the fit has no epochs: its last checkpoint is its best (notebook 03 may ask for either)
-    models.save_checkpoint(out_dir / "checkpoints" / "last.pt", net, ckpt_meta)
+    heads = {"best": closed_form, "last": closed_form, "closed_form": closed_form}
+    if trained is not None:
+        heads.update(best=trained.best, last=trained.last)
+    ckpt = None
+    for name, head in heads.items():
+        net = models.build_model(
+            config.backbone,
+            models.rebuild_weights(config.backbone, config.weights),
+            config.pooling,
+            n_classes=len(classes),
+            proj_dim=out_dim,
+        )
+        matrix, mean, weight = head.arrays()
+        state = model.state_dict()
+        state["proj.linear.weight"] = torch.from_numpy(np.ascontiguousarray(matrix))
+        state["proj.mean"] = torch.from_numpy(np.ascontiguousarray(mean))
+        state["head.weight"] = torch.from_numpy(weight)
+        state["head.bias"] = torch.zeros(len(classes))
+        net.load_state_dict(state)
+        path = models.save_checkpoint(out_dir / "checkpoints" / f"{name}.pt", net, ckpt_meta)
+        ckpt = path if name == "best" else ckpt
     from .io import save_csv
 
     save_csv(out_dir / "candidates.csv", ranked)
+    if history is not None:
+        save_csv(out_dir / "history.csv", history)
     return FastResult(
         checkpoint=ckpt,
         seconds=time.perf_counter() - t_start,
@@ -634,4 +698,6 @@ def fast_finetune(
         baseline_cv_map=base,
         candidates=ranked.reset_index(drop=True),
         classes=classes,
+        history=history,
+        best_epoch=best_epoch,
     )

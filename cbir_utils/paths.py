@@ -34,6 +34,7 @@ PROJECT_ROOT: Path = _project_root()
 DATA_DIR: Path = PROJECT_ROOT / "data"
 DEMO_DIR: Path = DATA_DIR / "demo"
 CHECK_DIR: Path = DATA_DIR / "check"
+HARD_DIR: Path = DATA_DIR / "hard"
 OUTPUTS_DIR: Path = Path(os.environ.get("CBIR_OUTPUTS_DIR", PROJECT_ROOT / "outputs")).resolve()
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
 

@@ -376,6 +376,13 @@ class TrainResult:
                 f"{n} classes; best epoch {self.best_epoch}; "
                 f"{self.seconds / 60:.1f} min of training"
             )
+        if self.method == "head":
+            epochs = int(self.history["epoch"].max())
+            return (
+                f"{n} classes; frozen backbone, projection head and classifier trained for "
+                f"{epochs} epochs on its descriptors (best epoch {self.best_epoch}) in "
+                f"{self.seconds:.1f} s, views included"
+            )
         return (
             f"{n} classes; frozen backbone, projection {self.method} fitted on its descriptors "
             f"in {self.seconds:.1f} s (no epochs)"
@@ -415,14 +422,15 @@ def finetune(
     res = F.fast_finetune(
         F.FastConfig.from_train_config(config), collection, split, out_dir, cache_dir, progress
     )
+    history = res.history if res.history is not None else pd.DataFrame()
     return TrainResult(
         best_checkpoint=res.checkpoint,
         last_checkpoint=res.checkpoint.with_name("last.pt"),
-        history=pd.DataFrame(columns=list(HISTORY_COLUMNS)),
+        history=history.reindex(columns=list(HISTORY_COLUMNS)),
         classes=res.classes,
-        best_epoch=0,
+        best_epoch=res.best_epoch,
         seconds=res.seconds,
-        method=res.method,
+        method="head" if res.history is not None else res.method,
     )
 
 

@@ -64,3 +64,17 @@ def test_setup_installs_the_sscd_models_as_shipped():
         capture_output=True, text=True,
     )  # fmt: skip
     assert tracked.returncode != 0 or tracked.stdout.strip() == ""
+
+
+def test_setup_installs_augraphy_beside_the_headless_opencv():
+    """Augraphy asks for opencv-python, whose cv2 would replace the headless one: the
+    Makefile installs it without its requirements, and pyproject.toml lists what it adds."""
+    make = (PROJECT_ROOT / "Makefile").read_text()
+    assert "--no-deps augraphy==8.2.6" in make
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\s]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert {"numba", "opencv-python-headless"} <= names and "augraphy" not in names
+    import augraphy
+    import cv2
+
+    assert augraphy.__version__ == "8.2.6" and hasattr(cv2, "imdecode")

@@ -256,8 +256,8 @@ def test_config_from_params_takes_the_network_from_the_checkpoint():
 
 
 def test_notebook_02_defaults_are_the_benchmarks_recipe():
-    """Notebook 02's defaults are the recipe the quality benchmark measured for the default
-    backbone (``finetune_recipe``: the kept "press" recipe on the picked backbone)."""
+    """Notebook 02's defaults are the benchmark's recipe for the default backbone
+    (``finetune_recipe``: the kept "press" augmentation, the study's schedule)."""
     from cbir_utils import runs, training
 
     quality = _quality()
@@ -274,11 +274,11 @@ def test_notebook_02_defaults_are_the_benchmarks_recipe():
         head_lr=p["HEAD_LR"],
     )  # fmt: skip
     bench = quality.finetune_recipe(*quality.DEFAULT_BACKBONE)
-    assert p["HEAD_LR"] == quality.HEAD_LR
+    assert p["HEAD_LR"] is None and (p["LR"], tuple(p["STAGES"])) == (0.001, (30, 50, 50))
     assert nb.to_dict() == bench.to_dict()
     press = training.TrainConfig(
         backbone=quality.BACKBONE, weights="imagenet", batch_size=32,
-        **quality.TRAIN_CONFIGS["press"],
+        **{**quality.TRAIN_CONFIGS["press"], **quality.STUDY_RECIPE},
     ).to_dict()  # fmt: skip
     network = ("backbone", "weights", "image_size", "descreen", "head_lr")
     assert {k: v for k, v in nb.to_dict().items() if k not in network} == {
