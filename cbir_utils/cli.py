@@ -191,7 +191,7 @@ def cmd_index(args) -> int:
     ensure_outside(folder, col.root)  # an index never goes into the collection it reads
     meta, ckpt = model_settings(
         args.backbone, args.weights, args.pooling, args.image_size, args.resize,
-        args.grayscale, args.descreen, args.checkpoint,
+        args.grayscale, args.descreen, args.checkpoint, args.find_photo,
     )  # fmt: skip
     opts = dict(batch_size=args.batch_size, num_workers=args.num_workers, progress=_progress(args))
     config = _index_config(args, meta)
@@ -788,7 +788,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="a fine-tuned checkpoint of notebook 02 (then backbone/weights/pooling/preprocessing come from it)",
     )
-    for name in ("pooling", "image_size", "resize", "grayscale", "descreen", "mirror"):
+    for name in (
+        "pooling",
+        "image_size",
+        "resize",
+        "grayscale",
+        "descreen",
+        "find_photo",
+        "mirror",
+    ):
         _add_param(m, name)
     r = p.add_argument_group(
         "ranking (as notebook 01; kept with the index, used by search and evaluate)"

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from . import provenance
 from .errors import CollectionError, ImageDecodeError, InputError, MissingFilesError
 from .io import save_csv, save_json
+from .photo import crop_photo
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2", ".ppm", ".pgm"}
@@ -798,6 +799,8 @@ class Preprocess:
         std: Normalisation std, per channel.
         pixels: Give ``uint8`` 0-255 pixels instead of normalised floats (the padding is
             still the mean colour): what the ONNX models take, with no float round trip.
+        find_photo: Cut a scan that kept page text or a caption band to the photograph
+            first (:func:`cbir_utils.photo.crop_photo`).
     """
 
     image_size: int = 224
@@ -807,6 +810,7 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     pixels: bool = False
+    find_photo: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in ("letterbox", "center_crop"):
@@ -819,12 +823,15 @@ class Preprocess:
     def to_dict(self) -> dict:
         """JSON-serialisable description (part of the cache key)."""
         d = asdict(self)
-        if not self.pixels:  # keys of caches written before the field existed
-            del d["pixels"]
+        for name in ("pixels", "find_photo"):  # keys of caches written before the field
+            if not d[name]:
+                del d[name]
         return d
 
     def prepare(self, im: Image.Image) -> Image.Image:
         """Tone, descreen and resize a PIL image (letterbox: long side = ``image_size``, unpadded)."""
+        if self.find_photo:
+            im = crop_photo(im)
         if self.grayscale:
             im = im.convert("L")
         if self.descreen > 0:
@@ -888,6 +895,7 @@ def preprocess_from_meta(meta: dict) -> Preprocess:
         mean=tuple(norm.get("mean", Preprocess.mean)),
         std=tuple(norm.get("std", Preprocess.std)),
         pixels=backbone in models.BACKBONES and models.takes_pixels(backbone),
+        find_photo=bool(meta.get("find_photo", False)),
     )
 
 

@@ -91,7 +91,7 @@ def _augmentation(name: str, rng: np.random.Generator) -> Callable[[np.ndarray],
     if name == "noise":
         return A.SubtleNoise(subtle_range=20, p=1)
     if name == "jpeg":
-        return A.Jpeg(quality_range=(20, 60), p=1)
+        return A.Jpeg(quality_range=(30, 85), p=1)
     raise KeyError(f"unknown degradation {name!r}; known: {', '.join(DEGRADATIONS)}")
 
 
@@ -141,16 +141,20 @@ def apply(img: Image.Image, name: str, rng: np.random.Generator) -> Image.Image:
 
 
 def degrade(
-    img: Image.Image, rng: np.random.Generator, effects: tuple[str, ...] | None = None
+    img: Image.Image,
+    rng: np.random.Generator,
+    effects: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> tuple[Image.Image, list[str]]:
     """Degrade a printing as a real archive scan does; returns the image and the effects.
 
     1 to :data:`MAX_EFFECTS` effects of :data:`DEGRADATIONS` drawn by weight (applied in the
-    table's order), then JPEG with its probability; or exactly ``effects`` when given. The
-    result is gray (mode ``"L"``).
+    table's order), then JPEG with its probability; or exactly ``effects`` when given;
+    never those of ``exclude`` (``dither`` on a halftoned printing: one screening process
+    per printing). The result is gray (mode ``"L"``).
     """
     if effects is None:
-        names = [n for n in DEGRADATIONS if n != "jpeg"]
+        names = [n for n in DEGRADATIONS if n != "jpeg" and n not in exclude]
         w = np.array([DEGRADATIONS[n] for n in names])
         k = int(rng.integers(1, MAX_EFFECTS + 1))
         pick = set(rng.choice(len(names), size=k, replace=False, p=w / w.sum()).tolist())

@@ -373,7 +373,7 @@ def hard_printing(
     The press simulation (:func:`press_reprint`; halftone less often, as dithers and other
     processes take its place) without its JPEG; then, for :data:`degrade.PAGE_CONTEXT_SHARE`
     of the printings, the page around it (:func:`degrade.page_context`); then the archive
-    degradations of :func:`degrade.degrade` (Augraphy).
+    degradations of :func:`degrade.degrade` (Augraphy; no dither on a halftoned printing).
     """
     extra: dict[str, Any] = {"jpeg": False}
     if rng.random() > 0.45:
@@ -383,7 +383,8 @@ def hard_printing(
         printed, applied["page_context"] = degrade.page_context(printed, rng)
     else:
         applied["page_context"] = False
-    printed, applied["degradations"] = degrade.degrade(printed, rng)
+    screened = ("dither",) if applied["halftone"] else ()
+    printed, applied["degradations"] = degrade.degrade(printed, rng, exclude=screened)
     applied["output_size"] = list(printed.size)
     return printed, applied
 

@@ -134,6 +134,11 @@ class FastConfig:
             closed-form fit).
         stages, lr: The trained head's epochs per stage and Adam's learning rate (the
             study's 30, 50, 50 and 0.001); ``()`` keeps the closed-form projection alone.
+        match_weight: Weight of the view-matching loss added to cross-entropy
+            (:func:`cbir_utils.head.train_head`); notebook 02's ``METRIC_LOSS =
+            "contrastive"`` sets it to ``METRIC_WEIGHT``. Off by default: on the validation
+            images it tied on the demo and lost 0.015 mAP on the hard collection
+            (``benchmarks/robustness.py``; held out, it gained 0.04 there).
         folds: Scene folds of the cross-validation that chooses the candidate.
         seed: Seed of the fold assignment.
         batch_size: Images per forward pass when embedding.
@@ -156,6 +161,7 @@ class FastConfig:
     head_views: int = 0
     stages: tuple[int, ...] = ()
     lr: float = 1e-3
+    match_weight: float = 0.0
     folds: int = 5
     seed: int = 0
     batch_size: int = 32
@@ -203,6 +209,8 @@ class FastConfig:
         d["reprint_views"] = REPRINT_VIEWS if config.augment == "press" else 0
         d["head_views"] = HEAD_VIEWS if config.augment == "press" else 0
         d["stages"], d["lr"] = tuple(config.stages), float(config.lr)
+        contrastive = config.metric_loss == "contrastive"
+        d["match_weight"] = float(config.metric_weight) if contrastive else 0.0
         d["mirror_views"] = config.augment == "flip"
         return cls(**{**d, **overrides})
 
@@ -641,6 +649,7 @@ def fast_finetune(
             config.batch_size,
             config.seed,
             progress,
+            config.match_weight,
         )
         history, best_epoch = trained.history, trained.best_epoch
 

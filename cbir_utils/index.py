@@ -63,6 +63,7 @@ def model_settings(
     grayscale: bool = PipelineConfig.grayscale,
     descreen: float = PipelineConfig.descreen,
     checkpoint: str | os.PathLike | None = None,
+    find_photo: bool = PipelineConfig.find_photo,
 ) -> tuple[dict, str | None]:
     """The model meta an index is built with, as the notebooks write it.
 
@@ -83,7 +84,8 @@ def model_settings(
         saved = models.safe_load(ckpt)
         if not isinstance(saved, dict) or "meta" not in saved:
             raise InputError(f"{ckpt} is not a cbir_utils checkpoint (no 'meta').")
-        return {**saved["meta"], "checkpoint_sha1": models.file_digest(ckpt)}, str(ckpt)
+        meta = {**saved["meta"], "checkpoint_sha1": models.file_digest(ckpt)}
+        return {**meta, **({"find_photo": True} if find_photo else {})}, str(ckpt)
     meta = models.model_meta(
         backbone,
         weights,
@@ -92,6 +94,7 @@ def model_settings(
         resize=resize,
         grayscale=bool(grayscale),
         descreen=float(descreen),
+        **({"find_photo": True} if find_photo else {}),
     )
     preprocess_from_meta(meta)  # validates resize / image size early
     return meta, None
@@ -794,6 +797,7 @@ def pipeline_config(meta: dict, mirror: bool = False, **settings) -> PipelineCon
         "resize": meta.get("resize", "letterbox"),
         "grayscale": bool(meta.get("grayscale", True)),
         "descreen": float(meta.get("descreen", 0.0)),
+        "find_photo": bool(meta.get("find_photo", False)),
         "pooling": meta.get("pooling", "avg"),
         "mirror": bool(mirror),
         **settings,

@@ -465,6 +465,7 @@ def preprocess_for(
     resize: str = "letterbox",
     grayscale: bool = True,
     descreen: float = 0.0,
+    find_photo: bool = False,
 ):
     """The :class:`cbir_utils.data.Preprocess` of ``backbone`` (its input normalisation)."""
     from .data import Preprocess
@@ -478,6 +479,7 @@ def preprocess_for(
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
         pixels=takes_pixels(backbone),  # uint8 straight to onnxruntime
+        find_photo=find_photo,
     )
 
 

@@ -36,7 +36,12 @@ from .errors import InputError
 def preprocessing(config: PipelineConfig, backbone: str):
     """The preprocessing of ``config`` at scale 1 (normalisation of ``backbone``)."""
     return models.preprocess_for(
-        backbone, config.image_size, config.resize, config.grayscale, config.descreen
+        backbone,
+        config.image_size,
+        config.resize,
+        config.grayscale,
+        config.descreen,
+        config.find_photo,
     )
 
 
@@ -75,6 +80,7 @@ def describe(
         "resize": config.resize,
         "grayscale": config.grayscale,
         "descreen": config.descreen,
+        **({"find_photo": True} if config.find_photo else {}),
     }
     return D.extract_multiscale(
         model,

@@ -58,3 +58,22 @@ def test_page_context_keeps_the_photo_at_its_box_among_text(small):
         assert (rest < 128).mean() > 0.01  # ink outside the photo: text, caption
         again, _ = degrade.page_context(small, np.random.default_rng(seed))
         assert np.array_equal(np.asarray(page), np.asarray(again))
+
+
+def test_hard_printing_is_deterministic_and_records_what_it_did():
+    from cbir_utils import demo
+
+    base = source_photo("coffee").resize((200, 133))
+    kinds = set()
+    for seed in range(8):
+        a, rec = demo.hard_printing(base, np.random.default_rng(seed))
+        b, _ = demo.hard_printing(base, np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and a.mode == "L"
+        assert rec["output_size"] == list(a.size) and rec["degradations"]
+        if rec["halftone"]:
+            assert "dither" not in rec["degradations"]  # one screening per printing
+        if rec["page_context"]:
+            x0, t, r, b_ = rec["page_context"]["box"]
+            assert 0 <= x0 < r <= a.width and 0 <= t < b_ <= a.height
+        kinds.add(bool(rec["page_context"]))
+    assert kinds == {True, False}  # some printings kept their page, some did not
