@@ -84,7 +84,7 @@ def measure(weights=None, n: int = 120, seed: int = 1) -> dict[str, float]:
             cut += found is not None
         else:
             n_ctx += 1
-            hits += iou(found or (0, 0, img.width, img.height), box) >= 0.5
+            hits += found is not None and iou(found, box) >= 0.5
     return {"iou50": hits / max(n_ctx, 1), "false_crop": cut / max(n_plain, 1)}
 
 
