@@ -124,7 +124,8 @@ def exact_search(
         progress: Show a progress bar over query blocks.
 
     Returns:
-        :class:`Neighbours` with ``min(k, N - (1 if exclude is not None else 0))`` columns.
+        :class:`Neighbours` with ``min(k, N)`` columns, ``min(k, N - 1)`` when a query
+        excludes a row.
     """
     q = np.ascontiguousarray(_as_vectors(queries, "queries"), dtype=np.float32)
     db = _as_vectors(database, "database")
@@ -137,7 +138,8 @@ def exact_search(
         excl = np.asarray(exclude, dtype=np.int64).reshape(-1)
         if len(excl) != nq:
             raise InputError(f"exclude has {len(excl)} entries for {nq} queries.")
-    k = min(k, max(n - (1 if excl is not None else 0), 0))
+    own = excl is not None and bool((excl >= 0).any())  # "-1 for none" costs no candidate
+    k = min(k, max(n - (1 if own else 0), 0))
     idx = np.full((nq, k), -1, dtype=np.int64)
     val = np.full((nq, k), -np.inf, dtype=np.float32)
     if k == 0 or nq == 0:

@@ -390,6 +390,12 @@ def test_sparse_ranking_equals_the_dense_one(coll_split):
     again = fitted.rank(desc[q], [coll.paths[i] for i in q], len(coll) - 1, exclude=q, store=store)
     assert np.array_equal(again.indices, full.indices[q])
     assert np.allclose(again.scores, full.scores[q])
+    # new images (regions of two printings) ranked one after the other: each is verified as
+    # a new image; none takes the collection's path (nothing of theirs enters the store)
+    crops = [data.load_image(coll.paths[i]).crop((0, 0, 100, 100)) for i in q]
+    before = len(store)
+    fitted.rank(desc[q], crops, 5, exclude=[-1, -1], store=store, progress=False)
+    assert len(store) == before
     # saved and loaded with an index folder: the same ranking
     folder = coll.root.parent / "fitted"
     folder.mkdir(exist_ok=True)

@@ -212,3 +212,15 @@ def test_ivf_pairs_with_one_cell_are_exact():
     ref = brute_pairs(x, 0.85)
     got = search.pairs_above(x, 0.85, k_max=None, method="ivf", nlist=1)
     assert set(zip(got.i.tolist(), got.j.tolist())) == ref
+
+
+def test_a_new_query_can_reach_every_indexed_row(rng):
+    """A query that is not in the database (exclude -1) loses no candidate: with k >= N,
+    every row comes back (a search of a 5-image index returned 4 rows)."""
+    db = rng.standard_normal((5, 8)).astype(np.float32)
+    q = rng.standard_normal((2, 8)).astype(np.float32)
+    nb = search.exact_search(q, db, k=50, exclude=[-1, -1])
+    assert nb.indices.shape == (2, 5)
+    assert all(sorted(row) == [0, 1, 2, 3, 4] for row in nb.indices.tolist())
+    own = search.exact_search(db[:2], db, k=50, exclude=[0, 1])  # database rows: self left out
+    assert own.indices.shape == (2, 4) and 0 not in own.indices[0] and 1 not in own.indices[1]
