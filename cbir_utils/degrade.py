@@ -10,7 +10,7 @@ photograph, a caption band).
 
 Every draw comes from a ``numpy.random.Generator``: :func:`degrade` seeds Augraphy's global
 random state from it and restores that state afterwards, so a printing is the same for the
-same generator state.
+same generator state. Augraphy's numba functions run as Python (:func:`_augraphy`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ToolError
+
+VERSION = 2
+"""Bump when a degradation's output changes (hard collection builds, cached training views)."""
 
 # Relative weight of each effect when degrade() draws a printing's effects (applied in this
 # order; JPEG, the digitisation's, is drawn apart, with its weight as a probability).
@@ -50,13 +53,7 @@ PAGE_CONTEXT_SHARE = 0.3
 
 def _augmentation(name: str, rng: np.random.Generator) -> Callable[[np.ndarray], Any]:
     """The Augraphy augmentation of effect ``name``, its parameters drawn from ``rng``."""
-    try:
-        import augraphy as A
-    except ImportError as e:  # installed by `make setup`, without its opencv-python
-        raise ToolError(
-            "The archive degradations need Augraphy: run `make setup`, or "
-            "`pip install --no-deps augraphy==8.2.6` (it then uses opencv-python-headless)."
-        ) from e
+    A = _augraphy()
 
     if name == "fading":  # heavy fading: low contrast, lifted blacks
         return A.Brightness(brightness_range=(1.15, 1.45), min_brightness=1, numba_jit=0, p=1)
@@ -77,7 +74,16 @@ def _augmentation(name: str, rng: np.random.Generator) -> Callable[[np.ndarray],
             p=1,
         )
     if name == "photocopy":
-        return A.BadPhotoCopy(noise_iteration=(1, 2), noise_value=(32, 96), numba_jit=0, p=1)
+        kind = int(rng.choice([1, 2, 3]))  # not 4: as Python, its point count is a float
+        return A.BadPhotoCopy(
+            noise_type=kind,
+            noise_iteration=(1, 2),
+            noise_value=(32, 96),
+            noise_sparsity=(0.3, 0.7),
+            noise_concentration=(0.3, 0.6),
+            numba_jit=0,
+            p=1,
+        )
     if name == "fold":
         return A.Folding(
             fold_count=int(rng.integers(1, 4)), fold_noise=0.0, backdrop_color=(255, 255, 255), p=1
@@ -95,33 +101,37 @@ def _augmentation(name: str, rng: np.random.Generator) -> Callable[[np.ndarray],
     raise KeyError(f"unknown degradation {name!r}; known: {', '.join(DEGRADATIONS)}")
 
 
-_numba_seed = None
+def _augraphy():
+    """Augraphy, its numba functions run as Python.
 
+    Compiled, several of them (fading, dithers, rollers, photocopy) fail to type with
+    NumPy 2.4 on a machine without numba's cache, and their random draws would come from
+    numba's own generator; as Python they run (a second at most per image) and draw from the
+    generators :func:`_seeded` seeds. Augraphy must not have been imported before.
+    """
+    import sys
 
-def _seed_numba(seed: int) -> None:
-    """Seed the generator of Augraphy's numba-compiled functions (apart from NumPy's)."""
-    global _numba_seed
-    if _numba_seed is None:
+    if "augraphy" not in sys.modules:
         import numba
 
-        @numba.njit(cache=False)
-        def seed_all(s):  # pragma: no cover - compiled
-            np.random.seed(s)
-            random.seed(s)
-
-        _numba_seed = seed_all
-    _numba_seed(seed)
+        numba.config.DISABLE_JIT = True  # read by numba's decorators as Augraphy loads
+    try:
+        import augraphy
+    except ImportError as e:  # installed by `make setup`, without its opencv-python
+        raise ToolError(
+            "The archive degradations need Augraphy: run `make setup`, or "
+            "`pip install --no-deps augraphy==8.2.6` (it then uses opencv-python-headless)."
+        ) from e
+    return augraphy
 
 
 @contextmanager
 def _seeded(rng: np.random.Generator):
-    """Seed Python's, NumPy's and numba's generators (Augraphy draws from them); restore the
-    first two afterwards."""
+    """Seed Python's and NumPy's global generators (Augraphy draws from them), then restore."""
     py_state, np_state = random.getstate(), np.random.get_state()
     seed = int(rng.integers(0, 2**31 - 1))
     random.seed(seed)
     np.random.seed(seed)
-    _seed_numba(seed)
     try:
         yield
     finally:

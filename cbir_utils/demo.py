@@ -979,6 +979,8 @@ def build_demo_collection(
     params = {"builder_version": BUILDER_VERSION, "seed": int(seed), "n_scenes": int(n_scenes)}
     if kind != "demo":
         params["kind"] = kind
+    if kind == "hard":
+        params["degrade_version"] = degrade.VERSION
 
     previous = params_file.is_file() or manifest.is_file()
     if params_file.is_file():

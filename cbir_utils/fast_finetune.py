@@ -104,7 +104,8 @@ class ReprintedPreprocess:
 
     def to_dict(self) -> dict:
         """The cache key: the preprocessing plus the view, its seed and the archive share."""
-        key = {"reprint_view": self.view, "seed": self.seed, "archive_p": ARCHIVE_P}
+        key = {"reprint_view": self.view, "seed": self.seed, "archive_p": ARCHIVE_P,
+               "degrade_version": degrade.VERSION}  # fmt: skip
         return {**self.preprocess.to_dict(), **key}
 
 
