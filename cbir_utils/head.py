@@ -111,7 +111,7 @@ def train_head(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pool = torch.as_tensor(np.stack(views), dtype=torch.float32)  # (V, N, D)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    y = torch.as_tensor(np.array(labels), dtype=torch.long)
     vx = torch.as_tensor(val_x, dtype=torch.float32)
     vy = np.asarray(val_y, dtype=np.int64)
     net = copy.deepcopy(init)

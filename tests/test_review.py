@@ -256,6 +256,16 @@ def sheet(tmp_path, tiny_collection):
     return html, g, names
 
 
+def _ready(drv, timeout: float = 10.0) -> None:
+    """Wait until the page's script has restored the stored decisions (after a load)."""
+    deadline = time.time() + timeout
+    body = drv.find_element("tag name", "body")
+    while body.get_attribute("data-review-ready") != "1" and time.time() < deadline:
+        time.sleep(0.05)
+        body = drv.find_element("tag name", "body")
+    assert body.get_attribute("data-review-ready") == "1"
+
+
 def _pressed(drv) -> dict[tuple[str, str], str]:
     out = {}
     for box in drv.find_elements("css selector", ".verdict"):
@@ -362,12 +372,14 @@ def test_search_page_review_in_chromium(tmp_path, tiny_collection):
     drv = _driver(downloads)
     try:
         drv.get(html.as_uri())
+        _ready(drv)
         assert len(drv.find_elements("css selector", "section.query")) == 2
         box = drv.find_element(
             "css selector", '.verdict[data-query="s0/a.jpg"][data-candidate="s0/b.jpg"]'
         )
         box.find_element("css selector", 'button[data-v="same_photo"]').click()
         drv.refresh()
+        _ready(drv)  # the stored decisions are restored by the page's script after load
         assert _pressed(drv)[("s0/a.jpg", "s0/b.jpg")] == "same_photo"
         # the other query's box about the same candidate is another pair: untouched
         assert _pressed(drv)[(str(imgs[5]), "s0/b.jpg")] == ""
