@@ -600,7 +600,8 @@ def fast_finetune(
     n_views = max(config.reprint_views, config.head_views if config.stages else 0)
     for view in range(n_views):
         reprint = ReprintedPreprocess(pre, view, config.seed)
-        # in this process: Augraphy's numba code deadlocks in forked DataLoader workers
+        # in this process: with ARCHIVE_P, Augraphy runs in the transform, and its numba
+        # code (compiled then) hung in forked DataLoader workers
         serial = {**opts, "num_workers": 0}
         reprints.append(features.extract_cached(model, paths, reprint, cache_dir, meta, **serial))
     views += reprints[: config.reprint_views]

@@ -70,6 +70,8 @@ class HeadResult:
 
 
 def _scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 under history.csv's names (as
+    :func:`cbir_utils.training.classification_scores`, which this module sits below)."""
     m = classification_metrics(y, pred)
     return {k.removeprefix("macro_"): float(v) for k, v in m.items()}
 
