@@ -77,3 +77,45 @@ def test_hard_printing_is_deterministic_and_records_what_it_did():
             assert 0 <= x0 < r <= a.width and 0 <= t < b_ <= a.height
         kinds.add(bool(rec["page_context"]))
     assert kinds == {True, False}  # some printings kept their page, some did not
+
+
+def test_hard_pool_cuts_each_photo_into_its_bands():
+    from cbir_utils import demo
+
+    keys = [f"debian:plasma-workspace-wallpapers:{n}" for n in demo.HARD_PACKAGES[
+        "plasma-workspace-wallpapers"]]  # fmt: skip
+    pool = demo._hard_pool(keys)
+    assert len(pool) == demo.HARD_SCENES == 30 and len({s.slug for s in pool}) == 30
+    grey = [s for s in pool if s.slug.startswith("grey")]
+    assert [s.region for s in grey] == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
+
+
+def test_robustness_check_names_each_missed_target():
+    """``robustness.py --check``: fine-tuned above pretrained held out, demo and check at the
+    README's figures, classifier accuracy on check and hard, the hard collection's target."""
+    import sys
+
+    import pandas as pd
+
+    from cbir_utils.paths import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import robustness as R
+
+    def table(hard_all, hard_ft_disjoint, check_acc):
+        rows = []
+        for coll, pre, ft in (("demo", 0.997, 1.0), ("check", 0.970, 0.981), ("hard", 0.57, None)):
+            ft = hard_ft_disjoint if ft is None else ft
+            for model, held, acc in ((R.PRETRAINED, pre, None), (R.FINETUNED, ft, check_acc)):
+                for protocol in R.PROTOCOLS:
+                    m = held if protocol == "disjoint" else (hard_all if coll == "hard" else 0.99)
+                    rows.append(dict(collection=coll, model=model, protocol=protocol, mAP=m,
+                                     **{"P@1": 0.99 if m > 0.9 else 0.5}, test_accuracy=acc))  # fmt: skip
+        return pd.DataFrame(rows)
+
+    assert R.check(table(0.95, 0.60, 0.9)) == []
+    fails = R.check(table(0.66, 0.56, 0.7))
+    assert len(fails) == 4, fails
+    assert any("hard: fine-tuned held-out mAP 0.560 <= pretrained 0.570" in f for f in fails)
+    assert any("check: classifier test accuracy 0.700" in f for f in fails)
+    assert any("every image a query: mAP 0.660" in f for f in fails)
