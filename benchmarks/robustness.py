@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import quality
 
 from cbir_utils import data, demo, models, pipeline, training
 from cbir_utils import fast_finetune as F
@@ -54,12 +55,7 @@ OUT_DIR = OUTPUTS_DIR / "benchmarks"
 
 def _recipe(**overrides) -> F.FastConfig:
     """Notebook 02's default fine-tuning of the default backbone, ``overrides`` applied."""
-    cfg = PipelineConfig()
-    train = training.TrainConfig(
-        backbone=BACKBONE, weights="default", pooling="gem", image_size=cfg.image_size,
-        resize=cfg.resize, descreen=cfg.descreen, augment="press", lr=1e-3,
-        stages=(30, 50, 50), batch_size=32,
-    )  # fmt: skip
+    train = quality.finetune_recipe(*quality.DEFAULT_BACKBONE)  # tested equal to notebook 02's
     return F.FastConfig.from_train_config(train, **overrides)
 
 

@@ -315,7 +315,7 @@ def fetch_check_photos(
         if not (root / ".complete").is_file():
             if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
                 raise ToolError(
-                    "The check collection is made of photographs from Debian packages "
+                    "This collection is made of photographs from Debian packages "
                     f"({', '.join(packages)}): it needs apt-get and dpkg-deb (a Debian or "
                     "Ubuntu machine). Build it there, or use the demo collection."
                 )

@@ -600,10 +600,10 @@ def fast_finetune(
     n_views = max(config.reprint_views, config.head_views if config.stages else 0)
     for view in range(n_views):
         reprint = ReprintedPreprocess(pre, view, config.seed)
-        # in this process: with ARCHIVE_P, Augraphy runs in the transform, and its numba
-        # code (compiled then) hung in forked DataLoader workers
-        serial = {**opts, "num_workers": 0}
-        reprints.append(features.extract_cached(model, paths, reprint, cache_dir, meta, **serial))
+        # with ARCHIVE_P, Augraphy runs in the transform: in this process (its numba code,
+        # compiled then, hung in forked DataLoader workers)
+        run = {**opts, "num_workers": 0} if ARCHIVE_P > 0 else opts
+        reprints.append(features.extract_cached(model, paths, reprint, cache_dir, meta, **run))
     views += reprints[: config.reprint_views]
     embed_s = time.perf_counter() - t0
 

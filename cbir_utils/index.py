@@ -76,6 +76,7 @@ def model_settings(
     Returns:
         ``(meta, checkpoint_path_or_None)``.
     """
+    photo = {"find_photo": True} if find_photo else {}  # absent when off: older cache keys
     if checkpoint:
         ckpt = Path(checkpoint).expanduser().resolve()
         if not ckpt.is_file():
@@ -84,8 +85,7 @@ def model_settings(
         saved = models.safe_load(ckpt)
         if not isinstance(saved, dict) or "meta" not in saved:
             raise InputError(f"{ckpt} is not a cbir_utils checkpoint (no 'meta').")
-        meta = {**saved["meta"], "checkpoint_sha1": models.file_digest(ckpt)}
-        return {**meta, **({"find_photo": True} if find_photo else {})}, str(ckpt)
+        return {**saved["meta"], "checkpoint_sha1": models.file_digest(ckpt), **photo}, str(ckpt)
     meta = models.model_meta(
         backbone,
         weights,
@@ -94,7 +94,7 @@ def model_settings(
         resize=resize,
         grayscale=bool(grayscale),
         descreen=float(descreen),
-        **({"find_photo": True} if find_photo else {}),
+        **photo,
     )
     preprocess_from_meta(meta)  # validates resize / image size early
     return meta, None

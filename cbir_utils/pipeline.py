@@ -303,8 +303,9 @@ class FittedPipeline:
                 res = V.rerank(qf, [self.paths[i] for i in ids], cos, cfg.rerank_top_n,
                                cfg.rerank_weight, store=store)  # fmt: skip
                 sc, inl = res.scores, res.inliers
-            row = None if exclude is None else int(exclude[r])  # not `own`: it says per call
-            if hops and self.graph is not None:  # whether the queries are the collection's
+            # this query's own row (`own` is for the whole call: must not be overwritten)
+            row = None if exclude is None else int(exclude[r])
+            if hops and self.graph is not None:
                 ids, sc, cos, inl = self._hops(q[r], ids, sc, cos, inl, row)
             order = np.argsort(-sc, kind="stable")
             rows.append((ids[order], sc[order], cos[order], inl[order]))
