@@ -101,6 +101,11 @@ def _sort_rows(idx: np.ndarray, val: np.ndarray) -> Neighbours:
     return Neighbours(np.take_along_axis(idx, order, 1), np.take_along_axis(val, order, 1))
 
 
+def _all_own(excl: np.ndarray | None) -> int:
+    """1 when every query excludes a row (lists one shorter), else 0: ``-1`` costs nothing."""
+    return int(excl is not None and len(excl) > 0 and bool((excl >= 0).all()))
+
+
 def exact_search(
     queries: np.ndarray,
     database: np.ndarray,
@@ -124,8 +129,8 @@ def exact_search(
         progress: Show a progress bar over query blocks.
 
     Returns:
-        :class:`Neighbours` with ``min(k, N)`` columns, ``min(k, N - 1)`` when a query
-        excludes a row.
+        :class:`Neighbours` with ``min(k, N)`` columns, ``min(k, N - 1)`` when every query
+        excludes a row; a list is ``-1``-padded only where the collection is too small.
     """
     q = np.ascontiguousarray(_as_vectors(queries, "queries"), dtype=np.float32)
     db = _as_vectors(database, "database")
@@ -138,8 +143,7 @@ def exact_search(
         excl = np.asarray(exclude, dtype=np.int64).reshape(-1)
         if len(excl) != nq:
             raise InputError(f"exclude has {len(excl)} entries for {nq} queries.")
-    own = excl is not None and bool((excl >= 0).any())  # "-1 for none" costs no candidate
-    k = min(k, max(n - (1 if own else 0), 0))
+    k = min(k, max(n - _all_own(excl), 0))
     idx = np.full((nq, k), -1, dtype=np.int64)
     val = np.full((nq, k), -np.inf, dtype=np.float32)
     if k == 0 or nq == 0:
@@ -268,7 +272,12 @@ class SearchIndex:
 
         q = np.ascontiguousarray(_as_vectors(queries, "queries"), dtype=np.float32)
         p = {**self.params, **params}
-        extra = 0 if exclude is None else 1
+        excl = None
+        if exclude is not None:
+            excl = np.asarray(exclude, dtype=np.int64).reshape(-1, 1)
+            if len(excl) != len(q):
+                raise InputError(f"exclude has {len(excl)} entries for {len(q)} queries.")
+        extra = int(excl is not None and bool((excl >= 0).any()))
         kk = min(k + extra, self.n)
         if self.method in ("ivf", "ivfsq8", "ivfpq"):
             faiss.extract_index_ivf(self._index).nprobe = int(p["nprobe"])
@@ -282,15 +291,12 @@ class SearchIndex:
             val, idx = self._index.search(q, kk)
         idx = idx.astype(np.int64)
         val = np.where(idx < 0, -np.inf, val).astype(np.float32)
-        if exclude is not None:
-            excl = np.asarray(exclude, dtype=np.int64).reshape(-1, 1)
-            if len(excl) != len(q):
-                raise InputError(f"exclude has {len(excl)} entries for {len(q)} queries.")
-            hit = idx == excl
+        if extra:
+            hit = (idx == excl) & (excl >= 0)
             idx = np.where(hit, -1, idx)
             val = np.where(hit, -np.inf, val)
         out = _sort_rows(idx, val)
-        kout = min(k, max(self.n - extra, 0))
+        kout = min(k, max(self.n - _all_own(excl), 0))
         return Neighbours(out.indices[:, :kout], out.scores[:, :kout])
 
 

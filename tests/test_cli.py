@@ -86,6 +86,16 @@ def test_search_a_new_image(local, capsys):
     assert table["scene"][0] == "scene_camera" and table["candidate"][0].startswith("scene_camera/")
 
 
+@pytest.mark.parametrize("k", [19, 20, 50])
+def test_search_returns_every_indexed_image_once(local, capsys, k):
+    """A new image searched with --top-k at least N - 1 gets min(k, N) rows, each indexed
+    image once: no slot is lost to the query's own row, which it does not have."""
+    assert cli.main(["search", "tiny", str(local[2]), "--top-k", str(k), "-q"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert len(table) == min(k, 20) and table["candidate"].is_unique
+    assert table["rank"].tolist() == list(range(1, min(k, 20) + 1))
+
+
 def test_search_reranks_by_verified_local_features(local, capsys):
     """--rerank-top-n verifies the best candidates: the query's three sister printings get
     inliers and the bonus on top of their cosine; look-alikes keep their cosine."""

@@ -396,6 +396,10 @@ def test_sparse_ranking_equals_the_dense_one(coll_split):
     before = len(store)
     fitted.rank(desc[q], crops, 5, exclude=[-1, -1], store=store, progress=False)
     assert len(store) == before
+    # with k at or above N a new image's list is the whole collection, each image once
+    for k in (n, n + 5):
+        every = fitted.rank(desc[q], crops, k, exclude=[-1, -1], store=store, progress=False)
+        assert [sorted(row) for row in every.indices.tolist()] == [list(range(n))] * 2
     # saved and loaded with an index folder: the same ranking
     folder = coll.root.parent / "fitted"
     folder.mkdir(exist_ok=True)

@@ -214,13 +214,25 @@ def test_ivf_pairs_with_one_cell_are_exact():
     assert set(zip(got.i.tolist(), got.j.tolist())) == ref
 
 
-def test_a_new_query_can_reach_every_indexed_row(rng):
-    """A query that is not in the database (exclude -1) loses no candidate: with k >= N,
-    every row comes back (a search of a 5-image index returned 4 rows)."""
-    db = rng.standard_normal((5, 8)).astype(np.float32)
-    q = rng.standard_normal((2, 8)).astype(np.float32)
-    nb = search.exact_search(q, db, k=50, exclude=[-1, -1])
-    assert nb.indices.shape == (2, 5)
-    assert all(sorted(row) == [0, 1, 2, 3, 4] for row in nb.indices.tolist())
-    own = search.exact_search(db[:2], db, k=50, exclude=[0, 1])  # database rows: self left out
-    assert own.indices.shape == (2, 4) and 0 not in own.indices[0] and 1 not in own.indices[1]
+@pytest.mark.parametrize("method", ["exact", "hnsw"])
+@pytest.mark.parametrize("k", [3, 12, 50])
+def test_a_new_query_can_reach_every_indexed_row(rng, method, k):
+    """A query that is not in the database (exclude -1) loses no candidate, exact and HNSW
+    alike: with k >= N every row comes back once (a 5-image index returned 4 rows); a
+    database row leaves only itself out; a mixed batch costs the new query nothing."""
+    n = 12
+    db = unit(rng.standard_normal((n, 8)))
+    index = search.build_index(db, method)
+    new = unit(rng.standard_normal((2, 8)))
+    got = index.search(new, k, exclude=[-1, -1]).indices
+    assert got.shape == (2, min(k, n))
+    assert all(len(set(row)) == min(k, n) and -1 not in row for row in got.tolist())
+    if k >= n:
+        assert all(sorted(row) == list(range(n)) for row in got.tolist())
+    own = index.search(db[:2], k, exclude=[0, 1]).indices
+    assert own.shape == (2, min(k, n - 1))
+    assert 0 not in own[0] and 1 not in own[1] and -1 not in own
+    mixed = index.search(np.vstack([new[:1], db[:1]]), k, exclude=[-1, 0]).indices
+    assert mixed.shape == (2, min(k, n))
+    assert sorted(mixed[0].tolist()) == sorted(got[0].tolist())
+    assert 0 not in mixed[1] and (mixed[1] >= 0).sum() == min(k, n - 1)
