@@ -421,7 +421,9 @@ def cmd_search(args) -> int:
             f"{len(files)} quer{'y' if len(files) == 1 else 'ies'}; top {args.top_k} written to {args.out}",
         )
     elif not args.html:
-        table.to_csv(sys.stdout, index=False)
+        from .io import csv_text
+
+        sys.stdout.write(csv_text(table))
     return 0
 
 
@@ -619,7 +621,9 @@ def cmd_verdicts(args) -> int:
         _say(args, report.summary())
         return 0
     cur = review.current_verdicts(review.history(folder))
-    cur.to_csv(sys.stdout, index=False)
+    from .io import csv_text
+
+    sys.stdout.write(csv_text(cur))
     _say(args, f"{len(cur)} pair(s) judged: " + ", ".join(
         f"{(cur['verdict'] == v).sum()} {label}" for v, label in review.VERDICTS.items()))  # fmt: skip
     return 0

@@ -169,7 +169,11 @@ _VERDICT_JS = """
       show();
     });
   });
-  function cell(v) { return '"' + String(v === undefined ? "" : v).replace(/"/g, '""') + '"'; }
+  function cell(v) {  // spreadsheet-safe, as cbir_utils.io.neutralise
+    v = String(v === undefined ? "" : v);
+    if (/^'*[=+\\-@\\t\\r]/.test(v) && !/^[+-]?(\\d+\\.?\\d*|\\.\\d+)([eE][+-]?\\d+)?$/.test(v)) v = "'" + v;
+    return '"' + v.replace(/"/g, '""') + '"';
+  }
   document.getElementById("export").addEventListener("click", function () {
     var lines = [cols.join(",")];
     local().forEach(function (d) { lines.push(cols.map(function (c) { return cell(d[c]); }).join(",")); });

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import provenance
 from .errors import CollectionError, ImageDecodeError, InputError, MissingFilesError
-from .io import save_csv, save_json
+from .io import atomic_write_text, read_csv, save_csv, save_json
 from .photo import crop_photo
 
 IMAGE_EXTENSIONS = frozenset(
@@ -438,7 +438,7 @@ def _read_manifest(src: Path) -> pd.DataFrame:
     """Manifest rows ``path``, ``scene``: comma, semicolon or tab separated, BOM tolerated."""
     last_cols: list[str] = []
     for sep in (",", ";", "\t"):
-        df = pd.read_csv(src, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig")
+        df = read_csv(src, sep=sep)
         df.columns = [str(c).strip().lower() for c in df.columns]
         if {"path", "scene"} <= set(df.columns):
             return df
@@ -515,7 +515,7 @@ def _read_metadata_file(src: Path) -> pd.DataFrame | None:
         return None
     last: list[str] = []
     for sep in (",", ";", "\t"):
-        df = pd.read_csv(f, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig")
+        df = read_csv(f, sep=sep)
         df.columns = [str(c).strip().lower() for c in df.columns]
         if "path" in df.columns:
             break
@@ -984,7 +984,7 @@ def load_or_make_split(
     meta_path = path.with_suffix(".json")
     params = {k: (int(v) if k == "seed" else float(v)) for k, v in params.items()}
     if path.exists():
-        saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+        saved = read_csv(path)
         saved_params = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         if saved_params and saved_params != params:
             raise InputError(
@@ -1005,10 +1005,7 @@ def load_or_make_split(
             )
         return saved
     split = make_split(collection.items, **params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from .io import atomic_write_text
-
-    atomic_write_text(path, split.to_csv(index=False))
+    save_csv(path, split)
     atomic_write_text(meta_path, json.dumps(params, indent=2))
     return split
 
@@ -1016,7 +1013,7 @@ def load_or_make_split(
 def _same_labels(path: Path, collection: Collection) -> bool:
     """Whether the split saved at ``path`` gives the collection's images its scene labels."""
     try:
-        saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+        saved = read_csv(path)
         by_rel = dict(zip(saved["relpath"], saved["scene"]))
     except (OSError, ValueError, KeyError):
         return True  # unreadable: let load_or_make_split say what is wrong

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset, Preprocess, check_image
 from .errors import InputError
-from .io import atomic_write_text, save_csv, save_json, save_npy
+from .io import atomic_write_text, read_csv, save_csv, save_json, save_npy
 from .models import RetrievalNet, default_device, file_digest, identity, l2_normalise
 
 OUTPUTS = ("descriptor", "logits")
@@ -572,7 +572,7 @@ def _usable_paths(folder: Path, paths: list[str], validate: str, progress: bool)
         return paths
     listed = folder / "skipped.csv"
     if listed.exists():
-        bad = set(pd.read_csv(listed, dtype=str, keep_default_na=False)["path"])
+        bad = set(read_csv(listed)["path"])
     else:
         rows = []
         for p in tqdm(paths, desc="Checking images", unit="img", disable=not progress):

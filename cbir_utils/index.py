@@ -44,7 +44,7 @@ from .data import (
     preprocess_from_meta,
 )
 from .errors import InputError, MissingFilesError
-from .io import atomic_write_bytes, save_json, save_npy
+from .io import atomic_write_bytes, csv_text, read_csv, save_json, save_npy
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 2  # 2: the retrieval pipeline (multi-scale, whitening...) in index.json
@@ -600,7 +600,7 @@ class Index(ItemTable):
         """Write the index into ``folder`` atomically (see the module docstring)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        items_csv = _ordered(self.items).to_csv(index=False).encode("utf-8")
+        items_csv = csv_text(_ordered(self.items)).encode("utf-8")
         vec = np.ascontiguousarray(self.vectors, dtype=np.float32)
         tag = models.identity({"items": items_csv.decode(), "vec": _array_digest(vec)})
         vec_name, items_name = f"vectors-{tag}.npy", f"items-{tag}.csv"
@@ -649,7 +649,7 @@ class Index(ItemTable):
         header = _read_header(folder)
         try:
             vectors = np.load(folder / header["vectors"])
-            items = pd.read_csv(folder / header["items"], dtype=str, keep_default_na=False)
+            items = read_csv(folder / header["items"], encoding="utf-8")
         except (OSError, KeyError) as err:
             raise InputError(f"The index in {folder} is incomplete ({err}).") from err
         if len(vectors) != len(items) or list(items.columns[:4]) != list(ITEM_COLUMNS):
@@ -850,7 +850,7 @@ def read_shards(
         vec = np.load(f / "vectors.npy", mmap_mode="r")
         lines = (f / "paths.txt").read_text(encoding="utf-8").splitlines()
         if (f / "skipped.csv").exists():
-            skipped.append(pd.read_csv(f / "skipped.csv", dtype=str, keep_default_na=False))
+            skipped.append(read_csv(f / "skipped.csv"))
         n_bad = len(skipped[-1]) if (f / "skipped.csv").exists() else 0
         if len(vec) != len(lines) or len(vec) + n_bad != len(expected):
             raise InputError(

@@ -1,9 +1,12 @@
-"""Atomic output writing: a killed run never leaves a half-written file."""
+"""Output writing: atomic (a killed run never leaves a half-written file) and, for CSVs,
+spreadsheet-safe (a cell from the data is never a live formula)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,10 +87,76 @@ def save_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=default, ensure_ascii=False))
 
 
-def save_csv(path: str | os.PathLike, df: pd.DataFrame, **kwargs: Any) -> Path:
-    """Save a data frame as CSV atomically (no index unless asked)."""
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralise(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``,
+    ``@``, tab or carriage return, as OWASP lists) gets a leading apostrophe; so does one
+    that already starts with apostrophes before such a character, so that :func:`restore`
+    gives back the exact value. Numbers (also as text, e.g. ``-1.5``) stay numbers."""
+    if isinstance(value, str) and _FORMULA.match(value) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def restore(value: Any) -> Any:
+    """The value :func:`neutralise` was given (one leading apostrophe of a guarded cell off)."""
+    if isinstance(value, str) and value[:1] == "'" and _FORMULA.match(value, 1):
+        return value[1:]
+    return value
+
+
+def _text_columns(df: pd.DataFrame) -> list[int]:
+    return [
+        c
+        for c in range(df.shape[1])
+        if df.iloc[:, c].dtype == object or pd.api.types.is_string_dtype(df.iloc[:, c].dtype)
+    ]
+
+
+def safe_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every text cell (and column name) :func:`neutralise`-d; numbers untouched."""
+    out = df.rename(columns=neutralise)
+    for c in _text_columns(out):
+        out.isetitem(c, out.iloc[:, c].map(neutralise))
+    return out
+
+
+def _csv_args(df: pd.DataFrame, kwargs: dict) -> dict:
+    """No index unless asked; text quoted when a cell holds a bare carriage return (the
+    writer quotes only cells with a ``\n``, and an unquoted ``\r`` splits the row)."""
     kwargs.setdefault("index", False)
-    return atomic_write(path, lambda t: df.to_csv(t, **kwargs))
+    text = [df.iloc[:, c] for c in _text_columns(df)]
+    if any(col.map(lambda v: isinstance(v, str) and "\r" in v).any() for col in text):
+        kwargs.setdefault("quoting", csv.QUOTE_NONNUMERIC)
+    return kwargs
+
+
+def csv_text(df: pd.DataFrame, **kwargs: Any) -> str:
+    """``df`` as spreadsheet-safe CSV text (no index unless asked), e.g. for stdout."""
+    safe = safe_frame(df)
+    return safe.to_csv(**_csv_args(safe, kwargs))
+
+
+def save_csv(path: str | os.PathLike, df: pd.DataFrame, **kwargs: Any) -> Path:
+    """Save a data frame as spreadsheet-safe CSV (:func:`safe_frame`), atomically; no index
+    unless asked. :func:`read_csv` reads it back exactly."""
+    safe = safe_frame(df)
+    kwargs = _csv_args(safe, kwargs)
+    return atomic_write(path, lambda t: safe.to_csv(t, **kwargs))
+
+
+def read_csv(path_or_buffer: Any, **kwargs: Any) -> pd.DataFrame:
+    """Read a CSV as text (no NA guessing, BOM tolerated), guarded cells :func:`restore`-d:
+    the exact frame :func:`save_csv` wrote, or a spreadsheet's export of it."""
+    kwargs = {"dtype": str, "keep_default_na": False, "encoding": "utf-8-sig", **kwargs}
+    df = pd.read_csv(path_or_buffer, **kwargs)
+    df = df.rename(columns=restore)
+    for c in _text_columns(df):
+        df.isetitem(c, df.iloc[:, c].map(restore))
+    return df
 
 
 def save_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:

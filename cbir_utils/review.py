@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CollectionError, InputError, MissingFilesError
-from .io import save_csv
+from .io import read_csv, save_csv
 
 VERDICTS = {
     "same_photo": "same photograph",
@@ -75,7 +75,7 @@ def read_verdicts(path: str | os.PathLike) -> VerdictFile:
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingFilesError(f"No verdicts file at {path}.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    df = read_csv(path)
     df.columns = [str(c).strip().lower() for c in df.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
