@@ -107,7 +107,9 @@ def test_verdicts_round_trip_and_their_exports_are_safe(hostile, capsys, monkeyp
         "context": [FORMULA], "reviewer": ["=cmd|' /C calc'!A0"],
     })  # fmt: skip
     save_csv(tmp_path / "v.csv", rows)
-    assert cli.main(["verdicts", "import", str(tmp_path / "v.csv"), "--index", "hostile", "-q"]) == 0
+    assert (
+        cli.main(["verdicts", "import", str(tmp_path / "v.csv"), "--index", "hostile", "-q"]) == 0
+    )
     hist = review.history(out / "index" / "hostile")
     assert hist[["context", "reviewer"]].values.tolist() == [[FORMULA, "=cmd|' /C calc'!A0"]]
     assert _live_cells(_text(out / "index" / "hostile" / review.VERDICTS_FILE)) == []
@@ -120,4 +122,4 @@ def test_the_review_pages_export_is_spreadsheet_safe():
     from cbir_utils import contact_sheet
 
     js = contact_sheet._VERDICT_JS
-    assert "function cell" in js and "\"'\" + v" in js
+    assert "function cell" in js and '"\'" + v' in js
