@@ -27,6 +27,7 @@ import json
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,13 @@ class FetchConfig:
             with exponential back-off; ``Retry-After`` is respected.
         backoff: Back-off factor in seconds (0.5 waits 0.5, 1, 2... between retries).
         refresh: Fetch the manifests again instead of using the cached copies.
+        max_bytes: Largest response (document or image) kept; a longer one is stopped.
+        deadline: Seconds a whole response may take (a body trickled slowly is stopped).
+        max_documents: Documents (manifests and collections) read per source.
+        max_depth: Collections nested in collections, at most.
+        max_canvases: Images per source, at most.
+
+    A limit that is hit is a row of ``skipped.csv`` naming it; the rest goes on.
     """
 
     size: int = 1024
@@ -67,6 +75,11 @@ class FetchConfig:
     retries: int = 3
     backoff: float = 0.5
     refresh: bool = False
+    max_bytes: int = 50_000_000
+    deadline: float = 120.0
+    max_documents: int = 5_000
+    max_depth: int = 8
+    max_canvases: int = 200_000
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -75,6 +88,10 @@ class FetchConfig:
             raise InputError(f"workers must be at least 1, got {self.workers!r}.")
         if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
             raise InputError("timeout must be > 0, retries and backoff >= 0.")
+        if min(self.max_bytes, self.deadline, self.max_documents, self.max_canvases) <= 0:
+            raise InputError("max_bytes, deadline, max_documents and max_canvases must be > 0.")
+        if self.max_depth < 0:
+            raise InputError(f"max_depth must be >= 0, got {self.max_depth!r}.")
 
 
 @dataclass
@@ -155,12 +172,59 @@ def _reason(err: BaseException, config: FetchConfig) -> tuple[str, str]:
     return "connection", f"request failed: {type(err).__name__}: {str(err)[:200]}"
 
 
-def _get_json(sess, url: str, config: FetchConfig) -> dict:
-    r = sess.get(url, timeout=config.timeout)
-    if r.status_code >= 400:
-        raise CollectionError(f"IIIF document {url}: HTTP {r.status_code} {r.reason}.")
+class Refused(Exception):
+    """A response or document refused: ``kind`` and ``reason`` go to ``skipped.csv``."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
+def is_http(url: object) -> bool:
+    """Whether ``url`` is an ``http(s)`` URL (the only links and remote references taken)."""
+    return urlparse(str(url).strip()).scheme.lower() in ("http", "https")
+
+
+def _get(sess, url: str, config: FetchConfig) -> tuple[str, bytes]:
+    """``(content type, body)`` of a GET, streamed within :attr:`FetchConfig.max_bytes` and
+    :attr:`FetchConfig.deadline`.
+
+    Raises:
+        Refused: Not ``http(s)``, an HTTP error, too large or too slow.
+    """
+    if not is_http(url):
+        raise Refused("not_http", f"{url[:200]!r} is not an http(s) URL; it is not read")
+    start = time.monotonic()
+    r = sess.get(url, timeout=config.timeout, stream=True)
     try:
-        return r.json()
+        if r.status_code >= 400:
+            raise Refused("http_error", f"HTTP {r.status_code} {r.reason} for {url}")
+        ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        too_large = Refused("too_large", f"{url} is larger than {config.max_bytes} bytes "
+                            "(FetchConfig.max_bytes); stopped")  # fmt: skip
+        if int(r.headers.get("Content-Length") or 0) > config.max_bytes:
+            raise too_large
+        body, size = [], 0
+        while True:  # read1: whatever has come, so the deadline is checked as bytes trickle
+            chunk = r.raw.read1(65536, decode_content=True)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > config.max_bytes:
+                raise too_large
+            if time.monotonic() - start > config.deadline:
+                raise Refused("deadline", f"{url} took more than {config.deadline:g} s "
+                              "(FetchConfig.deadline); stopped")  # fmt: skip
+            body.append(chunk)
+        return ctype, b"".join(body)
+    finally:
+        r.close()
+
+
+def _get_json(sess, url: str, config: FetchConfig) -> object:
+    _, body = _get(sess, url, config)
+    try:
+        return json.loads(body)
     except ValueError as err:
         raise CollectionError(f"IIIF document {url} is not JSON ({err}).") from None
 
@@ -251,23 +315,32 @@ def _region(target: object) -> str:
     return ",".join(m.groups()) if m else ""
 
 
+def _dicts(v: object) -> list[dict]:
+    """The objects of a IIIF list (one object alone counts as a list; anything else is none)."""
+    items = v if isinstance(v, list) else [v]
+    return [x for x in items if isinstance(x, dict)]
+
+
 def canvases(doc: dict, size: int) -> list[Canvas]:
-    """The images of a manifest (v2 ``sequences``/``images``, v3 ``items``/annotations)."""
+    """The images of a manifest (v2 ``sequences``/``images``, v3 ``items``/annotations).
+
+    Entries of the wrong type (a string where a canvas should be...) are passed over.
+    """
     base = _manifest_meta(doc)
     out: list[Canvas] = []
     if "sequences" in doc:  # Presentation API 2
-        seq = doc["sequences"][0] if doc["sequences"] else {}
-        items = [(c, c.get("images") or []) for c in seq.get("canvases") or []]
+        seq = (_dicts(doc["sequences"]) or [{}])[0]
+        items = [(c, _dicts(c.get("images") or [])) for c in _dicts(seq.get("canvases") or [])]
         bodies = [(c, [(a.get("resource") or {}, a.get("on")) for a in anns]) for c, anns in items]
     else:  # Presentation API 3
         bodies = []
-        for c in doc.get("items") or []:
-            anns = [a for page in c.get("items") or [] for a in page.get("items") or []]
+        for c in _dicts(doc.get("items") or []):
+            pages = _dicts(c.get("items") or [])
+            anns = [a for page in pages for a in _dicts(page.get("items") or [])]
             bodies.append((c, [(a.get("body") or {}, a.get("target")) for a in anns]))
     for n, (canvas, parts) in enumerate(bodies, start=1):
         for body, target in parts[:1]:  # the canvas's main image
-            if isinstance(body, list):
-                body = body[0] if body else {}
+            body = (_dicts(body) or [{}])[0]
             service = _service_id(body)
             region = _region(target)
             if service:
@@ -319,17 +392,30 @@ def cache_folder(source: str, root: str | os.PathLike | None = None) -> Path:
 
 
 def _read_source(
-    source: str, sess, config: FetchConfig, folder: Path
+    source: str, sess, config: FetchConfig, folder: Path, progress: bool = False
 ) -> tuple[list[dict], list[dict]]:
-    """The manifest documents of a source (collections and URL lists expanded), and failures."""
+    """The manifest documents of a source (collections and URL lists expanded), and failures.
+
+    Local files are read only where the user named them (the source, or a line of a URL
+    list); what a document refers to is read only over ``http(s)``. The crawl stops at
+    :attr:`FetchConfig.max_documents` documents and :attr:`FetchConfig.max_depth` levels.
+    """
     docs_dir = folder / "documents"
     failures: list[dict] = []
 
-    def load(ref: str) -> dict:
-        if not ref.lower().startswith(("http://", "https://")):
+    def fail(ref: str, kind: str, why: str) -> None:
+        failures.append({"relpath": str(ref)[:300], "scene": "", "kind": kind, "reason": why})
+
+    def load(ref: str, local_ok: bool) -> object:
+        if not is_http(ref):
+            if not local_ok:
+                raise Refused("not_http", f"a reference to {ref[:200]!r}, not an http(s) URL, "
+                              "in a remote document; it is not read")  # fmt: skip
             p = Path(ref).expanduser()
             if not p.is_file():
                 raise MissingFilesError(f"No IIIF manifest file at {p}.")
+            if p.stat().st_size > config.max_bytes:
+                raise Refused("too_large", f"{p} is larger than {config.max_bytes} bytes")
             return json.loads(p.read_text(encoding="utf-8"))
         cached = docs_dir / (hashlib.sha1(ref.encode()).hexdigest()[:16] + ".json")
         if cached.is_file() and not config.refresh:
@@ -338,9 +424,8 @@ def _read_source(
         atomic_write_bytes(cached, json.dumps(doc).encode("utf-8"))
         return doc
 
-    refs: list[str]
     s = str(source).strip()
-    if not s.lower().startswith("http") and Path(s).suffix.lower() == ".txt":
+    if not is_http(s) and Path(s).suffix.lower() == ".txt":
         lines = Path(s).expanduser().read_text(encoding="utf-8").splitlines()
         refs = [ln.split("#")[0].strip() for ln in lines]
         refs = [r for r in refs if r]
@@ -348,15 +433,28 @@ def _read_source(
             raise CollectionError(f"{s} lists no manifest URL (one per line).")
     else:
         refs = [s]
+    todo = [(r, 0, True) for r in refs]  # (reference, depth, may be a local file)
     manifests: list[dict] = []
     seen: set[str] = set()
-    while refs:
-        ref = refs.pop(0)
+    bar = tqdm(desc="Reading IIIF documents", unit="doc", disable=not progress)
+    while todo:
+        ref, depth, local_ok = todo.pop(0)
         if ref in seen:
             continue
+        if len(seen) >= config.max_documents:
+            fail(ref, "limit", f"not read: the crawl stopped at {config.max_documents} "
+                 f"documents (FetchConfig.max_documents); {len(todo) + 1} reference(s) left")  # fmt: skip
+            break
         seen.add(ref)
+        bar.update(1)
         try:
-            doc = load(ref)
+            doc = load(ref, local_ok)
+            if not isinstance(doc, dict):
+                raise Refused("manifest", f"{ref} is not a IIIF document (a JSON "
+                              f"{type(doc).__name__}, not an object)")  # fmt: skip
+        except Refused as err:  # a document that answers with an error is a bad manifest
+            fail(ref, "manifest" if err.kind == "http_error" else err.kind, err.reason)
+            continue
         except Exception as err:  # noqa: BLE001 - every failure is reported, the rest goes on
             if isinstance(err, (CollectionError, MissingFilesError)):
                 kind, why = "manifest", str(err)
@@ -364,12 +462,17 @@ def _read_source(
                 kind, why = "manifest", f"{ref} is not a JSON document ({err})"
             else:
                 kind, why = _reason(err, config)
-            failures.append({"relpath": ref, "scene": "", "kind": kind, "reason": why})
+            fail(ref, kind, why)
             continue
-        if _is_collection(doc):
-            refs[:0] = [m for m in _members(doc) if m not in seen]
-        else:
+        if not _is_collection(doc):
             manifests.append(doc)
+        elif depth >= config.max_depth:
+            fail(ref, "limit", f"its members are not read: collections nested deeper than "
+                 f"{config.max_depth} (FetchConfig.max_depth)")  # fmt: skip
+        else:
+            local = local_ok and not is_http(ref)
+            todo[:0] = [(m, depth + 1, local) for m in _members(doc) if m not in seen]
+    bar.close()
     return manifests, failures
 
 
@@ -381,17 +484,16 @@ def _relpath(c: Canvas, labels: dict[str, str]) -> str:
 def _download(sess, c: Canvas, dest: Path, config: FetchConfig) -> tuple[str, str] | None:
     """Fetch one image into ``dest`` (atomically); ``None`` when it worked, else (kind, reason)."""
     try:
-        r = sess.get(c.image_url, timeout=config.timeout)
+        ctype, body = _get(sess, c.image_url, config)
+    except Refused as err:
+        return err.kind, err.reason
     except Exception as err:  # noqa: BLE001 - requests/urllib3 errors of every kind
         return _reason(err, config)
-    if r.status_code >= 400:
-        return "http_error", f"HTTP {r.status_code} {r.reason} for {c.image_url}"
-    ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype and not ctype.startswith(IMAGE_TYPES):
         return "not_image", f"the server sent {ctype}, not an image ({c.image_url})"
-    if not r.content:
+    if not body:
         return "empty", f"the server sent an empty body ({c.image_url})"
-    atomic_write_bytes(dest, r.content)
+    atomic_write_bytes(dest, body)
     return None
 
 
@@ -415,14 +517,37 @@ def fetch(
     folder = cache_folder(src, cache_root)
     sess = session(config)
     try:
-        manifests, failures = _read_source(src, sess, config, folder)
+        manifests, failures = _read_source(src, sess, config, folder, progress)
         if not manifests:
             shown = "; ".join(f"{f['relpath']}: {f['reason']}" for f in failures[:5])
             raise CollectionError(f"No IIIF manifest could be read from {src}: {shown}")
-        labels = {_manifest_meta(d)["manifest"]: _text(d.get("label")) for d in manifests}
-        items = [c for d in manifests for c in canvases(d, config.size)]
+        labels, items = {}, []
+        for d in manifests:
+            try:  # a malformed manifest is one skipped source
+                found = canvases(d, config.size)
+                labels[_manifest_meta(d)["manifest"]] = _text(d.get("label"))
+            except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
+                why = f"a malformed manifest ({type(err).__name__}: {str(err)[:120]})"
+                failures.append({"relpath": _id(d)[:300] or src, "scene": "",
+                                 "kind": "manifest", "reason": why})  # fmt: skip
+                continue
+            if not found:
+                failures.append({"relpath": _id(d)[:300] or src, "scene": "", "kind": "manifest",
+                                 "reason": "the manifest lists no image"})  # fmt: skip
+            for c in found:
+                if not is_http(c.image_url):
+                    failures.append({"relpath": c.image_url[:300], "scene": "", "kind": "not_http",
+                                     "reason": f"image {c.number} of {c.manifest} is not an "
+                                     "http(s) URL; it is not read"})  # fmt: skip
+                elif len(items) >= config.max_canvases:
+                    failures.append({"relpath": c.image_url[:300], "scene": "", "kind": "limit",
+                                     "reason": f"not fetched: more than {config.max_canvases} "
+                                     "images (FetchConfig.max_canvases)"})  # fmt: skip
+                else:
+                    items.append(c)
         if not items:
-            raise CollectionError(f"The IIIF manifest(s) of {src} list no image.")
+            shown = "; ".join(f"{f['relpath']}: {f['reason']}" for f in failures[:5])
+            raise CollectionError(f"The IIIF manifest(s) of {src} list no image. {shown}".strip())
         rels = [_relpath(c, labels) for c in items]
         todo = [k for k, r in enumerate(rels) if not (folder / r).is_file()]
         result = FetchResult(folder, folder / MANIFEST_FILE, pd.DataFrame(), len(items))

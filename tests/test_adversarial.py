@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
 
-from cbir_utils import cli, paths, review
+from cbir_utils import cli, iiif, paths, review
+from cbir_utils.errors import CollectionError
 from cbir_utils.index import Index
 from cbir_utils.io import neutralise, read_csv, restore, save_csv
 
@@ -123,3 +128,176 @@ def test_the_review_pages_export_is_spreadsheet_safe():
 
     js = contact_sheet._VERDICT_JS
     assert "function cell" in js and '"\'" + v' in js
+
+
+# --------------------------------------------------------------------------- a hostile IIIF server
+
+
+def _manifest(base: str, name: str, images: list[str]) -> dict:
+    """A v3 manifest whose canvases show ``images`` (ids of the server, or any URL)."""
+
+    def canvas(n: int, image: str) -> dict:
+        cid = f"{base}/{name}/canvas/{n}"
+        own = ":" not in image and not image.startswith(("/", "~"))
+        body = {"id": f"{base}/img/{image}.jpg" if own else image, "type": "Image"}
+        return {"id": cid, "type": "Canvas", "label": {"none": [str(n)]}, "items": [{
+            "id": f"{cid}/p", "type": "AnnotationPage", "items": [{
+                "id": f"{cid}/a", "type": "Annotation", "motivation": "painting",
+                "target": cid, "body": body}]}]}  # fmt: skip
+
+    return {"id": f"{base}/{name}.json", "type": "Manifest", "label": {"none": [name]},
+            "items": [canvas(n, im) for n, im in enumerate(images, start=1)]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evil_server(tiny_collection, tmp_path_factory):
+    """Serves good images and manifests beside hostile ones."""
+    files = sorted(tiny_collection.rglob("*.jpg"))
+    secret = tmp_path_factory.mktemp("secret") / "secret.json"
+    secret.write_text(json.dumps(_manifest("http://x", "SECRET-LABEL", ["good0"])))
+    state: dict = {"base": "", "secret": secret}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, body: bytes, ctype: str, length: bool = True):
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            if length:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def do_GET(self):  # noqa: N802 - the http.server API
+            base, path = state["base"], self.path
+            docs = {
+                "/good.json": _manifest(base, "good", ["good0", "good1"]),
+                "/links.json": _manifest(base, "links", [
+                    "good2", "file:///etc/passwd", "javascript:alert(1)", str(secret)]),
+                "/members.json": {"id": f"{base}/members.json", "type": "Collection", "items": [
+                    {"id": "/etc/passwd", "type": "Manifest"},
+                    {"id": str(secret), "type": "Manifest"},
+                    {"id": "~/secret.json", "type": "Manifest"},
+                    {"id": "file://" + str(secret), "type": "Manifest"},
+                    {"id": f"{base}/good.json", "type": "Manifest"}]},
+                "/bad/list.json": [1, 2, 3],
+                "/bad/null.json": None,
+                "/bad/sequences.json": {"@type": "sc:Manifest", "sequences": "abc"},
+                "/bad/items.json": {"type": "Manifest", "items": [1, 2]},
+            }  # fmt: skip
+            if path in docs:
+                return self._send(json.dumps(docs[path]).encode(), "application/json")
+            if path.startswith("/chain/"):  # each collection points to the next, without end
+                n = int(path.split("/")[2].removesuffix(".json"))
+                nxt = {"id": f"{base}/chain/{n + 1}.json", "type": "Collection"}
+                doc = {"id": f"{base}{path}", "type": "Collection", "items": [nxt]}
+                return self._send(json.dumps(doc).encode(), "application/json")
+            if path.startswith("/img/good"):
+                k = int(path.removeprefix("/img/good").removesuffix(".jpg"))
+                return self._send(files[k].read_bytes(), "image/jpeg")
+            if path == "/img/huge.jpg":  # 3 MB, announced
+                return self._send(b"\xff\xd8" + b"\0" * 3_000_000, "image/jpeg")
+            if path == "/img/huge-chunked.jpg":  # 3 MB, no length announced
+                return self._send(b"\xff\xd8" + b"\0" * 3_000_000, "image/jpeg", length=False)
+            if path == "/img/trickle.jpg":  # one byte at a time, each well within the timeout
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                try:
+                    for _ in range(1000):
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return None
+            self.send_response(404)
+            self.end_headers()
+            return None
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    state["base"] = f"http://127.0.0.1:{httpd.server_address[1]}"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield state
+    httpd.shutdown()
+
+
+LIMITS = iiif.FetchConfig(size=256, workers=3, timeout=1.0, retries=0, max_bytes=1_000_000,
+                          deadline=1.5, max_documents=20, max_depth=5)  # fmt: skip
+
+
+@pytest.fixture()
+def iiif_outputs(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")
+    return tmp_path / "outputs"
+
+
+def _fetch(source, config=LIMITS):
+    result = iiif.fetch(source, config, progress=False)
+    return read_csv(result.manifest), result.failures
+
+
+def test_a_remote_collection_cannot_make_the_tool_read_local_files(evil_server, iiif_outputs):
+    base = evil_server["base"]
+    rows, failures = _fetch(f"{base}/members.json")
+    assert len(rows) == 2 and "SECRET-LABEL" not in rows.to_csv()
+    refused = failures[failures["kind"] == "not_http"]
+    assert len(refused) == 4 and len(failures) == 4
+    assert not any("exist" in r or "JSON" in r for r in refused["reason"])  # says nothing of them
+    # images too: only http(s) is fetched; a page's link is never javascript:
+    rows, failures = _fetch(f"{base}/links.json")
+    assert len(rows) == 1 and set(failures["kind"]) == {"not_http"} and len(failures) == 3
+    # the user's own manifest file is still read
+    with pytest.raises(CollectionError, match="secret-label"):  # read; its image host is fake
+        _fetch(str(evil_server["secret"]))
+
+
+def test_downloads_are_limited_in_size_time_and_crawl(evil_server, iiif_outputs, tmp_path):
+    base = evil_server["base"]
+    m = tmp_path / "limits.json"
+    m.write_text(
+        json.dumps(_manifest(base, "limits", ["good3", "huge", "huge-chunked", "trickle"]))
+    )
+    t0 = time.monotonic()
+    rows, failures = _fetch(str(m))
+    assert time.monotonic() - t0 < 10
+    assert len(rows) == 1
+    kinds = {
+        r.split()[0].rsplit("/", 1)[1]: k for k, r in zip(failures["kind"], failures["reason"])
+    }
+    assert kinds == {"huge.jpg": "too_large", "huge-chunked.jpg": "too_large",
+                     "trickle.jpg": "deadline"}  # fmt: skip
+    assert not list((iiif.cache_folder(str(m))).rglob("*huge*"))
+    # a chain of collections: stopped by the depth, then by the number of documents
+    with pytest.raises(CollectionError, match="No IIIF manifest could be read"):
+        _fetch(f"{base}/chain/0.json")
+    failures = iiif._read_source(f"{base}/chain/0.json", iiif.session(LIMITS), LIMITS,
+                                 tmp_path / "c")[1]  # fmt: skip
+    assert [f["kind"] for f in failures] == ["limit"] and "max_depth" in failures[0]["reason"]
+    wide = iiif.FetchConfig(max_documents=7, max_depth=100, timeout=1.0, retries=0)
+    failures = iiif._read_source(f"{base}/chain/0.json", iiif.session(wide), wide,
+                                 tmp_path / "d")[1]  # fmt: skip
+    assert [f["kind"] for f in failures] == ["limit"] and "max_documents" in failures[0]["reason"]
+
+
+def test_malformed_manifests_are_skipped_sources_not_tracebacks(
+    evil_server, iiif_outputs, tmp_path
+):
+    base = evil_server["base"]
+    urls = tmp_path / "urls.txt"
+    bad = ["list", "null", "sequences", "items"]
+    urls.write_text("\n".join([*(f"{base}/bad/{b}.json" for b in bad), f"{base}/good.json"]))
+    rows, failures = _fetch(str(urls))
+    assert len(rows) == 2  # the good manifest is fetched in full
+    assert set(failures["kind"]) == {"manifest"} and len(failures) == 4
+    reasons = " ".join(failures["reason"])
+    assert "JSON list" in reasons and "JSON NoneType" in reasons and "lists no image" in reasons
+    # alone, a manifest whose items are not canvases lists no image: a one-line error
+    with pytest.raises(CollectionError, match="list no image"):
+        _fetch(f"{base}/bad/items.json")
