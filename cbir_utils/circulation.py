@@ -24,14 +24,6 @@ FIRST_COLOR = "#d73027"
 NO_DATES = "No dates in the metadata: the reprint list is in file order and there is no timeline."
 
 
-def _link(row: dict) -> str:
-    for c in ("source_url", "iiif_image"):
-        v = str(row.get(c, "") or "").strip()
-        if v:
-            return v
-    return ""
-
-
 def reprint_list(
     members: Sequence[int],
     names: Sequence[str],
@@ -73,7 +65,7 @@ def reprint_list(
                 "page": str(r.get("page", "") or ""),
                 "score": round(float(scores[m]), 6) if scores is not None else np.nan,
                 "verdict": "reference" if m == ref and verdicts is not None else v,
-                "link": _link(r),
+                "link": provenance.web_link(r),
                 "first": False,
                 "row": m,
                 "_t": d.ordinal if d is not None else np.inf,

@@ -121,6 +121,12 @@ def _open_index(name: str):
     return Index.load(folder), folder
 
 
+def _say_left_out(args, n: int) -> None:
+    if n:
+        _say(args, f"{n} imported decision(s) name an image that is not in this index; "
+             "they are not shown on the page (`verdicts list` shows them all).")  # fmt: skip
+
+
 def _run_dir(kind: str, index, args, params: dict) -> Path:
     from . import runs
 
@@ -405,13 +411,15 @@ def cmd_search(args) -> int:
     if args.html:
         from . import contact_sheet
 
+        shown, left = review.about(decisions, [*index.relpaths, *names.values()])
         page = contact_sheet.search_results_html(
             table, Path(args.html).expanduser(), query_names=names,
-            title=f"Search results: {index.name}", verdicts=decisions, store=index.name,
+            title=f"Search results: {index.name}", verdicts=shown, store=index.name,
             notes=[f"Index {index.name}: {index.meta.get('backbone')}; top {args.top_k}."],
             progress=_progress(args), items=index.items,
         )  # fmt: skip
         _say(args, f"Review page written: {page} (judge the candidates, then export verdicts.csv)")
+        _say_left_out(args, left)
     if args.out:
         from .io import save_csv
 
@@ -477,6 +485,8 @@ def cmd_groups(args) -> int:
     labelled = any(s for s in scenes)
     g.save_csv(out / "groups.csv", names, scenes if labelled else None, 1, index.items)
     decisions = review.history(folder)
+    shown_verdicts, left = review.about(decisions, names)
+    _say_left_out(args, left)
     notes = [
         f"Index {index.name}: {index.meta.get('backbone')} ({index.meta.get('weights')}), "
         f"threshold {'' if threshold is None else f'{threshold:.3f} '}{how}."
@@ -485,7 +495,7 @@ def cmd_groups(args) -> int:
         g, index.paths, out / "contact_sheet.html", names=names,
         scenes=scenes if labelled else None, title=f"Duplicate groups: {index.name}",
         min_size=args.min_size, max_groups=args.max_groups, thumb_px=args.thumb_px,
-        notes=notes, progress=_progress(args), items=index.items, verdicts=decisions,
+        notes=notes, progress=_progress(args), items=index.items, verdicts=shown_verdicts,
         store=index.name,
     )  # fmt: skip
     shown = g.groups(max(2, args.min_size))

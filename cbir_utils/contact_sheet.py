@@ -319,11 +319,7 @@ def _figure(
 
 def _href(path: PathLike, meta: dict | None, page_dir: Path, relative: bool) -> str:
     """Where a click on a thumbnail goes: the source page or IIIF image if given, else the file."""
-    for c in ("source_url", "iiif_image"):
-        v = str((meta or {}).get(c, "") or "").strip()
-        if v.startswith(("http://", "https://")):
-            return v
-    return file_link(path, page_dir, relative)
+    return provenance.web_link(meta) or file_link(path, page_dir, relative)
 
 
 def _reprints_html(reprints: pd.DataFrame, reference: str = "") -> str:
@@ -352,6 +348,13 @@ def _reprints_html(reprints: pd.DataFrame, reference: str = "") -> str:
     )
 
 
+def script_json(obj: object) -> str:
+    """JSON to embed in a page's ``<script>``: ``<``, ``>`` and ``&`` as ``\\u`` escapes, so
+    that no value can open or close a script or a comment (``</script>``, ``<!--``)."""
+    text = json.dumps(obj, ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _page(
     title: str,
     header: str,
@@ -365,8 +368,7 @@ def _page(
     esc = html.escape
     css = _CSS % {"ok": MAJORITY_COLOR, "odd": OTHER_COLOR, "unk": UNKNOWN_COLOR, "cell": css_cell}
     rows = [] if initial is None else initial.fillna("").to_dict("records")
-    data = json.dumps(rows, ensure_ascii=True).replace("</", "<\\/")
-    names = json.dumps(dict(VERDICTS))
+    data, names = script_json(rows), script_json(dict(VERDICTS))
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .errors import CollectionError, InputError, MissingFilesError
 from .io import atomic_write_bytes, save_csv
+from .provenance import is_http
 
 MANIFEST_FILE = "manifest.csv"
 FAILURES_FILE = "fetch_failures.csv"
@@ -178,11 +179,6 @@ class Refused(Exception):
     def __init__(self, kind: str, reason: str):
         super().__init__(reason)
         self.kind, self.reason = kind, reason
-
-
-def is_http(url: object) -> bool:
-    """Whether ``url`` is an ``http(s)`` URL (the only links and remote references taken)."""
-    return urlparse(str(url).strip()).scheme.lower() in ("http", "https")
 
 
 def _get(sess, url: str, config: FetchConfig) -> tuple[str, bytes]:

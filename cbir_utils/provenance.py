@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -89,6 +90,21 @@ def parse_date(text: object) -> PrintDate | None:
     except ValueError as err:
         raise InputError(f"no such date ({err})") from None
     return PrintDate(start, "day" if d else "month" if mo else "year")
+
+
+def is_http(url: object) -> bool:
+    """Whether ``url`` is an ``http(s)`` URL: the only links written into pages and CSVs, and
+    the only references a remote IIIF document may make."""
+    return urlparse(str(url).strip()).scheme.lower() in ("http", "https")
+
+
+def web_link(row: pd.Series | dict | None) -> str:
+    """A printing's link: its ``source_url``, else its ``iiif_image``, if ``http(s)``; else ""."""
+    for c in ("source_url", "iiif_image"):
+        v = str((row or {}).get(c, "") or "").strip()
+        if is_http(v):
+            return v
+    return ""
 
 
 def metadata_columns(items: pd.DataFrame) -> list[str]:

@@ -18,7 +18,7 @@ search results; kept in the browser and exported as ``verdicts.csv``) or in a no
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,6 +129,14 @@ def current_verdicts(decisions: pd.DataFrame) -> pd.DataFrame:
     df = df.sort_values(["_t", "_row"], na_position="first", kind="stable")
     last = df.drop_duplicates("_key", keep="last").sort_values("_row", kind="stable")
     return last[list(VERDICT_COLUMNS)].reset_index(drop=True)
+
+
+def about(decisions: pd.DataFrame, names: Iterable[str]) -> tuple[pd.DataFrame, int]:
+    """The decisions whose two images are among ``names`` (e.g. the indexed images and a
+    page's queries), and how many others were left out (what a page embeds: nothing else)."""
+    known = set(names)
+    keep = decisions["query"].isin(known) & decisions["candidate"].isin(known)
+    return decisions[keep].reset_index(drop=True), int((~keep).sum())
 
 
 def lookup(decisions: pd.DataFrame) -> dict[tuple[str, str], str]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -301,3 +303,61 @@ def test_malformed_manifests_are_skipped_sources_not_tracebacks(
     # alone, a manifest whose items are not canvases lists no image: a one-line error
     with pytest.raises(CollectionError, match="list no image"):
         _fetch(f"{base}/bad/items.json")
+
+
+# --------------------------------------------------------------------------- links and pages
+
+
+def test_links_are_http_only_in_pages_and_csvs(hostile, monkeypatch):
+    """The metadata's ``source_url`` is ``javascript:alert(1)``: no page or CSV links to it."""
+    out, root, _ = hostile
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", out)
+    page = out / "search.html"
+    query = str(root / "scene_camera" / "camera_0.jpg")
+    assert cli.main(["search", "hostile", query, "--html", str(page), "-q"]) == 0
+    assert cli.main(["groups", "hostile", "-q"]) == 0
+    pages = [page, *out.rglob("contact_sheet.html")]
+    assert len(pages) == 2
+    for p in pages:  # shown as text in a tooltip, never a link
+        text = p.read_text(encoding="utf-8")
+        assert "source_url: javascript:alert(1)" in text
+        assert not re.search(r"href=[\"']?\s*javascript:", text, re.I), p
+    circ = read_csv(next(out.rglob("circulation.csv")))
+    assert "link" not in circ.columns or set(circ["link"]) <= {""}
+
+
+def test_a_hostile_reviewer_name_cannot_break_the_review_page(tmp_path, tiny_collection):
+    """Imported verdicts with a reviewer ``<!--<script>`` and a context that closes the
+    script: the embedded JSON opens and closes nothing, and in Chromium the page's script
+    runs (the imported decision is shown, the buttons work), nothing injected runs."""
+    from test_review import _driver, _pressed, _ready
+
+    from cbir_utils import contact_sheet as cs
+    from cbir_utils import groups
+
+    imgs = sorted(tiny_collection.rglob("*.jpg"))[:2]
+    names = [p.relative_to(tiny_collection).as_posix() for p in imgs]
+    g = groups.duplicate_groups(np.array([[1, 0], [1, 0.01]], dtype=np.float32), 0.9)
+    hostile = pd.DataFrame([{
+        "query": names[0], "candidate": names[1], "verdict": "not_reprint",
+        "time": "2026-01-01T00:00:00Z", "context": "</script><script>document.title='pwned'",
+        "reviewer": "<!--<script>"}])  # fmt: skip
+    items = pd.DataFrame({"relpath": names, "source_url": ["javascript:alert(1)"] * 2})
+    html = cs.contact_sheet_html(g, imgs, tmp_path / "sheet.html", names=names, items=items,
+                                 verdicts=hostile, store="x", progress=False)  # fmt: skip
+    text = html.read_text(encoding="utf-8")
+    data = text.split('id="verdicts-initial">')[1].split("</script>")[0]
+    assert "<" not in data and json.loads(data)[0]["reviewer"] == "<!--<script>"
+    drv = _driver(tmp_path / "downloads")
+    try:
+        drv.get(html.as_uri())
+        _ready(drv)
+        assert drv.title != "pwned"
+        ref = names[int(g.groups()[0][0])]
+        other = names[1 - names.index(ref)]
+        assert _pressed(drv) == {(ref, other): "not_reprint"}
+        drv.find_element("css selector", '.verdict button[data-v="same_photo"]').click()
+        assert _pressed(drv) == {(ref, other): "same_photo"}
+        assert not drv.find_elements("css selector", 'a[href^="javascript"]')
+    finally:
+        drv.quit()
