@@ -358,7 +358,7 @@ class DescriptorCache:
         try:
             keys = json.loads(keys_file.read_text())
             vecs = np.load(vec_file)
-        except (OSError, ValueError):  # unreadable: ignore it (recomputed if needed)
+        except (OSError, ValueError, EOFError):  # unreadable: ignored (recomputed if needed)
             return
         if len(keys) != len(vecs) or vecs.ndim != 2:  # inconsistent: ignore it
             return

@@ -20,9 +20,11 @@ index are ever embedded when it grows.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -647,13 +649,27 @@ class Index(ItemTable):
         """
         folder = Path(folder)
         header = _read_header(folder)
+        rebuild = (f"rebuild it with `python -m cbir_utils index {header.get('root') or 'FOLDER'} "
+                   f"--name {header.get('name', folder.name)}` (cached descriptors make it quick)")  # fmt: skip
         try:
-            vectors = np.load(folder / header["vectors"])
-            items = read_csv(folder / header["items"], encoding="utf-8")
+            raw_items = (folder / header["items"]).read_bytes()
+            vectors = np.load(folder / header["vectors"], allow_pickle=False)
+            items = read_csv(io.BytesIO(raw_items), encoding="utf-8")
         except (OSError, KeyError) as err:
-            raise InputError(f"The index in {folder} is incomplete ({err}).") from err
+            raise InputError(f"The index in {folder} is incomplete ({err}); {rebuild}.") from err
+        except (ValueError, EOFError, pd.errors.ParserError) as err:
+            raise InputError(f"The index in {folder} is damaged ({err}); {rebuild}.") from err
         if len(vectors) != len(items) or list(items.columns[:4]) != list(ITEM_COLUMNS):
-            raise InputError(f"The index in {folder} is inconsistent (vectors vs items).")
+            raise InputError(
+                f"The index in {folder} is inconsistent (vectors vs items); {rebuild}."
+            )
+        tag = str(header["vectors"]).removeprefix("vectors-").removesuffix(".npy")
+        vec = np.ascontiguousarray(vectors, dtype=np.float32)
+        if models.identity({"items": raw_items.decode("utf-8"), "vec": _array_digest(vec)}) != tag:
+            raise InputError(
+                f"The index in {folder} is damaged: {header['vectors']} or {header['items']} "
+                f"is not what was written (their digest is {tag}); {rebuild}."
+            )
         return cls(
             vectors=vectors.astype(np.float32),
             items=items,
@@ -691,11 +707,17 @@ class Index(ItemTable):
             return self._fitted
         saved = Path(self.folder) / P.FittedPipeline.FILES[0] if self.folder else None
         if saved is not None and saved.is_file():
-            head = json.loads(saved.read_text(encoding="utf-8"))
-            if head.get("vectors_digest") == digest and head.get("config") == self.config.to_dict():
-                self._fitted = P.FittedPipeline.load(self.folder, self.items["path"].tolist())
-                self._fitted_digest = digest
-                return self._fitted
+            try:
+                head = json.loads(saved.read_text(encoding="utf-8"))
+                if (
+                    head.get("vectors_digest") == digest
+                    and head.get("config") == self.config.to_dict()
+                ):
+                    self._fitted = P.FittedPipeline.load(self.folder, self.items["path"].tolist())
+                    self._fitted_digest = digest
+                    return self._fitted
+            except (ValueError, InputError) as err:  # derived data: fitted again, nothing lost
+                warnings.warn(f"{err} It is fitted again.", stacklevel=2)
         self._fitted = P.FittedPipeline.fit(
             self.vectors, self.items["path"].tolist(), self.config, store, progress
         )

@@ -16,8 +16,11 @@ collection's verification graph). The notebooks and ``benchmarks/quality.py`` sh
 
 from __future__ import annotations
 
+import hashlib
+import io as _io
 import os
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,8 +380,6 @@ class FittedPipeline:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``pipeline.json`` and ``pipeline.npz`` into ``folder`` (atomically)."""
-        import io as _io
-
         from .io import atomic_write_bytes, save_json
 
         folder = Path(folder)
@@ -394,6 +395,7 @@ class FittedPipeline:
         save_json(
             folder / self.FILES[0],
             {
+                "npz_sha1": hashlib.sha1(buf.getvalue()).hexdigest(),
                 "config": self.config.to_dict(),
                 "n": len(self),
                 "method": self.method,
@@ -404,17 +406,34 @@ class FittedPipeline:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> FittedPipeline:
-        """Read a pipeline saved by :meth:`save` (``paths``: the collection's images)."""
+        """Read a pipeline saved by :meth:`save` (``paths``: the collection's images).
+
+        Raises:
+            InputError: A file is missing, damaged, or not the one its ``pipeline.json``
+                describes (e.g. copied from another index); the message names it.
+        """
         import json
 
         from scipy import sparse
 
         folder = Path(folder)
-        head = json.loads((folder / cls.FILES[0]).read_text(encoding="utf-8"))
-        cfg = head["config"]
-        config = PipelineConfig.from_dict(cfg)
-        with np.load(folder / cls.FILES[1], allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        head_file, npz_file = folder / cls.FILES[0], folder / cls.FILES[1]
+        try:
+            head = json.loads(head_file.read_text(encoding="utf-8"))
+            config = PipelineConfig.from_dict(head["config"])
+            raw = npz_file.read_bytes()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"The saved pipeline in {folder} is damaged ({err}).") from err
+        if head.get("npz_sha1") not in (None, hashlib.sha1(raw).hexdigest()):
+            raise InputError(
+                f"{npz_file} is not the file {head_file.name} describes (damaged, or copied "
+                "from another index)."
+            )
+        try:
+            with np.load(_io.BytesIO(raw), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"{npz_file} is damaged ({err}).") from err
         whitening = None
         if "whitening_mean" in arrays:
             whitening = D.Whitening(

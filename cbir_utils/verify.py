@@ -22,8 +22,10 @@ working image) so that a halftone screen does not produce thousands of dot-sized
 
 from __future__ import annotations
 
+import io
 import os
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,8 +565,6 @@ class LocalFeatureStore:
 
 
 def _write_features(file: Path, f: LocalFeatures) -> None:
-    import io
-
     from .io import atomic_write_bytes
 
     buf = io.BytesIO()
@@ -593,8 +593,8 @@ def _read_features(file: Path, source: str) -> LocalFeatures | None:
                 descriptors_mirror=z["descriptors_mirror"] if "xy_mirror" in z.files else None,
                 source=source,
             )  # fmt: skip
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable: computed again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable (e.g. truncated): computed again
 
 
 def inlier_bonus(

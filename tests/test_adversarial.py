@@ -361,3 +361,71 @@ def test_a_hostile_reviewer_name_cannot_break_the_review_page(tmp_path, tiny_col
         assert not drv.find_elements("css selector", 'a[href^="javascript"]')
     finally:
         drv.quit()
+
+
+# --------------------------------------------------------------------------- a damaged index
+
+
+@pytest.fixture()
+def copy_of_index(hostile, tmp_path, monkeypatch):
+    """A copy of the 'hostile' index (under a new outputs folder) to damage."""
+    out = tmp_path / "outputs"
+    shutil.copytree(hostile[0] / "index" / "hostile", out / "index" / "copy")
+    shutil.copytree(hostile[0] / "cache", out / "cache")
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", out)
+    return out / "index" / "copy", hostile[1] / "scene_camera" / "camera_0.jpg"
+
+
+def _search(query, capsys) -> tuple[int, pd.DataFrame | None, str]:
+    code = cli.main(["search", "copy", str(query), "--top-k", "3", "-q"])
+    got = capsys.readouterr()
+    table = pd.read_csv(io.StringIO(got.out)) if code == 0 else None
+    return code, table, got.err
+
+
+@pytest.mark.parametrize("damage", ["truncate vectors", "truncate items", "shuffle vectors"])
+def test_a_damaged_index_says_which_file_and_how_to_rebuild(copy_of_index, capsys, damage):
+    folder, query = copy_of_index
+    header = json.loads((folder / "index.json").read_text())
+    vec, items = folder / header["vectors"], folder / header["items"]
+    if damage == "truncate vectors":
+        vec.write_bytes(vec.read_bytes()[:-700])
+    elif damage == "truncate items":
+        items.write_bytes(items.read_bytes()[:-60])
+    else:
+        v = np.load(vec)
+        np.save(vec, v[::-1].copy())
+    code, _, err = _search(query, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "damaged" in err and "python -m cbir_utils index" in err
+
+
+@pytest.mark.parametrize("damage", ["missing npz", "truncated json", "npz of another index"])
+def test_a_damaged_saved_pipeline_is_fitted_again(copy_of_index, capsys, damage, hostile):
+    folder, query = copy_of_index
+    code, before, _ = _search(query, capsys)
+    assert code == 0
+    npz, head = folder / "pipeline.npz", folder / "pipeline.json"
+    if damage == "missing npz":
+        npz.unlink()
+    elif damage == "truncated json":
+        head.write_text(head.read_text()[:40])
+    else:  # the same collection fitted with other settings: the arrays do not belong here
+        other = np.load(npz)
+        np.savez(npz, **{k: (v * 0.5 if v.dtype.kind == "f" else v) for k, v in other.items()})
+    with pytest.warns(UserWarning, match="fitted again"):
+        code, after, _ = _search(query, capsys)
+    assert code == 0 and after.equals(before)
+
+
+def test_a_truncated_local_feature_cache_file_is_computed_again(copy_of_index, capsys):
+    folder, query = copy_of_index
+    code, before, _ = _search(query, capsys)
+    cached = sorted((folder.parent.parent / "cache" / "local").rglob("*.npz"))
+    assert code == 0 and cached
+    for f in cached:
+        f.write_bytes(f.read_bytes()[:100])
+    code, after, _ = _search(query, capsys)
+    assert code == 0 and after.equals(before)
+    whole = [f for f in cached if f.stat().st_size > 100]
+    assert whole and all(np.load(f)["xy"].ndim == 2 for f in whole)  # those used: written again
