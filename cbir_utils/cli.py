@@ -180,9 +180,9 @@ def _add_output_args(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def cmd_index(args) -> int:
-    from . import features
-    from .data import load_collection, save_skipped
-    from .index import Index, model_settings
+    from .data import load_collection
+    from .index import model_settings
+    from .io import folder_lock
     from .paths import OUTPUTS_DIR, ensure_outside
 
     sharded = args.num_shards > 1 or args.merge
@@ -201,8 +201,20 @@ def cmd_index(args) -> int:
     )  # fmt: skip
     opts = dict(batch_size=args.batch_size, num_workers=args.num_workers, progress=_progress(args))
     config = _index_config(args, meta)
-    if sharded:
+    if sharded and not args.merge:  # shard jobs write only their own shard folders
         return _index_sharded(args, col, name, folder, meta, ckpt, opts, config)
+    with folder_lock(folder, f"an `index` run of {args.source}"):
+        if sharded:
+            return _index_sharded(args, col, name, folder, meta, ckpt, opts, config)
+        return _index_into(args, col, name, folder, meta, ckpt, opts, config)
+
+
+def _index_into(args, col, name, folder, meta, ckpt, opts, config) -> int:
+    """Build the index in ``folder``, or bring the one there up to date (its lock held)."""
+    from . import features
+    from .data import save_skipped
+    from .index import Index
+
     stats = features.ExtractStats()
     store = _local_store()
     if (folder / "index.json").exists() and not args.rebuild:

@@ -8,11 +8,40 @@ import json
 import os
 import re
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .errors import InputError
+
+try:  # POSIX; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+LOCK_FILE = ".lock"
+LOCK_WAIT = 30.0
+"""Seconds a run waits for another one to leave a folder before it stops."""
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where the system says it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -24,12 +53,48 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; outputs honour the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock while ``what`` (e.g. "an `index` run") writes into it.
+
+    A second run waits up to :data:`LOCK_WAIT` seconds, then stops with a message naming
+    the run that holds the folder: two runs never interleave their writes.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held until the end
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while fcntl is not None:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "another run"
+                    raise InputError(
+                        f"{folder} is being written by {holder}; wait until it ends, then "
+                        "run this again."
+                    ) from None
+                time.sleep(0.2)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{what} (process {os.getpid()}, since {now})")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -50,6 +115,7 @@ def atomic_create_text(path: str | os.PathLike, text: str) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -17,6 +17,8 @@ search results; kept in the browser and exported as ``verdicts.csv``) or in a no
 
 from __future__ import annotations
 
+import csv
+import io as _io
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CollectionError, InputError, MissingFilesError
-from .io import read_csv, save_csv
+from .io import folder_lock, restore, save_csv
 
 VERDICTS = {
     "same_photo": "same photograph",
@@ -65,8 +67,9 @@ class VerdictFile:
 def read_verdicts(path: str | os.PathLike) -> VerdictFile:
     """Read a ``verdicts.csv`` (exported from a page, or kept in an index folder).
 
-    Rows with an unknown verdict, an empty image name or an unreadable time are left out
-    and listed in ``bad``.
+    Rows with an unknown verdict, an empty image name, an unreadable time or another number
+    of cells than the header are left out and listed in ``bad`` with their line numbers.
+    UTF-8 (with or without BOM) and Windows-1252 files are read.
 
     Raises:
         MissingFilesError: No such file.
@@ -75,7 +78,7 @@ def read_verdicts(path: str | os.PathLike) -> VerdictFile:
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingFilesError(f"No verdicts file at {path}.")
-    df = read_csv(path)
+    df, ragged = _read_table(path)
     df.columns = [str(c).strip().lower() for c in df.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -99,8 +102,41 @@ def read_verdicts(path: str | os.PathLike) -> VerdictFile:
             reasons.append("")
     reasons = np.asarray(reasons, dtype=object)
     ok = reasons == ""
-    bad = pd.DataFrame({"line": np.flatnonzero(~ok) + 2, "reason": reasons[~ok]})
+    bad = pd.DataFrame({"line": df.index.to_numpy()[~ok], "reason": reasons[~ok]})
+    bad = pd.concat([bad, ragged]).sort_values("line", kind="stable").reset_index(drop=True)
     return VerdictFile(df[ok].reset_index(drop=True), bad)
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of a CSV as text, indexed by their line in the file, and its ragged rows
+    (``line``, ``reason``). UTF-8 (with or without BOM) or, failing that, Windows-1252: the
+    encodings spreadsheets write. Guarded cells are restored (:func:`io.restore`)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", errors="replace")
+    reader = csv.reader(_io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        rows, lines, ragged = [], [], []
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                ragged.append((reader.line_num, f"{len(row)} cells, the header has {len(header)} "
+                               "(a comma in an unquoted cell?)"))  # fmt: skip
+                continue
+            rows.append([restore(c) for c in row])
+            lines.append(reader.line_num)
+    except StopIteration:
+        raise CollectionError(
+            f"{path} is empty; export it from a contact sheet or search page."
+        ) from None
+    except csv.Error as err:
+        raise CollectionError(f"{path} is not a CSV file ({err}).") from None
+    df = pd.DataFrame(rows, columns=[restore(c) for c in header], index=lines, dtype=object)
+    return df, pd.DataFrame(ragged, columns=["line", "reason"])
 
 
 def history(folder: str | os.PathLike) -> pd.DataFrame:
@@ -187,7 +223,12 @@ def import_verdicts(
             are kept: the image may be added later).
     """
     new = read_verdicts(source)
-    dest = Path(folder) / VERDICTS_FILE
+    with folder_lock(folder, "a `verdicts import`"):  # read, merge, write: one run at a time
+        return _merge(new, Path(folder), known)
+
+
+def _merge(new: VerdictFile, folder: Path, known: Sequence[str] | None) -> ImportReport:
+    dest = folder / VERDICTS_FILE
     old = history(folder)
     both = pd.concat([old, new.rows], ignore_index=True)
     key = _pair_keys(both) + "\n" + both["verdict"] + "\n" + both["time"] + "\n" + both["reviewer"]
@@ -361,13 +402,14 @@ def append_decision(
     if verdict not in VERDICTS:
         raise InputError(f"Unknown verdict {verdict!r}; use one of {', '.join(VERDICTS)}.")
     path = Path(path)
-    old = read_verdicts(path).rows if path.is_file() else _empty()
     row = {
         "query": str(query), "candidate": str(candidate), "verdict": verdict, "time": now(),
         "context": context, "reviewer": reviewer,
     }  # fmt: skip
-    df = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
-    save_csv(path, df)
+    with folder_lock(path.parent, "a review in a notebook"):
+        old = read_verdicts(path).rows if path.is_file() else _empty()
+        df = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
+        save_csv(path, df)
     return df
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import threading
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 
 from cbir_utils import cli, iiif, paths, review
-from cbir_utils.errors import CollectionError
+from cbir_utils.errors import CollectionError, InputError
 from cbir_utils.index import Index
 from cbir_utils.io import neutralise, read_csv, restore, save_csv
 
@@ -429,3 +430,74 @@ def test_a_truncated_local_feature_cache_file_is_computed_again(copy_of_index, c
     assert code == 0 and after.equals(before)
     whole = [f for f in cached if f.stat().st_size > 100]
     assert whole and all(np.load(f)["xy"].ndim == 2 for f in whole)  # those used: written again
+
+
+# --------------------------------------------------------------------------- files people share
+
+
+def test_verdicts_in_spreadsheet_encodings_and_ragged_rows(tmp_path):
+    """A verdicts file saved by a spreadsheet: UTF-8 with a BOM or Windows-1252, with a row
+    that has a cell too many; the good rows are read, the ragged one named by its line."""
+    head = "query,candidate,verdict,time,context,reviewer\r\n"
+    good = "a.jpg,b.jpg,same_photo,2026-01-02T00:00:00Z,p. 3,Ren\u00e9e\r\n"
+    ragged = "c.jpg,d.jpg,not_reprint,,Le Matin, 12 mars,XY\r\n"
+    for enc, bom in (("utf-8", b"\xef\xbb\xbf"), ("utf-8", b""), ("cp1252", b"")):
+        f = tmp_path / f"v-{enc}-{len(bom)}.csv"
+        f.write_bytes(bom + (head + good + ragged + good.replace("b.jpg", "e.jpg")).encode(enc))
+        got = review.read_verdicts(f)
+        assert got.rows["reviewer"].tolist() == ["Ren\u00e9e", "Ren\u00e9e"]
+        assert got.rows["candidate"].tolist() == ["b.jpg", "e.jpg"]
+        assert got.bad["line"].tolist() == [3] and "7 cells" in got.bad["reason"][0]
+
+
+def test_two_runs_never_write_one_index_at_once(hostile, tmp_path, monkeypatch):
+    """While a process holds the index folder, a `verdicts import` waits, then stops with a
+    message naming it; two imports at once both land in the history, nothing lost."""
+    import subprocess
+    import sys
+
+    from cbir_utils import io as cio
+
+    out, _, meta = hostile
+    folder = tmp_path / "index"
+    shutil.copytree(out / "index" / "hostile", folder)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from cbir_utils.io import folder_lock\n"
+         "with folder_lock(sys.argv[1], 'a test holder'):\n print('held', flush=True); "
+         "time.sleep(30)", str(folder)],
+        stdout=subprocess.PIPE, text=True, cwd=paths.PROJECT_ROOT,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(cio, "LOCK_WAIT", 0.5)
+        f = tmp_path / "v.csv"
+        save_csv(f, pd.DataFrame({"query": [meta["path"][0]], "candidate": [meta["path"][1]],
+                                  "verdict": ["same_photo"]}))  # fmt: skip
+        with pytest.raises(InputError, match="a test holder"):
+            review.import_verdicts(f, folder)
+    finally:
+        holder.kill()
+        holder.wait()
+    before, files = len(review.history(folder)), []
+    for k in range(2):
+        files.append(tmp_path / f"v{k}.csv")
+        save_csv(files[-1], pd.DataFrame({"query": [meta["path"][0]],
+                 "candidate": [meta["path"][2 + k]], "verdict": ["same_photo"]}))  # fmt: skip
+    code = "import sys; from cbir_utils import review; review.import_verdicts(sys.argv[1], sys.argv[2])"
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(f), str(folder)],
+                             cwd=paths.PROJECT_ROOT) for f in files]  # fmt: skip
+    assert [r.wait(60) for r in runs] == [0, 0]
+    hist = review.history(folder)
+    assert len(hist) == before + 2 and set(meta["path"][2:4]) <= set(hist["candidate"])
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    from cbir_utils import io as cio
+
+    old = os.umask(0o027)
+    try:
+        cio.save_csv(tmp_path / "a.csv", pd.DataFrame({"x": [1]}))
+        cio.atomic_create_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert {oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.csv", "b.txt")} == {"0o640"}
