@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cbir_utils import cli, iiif, paths, review
 from cbir_utils.errors import CollectionError, InputError
@@ -501,3 +503,22 @@ def test_outputs_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert {oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.csv", "b.txt")} == {"0o640"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=12), min_size=1, max_size=6)
+)
+def test_any_text_round_trips_and_is_never_live(tmp_path_factory, cells):
+    """Property: whatever a cell holds, the CSV a person opens runs no formula, and the
+    project reads back exactly what it wrote (verdicts too)."""
+    f = tmp_path_factory.mktemp("prop") / "t.csv"
+    save_csv(f, pd.DataFrame({"text": cells}))
+    assert _live_cells(_text(f)) == []
+    assert read_csv(f)["text"].tolist() == cells
+    names = [c.strip() or "x" for c in cells]
+    v = pd.DataFrame({"query": names, "candidate": names, "verdict": "same_photo",
+                      "context": cells, "reviewer": cells})  # fmt: skip
+    save_csv(f, v)
+    got = review.read_verdicts(f).rows
+    assert got["context"].tolist() == [c.strip() for c in cells]
