@@ -222,6 +222,13 @@ def test_index_command_with_a_manifest_url(server, outputs, capsys):
         outputs / "index" / "iiif" / "skipped.csv", dtype=str, keep_default_na=False
     )
     assert set(skipped["kind"]) == {"truncated", "not_image"}
+    # a new image searched with a large --top-k gets every indexed image once
+    query = outputs.parent / "query.png"
+    Image.open(index.items["path"][0]).rotate(3).save(query)
+    capsys.readouterr()
+    assert cli.main(["search", "iiif", str(query), "--top-k", "50", "-q"]) == 0
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert sorted(rows["candidate"]) == sorted(index.relpaths)
 
 
 def test_notebooks_data_dir_takes_a_manifest_url(server, outputs):
