@@ -192,10 +192,12 @@ def safe_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def _csv_args(df: pd.DataFrame, kwargs: dict) -> dict:
     """No index unless asked; text quoted when a cell holds a bare carriage return (the
-    writer quotes only cells with a ``\n``, and an unquoted ``\r`` splits the row)."""
+    writer quotes only cells with a ``\n``, and an unquoted ``\r`` splits the row) and in
+    a one-column table (an empty or blank cell would be a blank line, which readers skip)."""
     kwargs.setdefault("index", False)
     text = [df.iloc[:, c] for c in _text_columns(df)]
-    if any(col.map(lambda v: isinstance(v, str) and "\r" in v).any() for col in text):
+    one = df.shape[1] == 1 and not kwargs["index"]
+    if one or any(col.map(lambda v: isinstance(v, str) and "\r" in v).any() for col in text):
         kwargs.setdefault("quoting", csv.QUOTE_NONNUMERIC)
     return kwargs
 
