@@ -286,25 +286,6 @@ def _local_store():
     return verify.LocalFeatureStore(cache_dir=_local_cache())
 
 
-def _for_queries(fitted, args):
-    """The index's fitted pipeline, with ``--rerank-top-n`` applied when given."""
-    import copy
-    from dataclasses import replace
-
-    if args.rerank_top_n is None:
-        return fitted
-    out = copy.copy(fitted)
-    top = args.rerank_top_n
-    out.config = replace(
-        fitted.config, rerank=top > 0, rerank_top_n=top or fitted.config.rerank_top_n,
-        graph=fitted.config.graph and top > 0,
-    )  # fmt: skip
-    if not out.config.graph:
-        out.graph = None
-    out._own = None
-    return out
-
-
 def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
     from dataclasses import replace
 
@@ -394,6 +375,7 @@ def cmd_add(args) -> int:
 def cmd_search(args) -> int:
     from . import review
     from .index import parse_box
+    from .models import file_digest
 
     index, folder = _open_index(args.index)
     files = _image_files([args.query])
@@ -401,7 +383,10 @@ def cmd_search(args) -> int:
     if box is not None and len(files) != 1:
         raise InputError("--box needs a single query image, not a folder.")
     store = _local_store()
-    fitted = _for_queries(index.fitted(store, _progress(args)), args)
+    fitted = index.fitted(store, _progress(args))
+    if args.rerank_top_n is not None:
+        fitted = fitted.with_rerank(args.rerank_top_n)
+    digests = [file_digest(p) for p in files]  # each query file read and hashed once
     table = index.search(
         files,
         k=args.top_k,
@@ -413,11 +398,12 @@ def cmd_search(args) -> int:
         progress=_progress(args),
         store=store,
         fitted=fitted,
+        digests=digests,
     )
     if box is not None:
         table.insert(1, "box", ",".join(f"{v:g}" for v in box))
     decisions = review.history(folder)
-    names = index.query_names(files)
+    names = index.query_names(files, digests)
     table = review.attach(table.assign(_q=table["query"].map(names)), decisions, "_q")
     table = table.drop(columns="_q")
     if args.html:
@@ -608,7 +594,9 @@ def cmd_evaluate(args) -> int:
     # the index's pipeline ranks the collection exactly as notebook 01 does (and `search`):
     # whole lists up to retrieval.FULL_LISTS_MAX images (exact metrics), the top above
     store = _local_store()
-    fitted = _for_queries(index.fitted(store, _progress(args)), args)
+    fitted = index.fitted(store, _progress(args))
+    if args.rerank_top_n is not None:
+        fitted = fitted.with_rerank(args.rerank_top_n)
     ranking = fitted.rank_collection(retrieval.list_length(len(index)), store, _progress(args))
     if args.rerank_top_n is None:
         index.save(folder)  # keeps the fitted pipeline (graph) for later searches

@@ -882,11 +882,14 @@ class Preprocess:
 
 
 def preprocess_from_meta(meta: dict) -> Preprocess:
-    """The exact preprocessing a model's meta describes (see :func:`models.model_meta`)."""
+    """The exact preprocessing a model's meta (or a checkpoint's) describes
+    (see :func:`models.model_meta`)."""
     from . import models  # lazy: models imports this module
 
-    norm = meta.get("normalisation", {})
     backbone = meta.get("backbone")
+    norm = meta.get("normalisation") or (  # a meta without it: its backbone's
+        models.normalisation_for(backbone) if backbone in models.BACKBONES else {}
+    )
     return Preprocess(
         image_size=int(meta.get("image_size", 224)),
         resize=meta.get("resize", "letterbox"),
@@ -900,15 +903,16 @@ def preprocess_from_meta(meta: dict) -> Preprocess:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images by path, decoded with Pillow and transformed; yields ``(tensor, label, index)``."""
+    """Images by path (decoded with Pillow) or already decoded (PIL images, e.g. a query
+    decoded once for all its uses), transformed; yields ``(tensor, label, index)``."""
 
     def __init__(
         self,
-        paths: Sequence[str | os.PathLike],
+        paths: Sequence[str | os.PathLike | Image.Image],
         transform: Callable[[Image.Image], torch.Tensor],
         labels: Sequence[int] | None = None,
     ) -> None:
-        self.paths = [str(p) for p in paths]
+        self.paths = [p if isinstance(p, Image.Image) else str(p) for p in paths]
         self.transform = transform
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
 
@@ -916,7 +920,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        return self.transform(load_image(self.paths[i])), self.labels[i], i
+        p = self.paths[i]
+        return self.transform(p if isinstance(p, Image.Image) else load_image(p)), self.labels[i], i
 
 
 def make_split(

@@ -73,7 +73,8 @@ def extract_multiscale(
 
     Args:
         model: A :class:`models.RetrievalNet`.
-        paths: Image files.
+        paths: Image files, or decoded images (PIL; with ``keys=`` their files' digests
+            when cached): an image is then decoded once for all the scales.
         preprocess: The base preprocessing (scale 1).
         scales: Relative input sizes, e.g. ``(1.0, 0.707)``; ``(1.0,)`` is single-scale.
         cache_dir: Optional descriptor cache folder.
@@ -86,6 +87,7 @@ def extract_multiscale(
     from . import features
 
     stats = kwargs.pop("stats", None)  # counted per image: computed at some scale, or cached
+    keys = kwargs.pop("keys", None)  # the files' digests, when known (images may be decoded)
     per_scale = []
     total = None
     for size in scaled_sizes(preprocess.image_size, scales):
@@ -95,7 +97,9 @@ def extract_multiscale(
                 raise InputError("model_meta is needed to cache descriptors (cache_dir given).")
             meta = {**model_meta, "image_size": size}
             st = features.ExtractStats()
-            v = features.extract_cached(model, paths, pre, cache_dir, meta, stats=st, **kwargs)
+            v = features.extract_cached(
+                model, paths, pre, cache_dir, meta, stats=st, keys=keys, **kwargs
+            )
             per_scale.append(st)
         else:
             v = features.extract(model, paths, pre, **kwargs)

@@ -430,6 +430,7 @@ def extract_cached(
     *,
     chunk_size: int = CHUNK_SIZE,
     on_chunk: ChunkCallback | None = None,
+    keys: Sequence[str] | None = None,
     **kwargs,
 ) -> np.ndarray:
     """Like :func:`extract`, but reuses vectors cached under ``cache_dir``.
@@ -445,6 +446,8 @@ def extract_cached(
         on_chunk: ``on_chunk(done, total)`` after each committed chunk (``total`` = images
             to compute in this call); an exception raised there stops the extraction with
             the committed chunks kept (used to test resumption).
+        keys: The SHA-1 of each image's file (:func:`models.file_digest`), when already
+            known; then ``paths`` may be decoded images (nothing is read or hashed again).
         **kwargs: Passed to :func:`iter_vectors` (``batch_size``, ``num_workers``, ``device``,
             ``progress``, ``prefetch_factor``, ``amp``, ``threads``).
     """
@@ -457,7 +460,9 @@ def extract_cached(
         "mirror": mirror,
     }
     cache = DescriptorCache(cache_dir, identity(key_meta), key_meta)
-    keys = [file_digest(p) for p in paths]
+    keys = list(keys) if keys is not None else [file_digest(p) for p in paths]
+    if len(keys) != len(paths):
+        raise InputError(f"{len(keys)} keys for {len(paths)} images.")
     rows = cache.lookup(keys)
     todo = np.flatnonzero(rows < 0)
     if len(todo):

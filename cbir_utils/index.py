@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from . import features, models, provenance
 from . import pipeline as P
@@ -50,6 +50,8 @@ from .io import atomic_write_bytes, csv_text, read_csv, save_json, save_npy
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 2  # 2: the retrieval pipeline (multi-scale, whitening...) in index.json
+QUERY_CHUNK = 64
+"""Query images held decoded at once by :meth:`Index.search` (a folder of queries)."""
 ITEM_COLUMNS = ("relpath", "path", "scene", "sha1")
 
 
@@ -184,36 +186,32 @@ class Embedder:
 
     def images(
         self,
-        paths: Sequence[str | os.PathLike],
-        box: Sequence[float] | None = None,
+        images: Sequence[Image.Image],
+        keys: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         stats: features.ExtractStats | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """Descriptors of query images, whole or the region ``box`` of each (not cached)."""
-        paths = [Path(p).expanduser() for p in paths]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise MissingFilesError(f"Query image not found: {missing[0]}")
-        if box is None:
-            return self.files(paths, cache_dir, stats, **kwargs)
-        with tempfile.TemporaryDirectory(prefix="cbir-crop-") as tmp:
-            crops = []
-            for k, p in enumerate(paths):
-                crops.append(Path(tmp) / f"crop{k}.png")
-                crop_box(load_image(p), box).save(crops[-1])  # lossless: embedded as decoded
-            return self._extract(crops, None, None, **kwargs)
+        """Descriptors of decoded query images (each decoded once for every scale), cached
+        by ``keys`` (their files' digests) when given; regions are given without keys."""
+        cache = None if keys is None else Path(cache_dir) if cache_dir else _default_cache()
+        return self._extract(list(images), cache, stats, keys=keys, **kwargs)
 
     def _extract(self, paths, cache: Path | None, stats, **kwargs) -> np.ndarray:
-        """The descriptors (or logits) of ``paths``, through ``cache`` unless it is None."""
-        paths, net = [str(p) for p in paths], self.network()
+        """The descriptors (or logits) of ``paths`` (files or decoded images), through
+        ``cache`` unless it is None."""
+        paths = [p if isinstance(p, Image.Image) else str(p) for p in paths]
+        net = self.network()
         if self.output == "descriptor":
             return P.describe(net, self.meta, paths, self.config, cache, stats=stats, **kwargs)
+        keys = kwargs.pop("keys", None)
         how = dict(output=self.output, mirror=self.mirror, **kwargs)
         pre = preprocess_from_meta(self.meta)
         if cache is None:
             return features.extract(net, paths, pre, **how)
-        return features.extract_cached(net, paths, pre, cache, self.meta, stats=stats, **how)
+        return features.extract_cached(
+            net, paths, pre, cache, self.meta, stats=stats, keys=keys, **how
+        )
 
 
 # --------------------------------------------------------------------------- the index
@@ -724,14 +722,18 @@ class Index(ItemTable):
         self._fitted_digest = digest
         return self._fitted
 
-    def query_names(self, paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    def query_names(
+        self, paths: Sequence[str | os.PathLike], digests: Sequence[str] | None = None
+    ) -> dict[str, str]:
         """Each query file's name in the index (its relpath when its content is indexed).
 
         Keys are ``str(path)``, as in the ``query`` column of :meth:`search`; a query that
         is not indexed keeps its path. Verdicts about indexed images use these names.
+        ``digests``: the files' SHA-1s when already known (not read again).
         """
+        digests = digests if digests is not None else [models.file_digest(p) for p in paths]
         row_of = {d: r for d, r in zip(self.items["sha1"], self.items["relpath"])}
-        return {str(p): row_of.get(models.file_digest(p), str(p)) for p in paths}
+        return {str(p): row_of.get(d, str(p)) for p, d in zip(paths, digests)}
 
     def search(
         self,
@@ -743,9 +745,13 @@ class Index(ItemTable):
         stats: features.ExtractStats | None = None,
         store: V.LocalFeatureStore | None = None,
         fitted: P.FittedPipeline | None = None,
+        digests: Sequence[str] | None = None,
         **extract_kwargs,
     ) -> pd.DataFrame:
         """Search the index with image files (or the region ``box`` of each).
+
+        Each query file is read and hashed once, and decoded once for all its uses (every
+        scale of its descriptor, its local features), :data:`QUERY_CHUNK` at a time.
 
         The collection is not re-embedded: only the queries are, as the collection was
         (its scales), then ranked by the index's fitted pipeline exactly as the
@@ -764,6 +770,7 @@ class Index(ItemTable):
                 the on-disk cache of local features under ``outputs/cache/local``).
             fitted: The pipeline to rank with (default :meth:`fitted`; e.g. one with other
                 re-ranking settings).
+            digests: The query files' SHA-1s when already known.
             **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
 
         Returns:
@@ -773,17 +780,33 @@ class Index(ItemTable):
         """
         if len(self) == 0:
             raise InputError("The index is empty.")
+        paths = [Path(p).expanduser() for p in paths]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise MissingFilesError(f"Query image not found: {missing[0]}")
         progress = extract_kwargs.get("progress", True)
-        qv = self.embedder.images(paths, box, cache_dir, stats, **extract_kwargs)
-        exclude = None
-        if exclude_self:
-            row_of = {d: i for i, d in enumerate(self.items["sha1"])}
-            exclude = [row_of.get(models.file_digest(p)) for p in paths]
+        digests = list(digests) if digests is not None else [models.file_digest(p) for p in paths]
+        row_of = {d: i for i, d in enumerate(self.items["sha1"])}
+        exclude = [row_of.get(d) for d in digests] if exclude_self else None
         store = store if store is not None else V.LocalFeatureStore(cache_dir=_local_cache())
         fitted = fitted if fitted is not None else self.fitted(store, progress)
-        images = [p if box is None else crop_box(load_image(p), box) for p in paths]
-        ranking = fitted.rank(qv, images, k, exclude, store, progress)
-        rerank = fitted.config.rerank
+        rows = []
+        for a in range(0, len(paths), QUERY_CHUNK):  # decoded images in memory: one chunk
+            b = min(len(paths), a + QUERY_CHUNK)
+            images = [load_image(p) for p in paths[a:b]]
+            if box is not None:
+                images = [crop_box(im, box) for im in images]
+            keys = digests[a:b] if box is None else None  # a region is not cached
+            qv = self.embedder.images(images, keys, cache_dir, stats, **extract_kwargs)
+            ex = None if exclude is None else exclude[a:b]
+            rows += self._rows(paths[a:b], fitted.rank(qv, images, k, ex, store, progress))
+        columns = ["query", "rank", "candidate", "score", "scene", "path"]
+        table = pd.DataFrame(rows, columns=[*columns, "inliers"])
+        table = table if fitted.config.rerank else table[columns]
+        return provenance.add_columns(table, self.items, on="candidate")
+
+    def _rows(self, paths: Sequence[Path], ranking: P.Ranking) -> list[dict]:
+        """The result rows of ranked queries."""
         rows = []
         for p, ids, scores, n_in in zip(paths, ranking.indices, ranking.scores, ranking.inliers):
             for rank, (i, s, n) in enumerate(zip(ids, scores, n_in), start=1):
@@ -801,10 +824,7 @@ class Index(ItemTable):
                         "inliers": int(n),
                     }
                 )
-        columns = ["query", "rank", "candidate", "score", "scene", "path"]
-        table = pd.DataFrame(rows, columns=[*columns, "inliers"])
-        table = table if rerank else table[columns]
-        return provenance.add_columns(table, self.items, on="candidate")
+        return rows
 
 
 def pipeline_config(meta: dict, mirror: bool = False, **settings) -> PipelineConfig:

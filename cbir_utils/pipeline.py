@@ -16,13 +16,14 @@ collection's verification graph). The notebooks and ``benchmarks/quality.py`` sh
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io as _io
 import os
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,19 @@ class FittedPipeline:
         return fitted
 
     # ---- queries
+
+    def with_rerank(self, top_n: int) -> FittedPipeline:
+        """This pipeline verifying the best ``top_n`` candidates of a query (0: none, and no
+        graph hops); the fitted parts are shared, not copied."""
+        out = copy.copy(self)
+        out.config = replace(
+            self.config, rerank=top_n > 0, rerank_top_n=top_n or self.config.rerank_top_n,
+            graph=self.config.graph and top_n > 0,
+        )  # fmt: skip
+        if not out.config.graph:
+            out.graph = None
+        out._own = None  # the collection's ranking was made with the other depth
+        return out
 
     def query_vectors(self, raw: np.ndarray, exclude: Sequence[int] | None = None) -> np.ndarray:
         """Post-processed query descriptors (whitened, αDBA-like, αQE), as the collection's.

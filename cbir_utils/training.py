@@ -14,7 +14,7 @@ Output folder layout::
     out_dir/checkpoints/stage{i}.pt  end of stage i
 
 Every checkpoint is readable by :func:`cbir_utils.models.load_checkpoint` alone; use
-:func:`preprocess_from_meta` to rebuild the preprocessing it was trained with.
+:func:`cbir_utils.data.preprocess_from_meta` to rebuild the preprocessing it was trained with.
 """
 
 from __future__ import annotations
@@ -453,7 +453,7 @@ def classification_report(
     model, meta, _ = models.load_checkpoint(checkpoint)
     class_id = {c: i for i, c in enumerate(meta["classes"])}
     rows, preds = [], {}
-    pre = preprocess_from_meta(meta)
+    pre = data.preprocess_from_meta(meta)
     for name in splits:
         part = split[(split["split"] == name) & split["scene"].isin(class_id)]
         y_true = part["scene"].map(class_id).to_numpy(dtype=np.int64)
@@ -1003,7 +1003,7 @@ def predict(
     Args:
         model: A model with a classifier head (e.g. from ``load_checkpoint``).
         paths: Image files.
-        preprocess: The checkpoint's preprocessing (:func:`preprocess_from_meta`).
+        preprocess: The checkpoint's preprocessing (:func:`cbir_utils.data.preprocess_from_meta`).
         batch_size: Images per forward pass.
         device: Defaults to the best available device.
         progress: Show a progress bar.
@@ -1032,14 +1032,3 @@ def predict(
         for x, _, _ in tqdm(loader, desc="Predicting", disable=not progress):
             out.append(model(_to_input(x, device)).argmax(1).cpu().numpy())
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
-
-
-def preprocess_from_meta(meta: dict[str, Any]) -> Preprocess:
-    """The preprocessing a checkpoint was trained with, rebuilt from its ``meta``.
-
-    Same as :func:`cbir_utils.data.preprocess_from_meta`, except that a meta without
-    ``normalisation`` gets its backbone's rather than the ImageNet default.
-    """
-    if "normalisation" not in meta and meta.get("backbone") in models.BACKBONES:
-        meta = {**meta, "normalisation": models.normalisation_for(meta["backbone"])}
-    return data.preprocess_from_meta(meta)

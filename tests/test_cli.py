@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,6 +95,48 @@ def test_search_returns_every_indexed_image_once(local, capsys, k):
     table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
     assert len(table) == min(k, 20) and table["candidate"].is_unique
     assert table["rank"].tolist() == list(range(1, min(k, 20) + 1))
+
+
+def test_a_folder_of_queries_is_decoded_and_hashed_once_each(local, capsys, tmp_path, monkeypatch):
+    """`search` with a folder of queries (two new printings, one indexed file): each query
+    file is opened once and hashed once on its way to the ranked list (every scale, its
+    local features, its name), and nothing of the queries enters the local-feature cache."""
+    import PIL.Image
+
+    from cbir_utils import features, models
+
+    out, _, query, _ = local
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    shutil.copy(query, folder / "a.png")
+    ImageOps.mirror(Image.open(query)).save(folder / "b.png")
+    indexed = Index.load(out / "index" / "tiny").items["path"][4]
+    shutil.copy(indexed, folder / "c.jpg")
+    opened, hashed = [], []
+    real_open, real_digest = PIL.Image.open, models.file_digest
+
+    def counting_open(fp, *a, **kw):
+        opened.append(os.path.realpath(fp) if isinstance(fp, (str, os.PathLike)) else "")
+        return real_open(fp, *a, **kw)
+
+    def counting_digest(p, *a, **kw):
+        hashed.append(os.path.realpath(p))
+        return real_digest(p, *a, **kw)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    monkeypatch.setattr(models, "file_digest", counting_digest)
+    monkeypatch.setattr(features, "file_digest", counting_digest)
+    cache = out / "cache" / "local"
+    before = sorted(cache.rglob("*.npz"))
+    assert cli.main(["search", "tiny", str(folder), "--top-k", "3", "-q"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    mine = {os.path.realpath(p) for p in folder.iterdir()}
+    assert sorted(p for p in opened if p in mine) == sorted(mine)  # once each
+    assert sorted(p for p in hashed if p in mine) == sorted(mine)
+    assert sorted(cache.rglob("*.npz")) == before
+    assert table.groupby("query").size().tolist() == [3, 3, 3]
+    own = table[table["query"].str.endswith("c.jpg")]
+    assert Path(indexed).name not in set(own["candidate"].map(lambda c: Path(c).name))
 
 
 def test_search_reranks_by_verified_local_features(local, capsys):

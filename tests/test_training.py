@@ -12,13 +12,12 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from cbir_utils import training
-from cbir_utils.data import Preprocess, load_collection, load_image
+from cbir_utils.data import Preprocess, load_collection, load_image, preprocess_from_meta
 from cbir_utils.models import load_checkpoint
 from cbir_utils.training import (
     HISTORY_COLUMNS,
     TrainConfig,
     predict,
-    preprocess_from_meta,
     train,
 )
 
