@@ -24,8 +24,7 @@ Rows (``family`` column):
   criterion) and ``val_mAP_global`` (the validation mAP before re-ranking, which shows
   whether re-ranking saturates the validation signal).
 * ``recipe``: the fine-tuning recipe built up one element at a time (:data:`RECIPE_STEPS`:
-  plain cross-entropy, + reprint augmentation, + scene-pair batches, + contrastive loss, or
-  triplet / ArcFace instead), each checkpoint evaluated with the fine-tuned family's kept
+  plain cross-entropy, + reprint augmentation), each checkpoint evaluated with the fine-tuned family's kept
   pipeline; kept, as above, only when validation mAP rises.
 
 ``s_per_query`` is the time to answer one new query (median over the same sample of query
@@ -419,34 +418,20 @@ TRAIN_CONFIGS: dict[str, dict] = {
         resize="letterbox",
         pooling="gem",
         augment="press",
-        class_balance="none",
-        metric_loss="none",
         lr=1e-4,
         stages=(6,),
     ),
 }
-_PRESS = TRAIN_CONFIGS["press"]
-_PK = {**_PRESS, "class_balance": "pk_sampler"}
-TRAIN_CONFIGS.update(
-    recipe_base={**_PRESS, "augment": "none"},
-    press_pk=_PK,
-    press_contrastive={**_PK, "metric_loss": "contrastive"},
-    press_triplet={**_PK, "metric_loss": "triplet"},
-    press_arcface={**_PK, "loss": "arcface"},
-)
+TRAIN_CONFIGS["recipe_base"] = {**TRAIN_CONFIGS["press"], "augment": "none"}
 """Fine-tuning runs of ``train`` (``efficientnet_lite0``, ImageNet weights, batch 32)."""
 
 RECIPE_STEPS: list[tuple[str, str]] = [
     ("cross-entropy, no augmentation (GeM, 128 px, lr 1e-4, 6 epochs)", "recipe_base"),
     ("+ reprint augmentation", "press"),
-    ("+ scene-pair batches (pk_sampler)", "press_pk"),
-    ("+ scene-pair batches + contrastive loss", "press_contrastive"),
-    ("+ scene-pair batches + batch-hard triplet loss", "press_triplet"),
-    ("+ scene-pair batches + ArcFace instead of cross-entropy", "press_arcface"),
 ]
 """Fine-tuning recipes compared, each evaluated with the fine-tuned family's kept pipeline:
 (label, checkpoint name in :data:`TRAIN_CONFIGS`). A row is kept when validation mAP rises
-over the last kept one; the metric losses need scene pairs in a batch, hence pk_sampler."""
+over the last kept one."""
 
 
 def train_checkpoints(
@@ -867,7 +852,7 @@ def finetune_recipe(backbone: str, image_size: int, descreen: float) -> training
     return training.TrainConfig(
         backbone=backbone, weights="default", image_size=image_size, descreen=descreen,
         batch_size=32, head_lr=None,
-        **{k: v for k, v in {**_PRESS, **STUDY_RECIPE}.items() if k not in ("image_size",)},
+        **{k: v for k, v in {**TRAIN_CONFIGS["press"], **STUDY_RECIPE}.items() if k not in ("image_size",)},
     )  # fmt: skip
 
 

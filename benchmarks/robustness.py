@@ -7,9 +7,8 @@ the steps this benchmark decides on, side by side:
 * ``pretrained`` and ``pretrained + find photo`` (``PipelineConfig.find_photo``: the scan cut
   to its photograph when it kept page text or a caption band; off by default);
 * fine-tuned by notebook 02's recipe (the study's schedule on the frozen SSCD): the
-  ``closed form`` projection it starts from, the head trained with ``cross-entropy`` alone
-  (the default; also with find photo) and with cross-entropy ``+ view matching``
-  (``METRIC_LOSS = "contrastive"``).
+  ``closed form`` projection it starts from and the head trained with ``cross-entropy``
+  (the default; also with find photo).
 
 Protocols: ``val`` (validation images of the seen scenes: defaults are chosen on the demo's
 and the hard collection's), ``disjoint`` (held-out scenes, never chosen on), ``study`` and
@@ -67,14 +66,10 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
     base = PipelineConfig()
     model = models.build_model(BACKBONE, "default").eval()
     meta = models.model_meta(BACKBONE, "default", "avg", base.image_size)
-    runs = {}
-    for label, kw in (("ce", {}), ("match", {"match_weight": 1.0})):
-        out = work / f"{name}-{label}"
-        runs[label] = F.fast_finetune(_recipe(**kw), col, split, out, cache, progress=False)
+    run = F.fast_finetune(_recipe(), col, split, work / f"{name}-ce", cache, progress=False)
     ckpts = {
-        "fine-tuned: closed form": runs["ce"].checkpoint.with_name("closed_form.pt"),
-        FINETUNED: runs["ce"].checkpoint.with_name("last.pt"),
-        "fine-tuned: + view matching": runs["match"].checkpoint.with_name("last.pt"),
+        "fine-tuned: closed form": run.checkpoint.with_name("closed_form.pt"),
+        FINETUNED: run.checkpoint.with_name("last.pt"),
     }
     variants = [
         (PRETRAINED, model, meta, base, None),

@@ -2,8 +2,8 @@
 
 The study's recipe (:func:`cbir_utils.training.train`) back-propagates through the whole
 network for every training image in every one of its epochs. Here the backbone stays
-frozen: each training image is embedded once (cached by file content; optionally its
-mirror image too, as a second view), and a linear projection of the descriptors is fitted
+frozen: each training image is embedded once (cached by file content; with simulated
+reprints of it as further views), and a linear projection of the descriptors is fitted
 in closed form, in seconds:
 
 * **supervised learned whitening** (``lw``; Radenović et al., "Fine-tuning CNN image
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from . import degrade, features, models
@@ -61,24 +61,6 @@ ARCHIVE_P = 0.0
 """Share of those reprints degraded further as archive scans are (:func:`degrade.degrade`).
 Measured at 0.5 (``benchmarks/robustness.py``): hard validation mAP 0.479 -> 0.494 but demo
 validation 1.000 -> 0.994, so off."""
-
-
-class MirroredPreprocess:
-    """A :class:`~cbir_utils.data.Preprocess` applied to the mirror image (a second view).
-
-    Picklable for DataLoader workers; :meth:`to_dict` differs from the plain
-    preprocessing's, so its vectors are cached separately.
-    """
-
-    def __init__(self, preprocess: Preprocess) -> None:
-        self.preprocess = preprocess
-
-    def __call__(self, im: Image.Image) -> torch.Tensor:
-        return self.preprocess(ImageOps.mirror(im))
-
-    def to_dict(self) -> dict:
-        """The cache key: the preprocessing plus ``mirror_view``."""
-        return {**self.preprocess.to_dict(), "mirror_view": True}
 
 
 class ReprintedPreprocess:
@@ -127,8 +109,6 @@ class FastConfig:
             the input dimension.
         shrinkages: Candidate shrinkages in ``[0, 1]`` of the covariance towards the
             identity (1 = no whitening, only centring and rotation).
-        mirror_views: Add each training image's mirror as a second view (twice the
-            embedding cost; measured on the demo: no gain, hence off).
         reprint_views: Simulated reprints of each training image added as further views
             (:class:`ReprintedPreprocess`): the within-scene variation the whitening learns
             then includes halftone, crop, tone and mirror, as in a press archive.
@@ -137,11 +117,6 @@ class FastConfig:
             closed-form fit).
         stages, lr: The trained head's epochs per stage and Adam's learning rate (the
             study's 30, 50, 50 and 0.001); ``()`` keeps the closed-form projection alone.
-        match_weight: Weight of the view-matching loss added to cross-entropy
-            (:func:`cbir_utils.head.train_head`); notebook 02's ``METRIC_LOSS =
-            "contrastive"`` sets it to ``METRIC_WEIGHT``. Off by default: on the validation
-            images it tied on the demo and lost 0.015 mAP on the hard collection
-            (``benchmarks/robustness.py``; held out, it gained 0.04 there).
         folds: Scene folds of the cross-validation that chooses the candidate.
         seed: Seed of the fold assignment.
         batch_size: Images per forward pass when embedding.
@@ -159,12 +134,10 @@ class FastConfig:
     methods: tuple[str, ...] = ("lw",)
     dims: tuple[int, ...] = (128, 256, 0)
     shrinkages: tuple[float, ...] = (0.05, 0.25, 0.5)
-    mirror_views: bool = False
     reprint_views: int = 0
     head_views: int = 0
     stages: tuple[int, ...] = ()
     lr: float = 1e-3
-    match_weight: float = 0.0
     folds: int = 5
     seed: int = 0
     batch_size: int = 32
@@ -204,7 +177,7 @@ class FastConfig:
         """The fast counterpart of a :class:`training.TrainConfig` (same network and input).
 
         Its augmentation becomes extra views: ``press`` adds :data:`REPRINT_VIEWS`
-        simulated reprints of each image, ``flip`` its mirror.
+        simulated reprints of each image (and :data:`HEAD_VIEWS` for the trained head).
         """
         names = ("backbone", "weights", "pooling", "image_size", "resize", "grayscale")
         d = {k: getattr(config, k) for k in (*names, "descreen", "batch_size", "device", "seed")}
@@ -212,9 +185,6 @@ class FastConfig:
         d["reprint_views"] = REPRINT_VIEWS if config.augment == "press" else 0
         d["head_views"] = HEAD_VIEWS if config.augment == "press" else 0
         d["stages"], d["lr"] = tuple(config.stages), float(config.lr)
-        contrastive = config.metric_loss == "contrastive"
-        d["match_weight"] = float(config.metric_weight) if contrastive else 0.0
-        d["mirror_views"] = config.augment == "flip"
         return cls(**{**d, **overrides})
 
     def preprocess(self) -> Preprocess:
@@ -592,10 +562,6 @@ def fast_finetune(
     )
     plain = features.extract_cached(model, paths, pre, cache_dir, meta, **opts)
     views = [plain]
-    if config.mirror_views:
-        views.append(
-            features.extract_cached(model, paths, MirroredPreprocess(pre), cache_dir, meta, **opts)
-        )
     reprints = []
     n_views = max(config.reprint_views, config.head_views if config.stages else 0)
     for view in range(n_views):
@@ -653,7 +619,6 @@ def fast_finetune(
             config.batch_size,
             config.seed,
             progress,
-            config.match_weight,
         )
         history, best_epoch = trained.history, trained.best_epoch
 

@@ -32,8 +32,6 @@ from .metrics import classification_metrics
 HEAD_SCALE = 16.0
 """Logits are ``HEAD_SCALE`` times the cosine to each scene's centre."""
 HISTORY_COLUMNS = ("epoch", "stage", "split", "loss", "accuracy", "precision", "recall", "f1")
-TEMPERATURE = 0.05
-"""Temperature of the view-matching loss (InfoNCE between two views of each image)."""
 
 
 class HeadNet(nn.Module):
@@ -87,7 +85,6 @@ def train_head(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
-    match_weight: float = 0.0,
 ) -> HeadResult:
     """Train ``init`` (a copy) on the views of the training images; validate every epoch.
 
@@ -100,10 +97,6 @@ def train_head(
         init: The starting head (e.g. the closed-form learned whitening and scene means).
         stages: Epochs of each stage, one after the other (one optimiser throughout).
         lr, batch_size, seed: Adam's learning rate, images per step, seed of the draws.
-        match_weight: Weight of a loss added to cross-entropy: a second view of each image
-            of the batch must be nearer its first view than the batch's other images
-            (InfoNCE, :data:`TEMPERATURE`), which teaches what any scene's printings share,
-            not only the training scenes' classes. 0 is the study's loss alone.
 
     Returns:
         :class:`HeadResult`; ``best`` has the best validation macro-F1 (ties: the lower
@@ -127,7 +120,6 @@ def train_head(
                 epoch += 1
                 net.train()
                 pick = torch.as_tensor(rng.integers(0, len(pool), size=n))  # fresh views
-                other = torch.as_tensor(rng.integers(0, len(pool), size=n))
                 order = torch.as_tensor(rng.permutation(n))
                 loss_sum, preds = 0.0, np.zeros(n, dtype=np.int64)
                 for s in range(0, n, batch_size):
@@ -135,10 +127,6 @@ def train_head(
                     x = pool[pick[idx], idx]
                     logits = net(x)
                     loss = F.cross_entropy(logits, y[idx])
-                    if match_weight > 0 and len(idx) > 1:
-                        za, zb = net.embed(x), net.embed(pool[other[idx], idx])
-                        sim = za @ zb.T / TEMPERATURE
-                        loss = loss + match_weight * F.cross_entropy(sim, torch.arange(len(idx)))
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

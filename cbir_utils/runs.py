@@ -216,12 +216,6 @@ def _cross_check(p: dict[str, Any], check_paths: bool) -> list[str]:
         problems.append("GRAPH=True needs RERANK=True (the graph is made of verifications).")
     if "SCALES" in p and not p["SCALES"]:
         problems.append("SCALES must hold at least one scale, e.g. [1.0].")
-    if p.get("CLASS_BALANCE") == "pk_sampler" and "BATCH_SIZE" in p and "PK_VIEWS" in p:
-        if p["BATCH_SIZE"] % p["PK_VIEWS"]:
-            problems.append(
-                f"With CLASS_BALANCE='pk_sampler', BATCH_SIZE ({p['BATCH_SIZE']}) must be a "
-                f"multiple of PK_VIEWS ({p['PK_VIEWS']})."
-            )
     if "KS" in p and len(set(p["KS"])) != len(p["KS"]):
         problems.append(f"KS has duplicate cut-offs: {p['KS']}.")
     run = p.get("RUN_NAME")

@@ -41,18 +41,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import data, losses, models
+from . import data, models
 from .augment import press_augment
 from .data import UNLABELLED, Collection, ImageDataset, Preprocess
 from .errors import InputError
 from .io import save_csv
 from .metrics import classification_metrics
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LOSSES = ("ce", "label_smoothing", "arcface")
-METRIC_LOSSES = ("none", "contrastive", "triplet")
-CLASS_BALANCES = ("none", "weighted_loss", "balanced_sampler", "pk_sampler")
-FREEZES = ("none", "trunk")
 RESIZES = ("center_crop", "letterbox")
 # history.csv: one row per epoch and split. ``loss`` is, for "train", the optimised loss
 # averaged over the batches as they were seen (class-weighted / label-smoothed if so
@@ -76,23 +71,8 @@ _RESUME_IGNORED = ("device", "num_workers")
 # --------------------------------------------------------------------------- augmentation
 
 
-def _augment_flip(im: Image.Image) -> Image.Image:
-    """Random horizontal flip (p = 0.5) and a mild random resized crop (80-100 % area)."""
-    if random.random() < 0.5:
-        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    w, h = im.size
-    area = w * h * random.uniform(0.8, 1.0)
-    ratio = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
-    cw = min(w, max(1, round(math.sqrt(area * ratio))))
-    ch = min(h, max(1, round(math.sqrt(area / ratio))))
-    x0 = random.randint(0, w - cw)
-    y0 = random.randint(0, h - ch)
-    return im.crop((x0, y0, x0 + cw, y0 + ch))
-
-
 AUGMENTATIONS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "none": None,
-    "flip": _augment_flip,
     "press": press_augment,
 }
 """Training augmentations by name (``TrainConfig.augment``).
@@ -174,32 +154,15 @@ class TrainConfig:
         resize: ``center_crop`` (study: Resize(256) + CenterCrop(224)) or ``letterbox``.
         grayscale: Gray input replicated to 3 channels (study).
         descreen: Gaussian blur before resizing, radius in thousandths of the long side.
-        optimizer: ``adam`` (study), ``adamw`` or ``sgd`` (momentum 0.9).
-        lr: Learning rate.
+        lr: Learning rate (Adam, the study's optimiser).
         batch_size: Training images per step.
         stages: Epochs per stage, run one after the other on the same model and optimiser.
         stage_lrs: Learning rate of each stage; ``None`` uses ``lr`` throughout.
         head_lr: Learning rate of the new classifier head, scaled with the stages as
             ``lr``; ``None`` uses ``lr`` (the study). A head that starts from random weights
             needs a larger step than the pretrained layers under it.
-        loss: ``ce`` (cross-entropy, study), ``label_smoothing`` (CE, smoothing 0.1) or
-            ``arcface`` (additive angular margin on a cosine classifier of the descriptor,
-            :class:`cbir_utils.losses.ArcFace`, instead of cross-entropy; the head is that
-            cosine classifier, unweighted).
-        class_balance: ``none`` (study), ``weighted_loss`` (inverse-frequency class weights
-            in the loss), ``balanced_sampler`` (classes drawn equally often, with replacement)
-            or ``pk_sampler`` (each batch holds ``batch_size / pk_views`` scenes with
-            ``pk_views`` draws each, with replacement: the positive pairs a metric loss needs;
-            two draws of one image are two different augmentations).
-        augment: A key of :data:`AUGMENTATIONS` (``none`` = study, ``flip``, ``press``:
+        augment: A key of :data:`AUGMENTATIONS` (``none`` = study, ``press``:
             :class:`cbir_utils.augment.PressAugment`, a simulated reprint).
-        metric_loss: ``none`` (study), ``contrastive`` or ``triplet``: a metric-learning loss
-            on the pooled descriptor added to the classification loss
-            (:mod:`cbir_utils.losses`); use with ``class_balance="pk_sampler"``.
-        metric_weight: Weight of ``metric_loss`` in the sum.
-        metric_margin: Its margin; ``None`` for the loss's default (0.7 / 0.2).
-        pk_views: Draws per scene in a batch with ``pk_sampler``.
-        freeze: ``none`` trains every layer (study); ``trunk`` trains the head only.
         seed: Seed of initialisation, shuffling and augmentation.
         num_workers: DataLoader worker processes for image decoding.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks the best available.
@@ -212,20 +175,12 @@ class TrainConfig:
     resize: str = "center_crop"
     grayscale: bool = True
     descreen: float = 0.0
-    optimizer: str = "adam"
     lr: float = 1e-3
     batch_size: int = 32
     stages: tuple[int, ...] = (30, 50, 50)
     stage_lrs: tuple[float, ...] | None = None
     head_lr: float | None = None
-    loss: str = "ce"
-    class_balance: str = "none"
     augment: str = "none"
-    freeze: str = "none"
-    metric_loss: str = "none"
-    metric_weight: float = 1.0
-    metric_margin: float | None = None
-    pk_views: int = 2
     seed: int = 0
     num_workers: int = 0
     device: str | None = None
@@ -240,26 +195,7 @@ class TrainConfig:
         choose("backbone", self.backbone, tuple(models.BACKBONES))
         choose("pooling", self.pooling, models.POOLINGS)
         choose("resize", self.resize, RESIZES)
-        choose("optimizer", self.optimizer, OPTIMIZERS)
-        choose("loss", self.loss, LOSSES)
-        choose("class_balance", self.class_balance, CLASS_BALANCES)
         choose("augment", self.augment, tuple(AUGMENTATIONS))
-        choose("freeze", self.freeze, FREEZES)
-        choose("metric_loss", self.metric_loss, METRIC_LOSSES)
-        if not _is_number(self.metric_weight) or self.metric_weight < 0:
-            raise InputError(f"metric_weight must be >= 0, got {self.metric_weight!r}.")
-        if self.metric_margin is not None and (
-            not _is_number(self.metric_margin) or self.metric_margin <= 0
-        ):
-            raise InputError(f"metric_margin must be positive or None, got {self.metric_margin!r}.")
-        if not _is_int(self.pk_views) or self.pk_views < 2:
-            raise InputError(f"pk_views must be an integer >= 2, got {self.pk_views!r}.")
-        if self.class_balance == "pk_sampler" and self.batch_size % self.pk_views:
-            raise InputError(
-                f"With pk_sampler, batch_size ({self.batch_size}) must be a multiple of "
-                f"pk_views ({self.pk_views})."
-            )
-        self.metric_weight = float(self.metric_weight)
         self.weights = str(self.weights)
         if isinstance(self.stages, int):
             self.stages = (self.stages,)
@@ -527,36 +463,17 @@ def _data_key(train: pd.DataFrame, val: pd.DataFrame, classes: list[str]) -> str
 
 
 # Fields added after the first release: a run saved without them used their defaults.
-_LATER_DEFAULTS = {
-    "metric_loss": "none",
-    "metric_weight": 1.0,
-    "metric_margin": None,
-    "pk_views": 2,
-    "head_lr": None,
-}
+_LATER_DEFAULTS = {"head_lr": None}
+# Fields removed since (experiments no default used): a run saved at these values is this
+# configuration's; at another value it is not.
+_RETIRED = {"optimizer": "adam", "loss": "ce", "class_balance": "none", "freeze": "none",
+            "metric_loss": "none", "metric_weight": 1.0, "metric_margin": None, "pk_views": 2}  # fmt: skip
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     d = {**_LATER_DEFAULTS, **config_dict}
+    d = {k: v for k, v in d.items() if not (k in _RETIRED and v == _RETIRED[k])}
     return {k: v for k, v in d.items() if k not in _RESUME_IGNORED}
-
-
-def _pk_order(labels: np.ndarray, batch_size: int, views: int, gen: torch.Generator) -> list[int]:
-    """Draw order of ``pk_sampler``: ``batch_size // views`` scenes per batch, ``views`` draws
-    of each (without replacement while a scene has images left, then with)."""
-    classes = np.unique(labels)
-    members = {c: np.flatnonzero(labels == c) for c in classes}
-    n = -(-len(labels) // views) * views
-    order: list[int] = []
-    while len(order) < n:
-        for ci in torch.randperm(len(classes), generator=gen).tolist():
-            m = members[classes[ci]]
-            perm = torch.randperm(len(m), generator=gen).tolist()
-            extra = torch.randint(len(m), (max(0, views - len(m)),), generator=gen).tolist()
-            order.extend(int(m[j]) for j in (perm + extra)[:views])
-            if len(order) >= n:
-                break
-    return order[:n]
 
 
 def _resolve_split(
@@ -588,23 +505,7 @@ def _make_optimizer(config: TrainConfig, model: models.RetrievalNet) -> torch.op
     if head:
         tops = [p for p in model.head.parameters() if p.requires_grad]
         groups.append({"params": tops, "lr_scale": config.head_lr / config.lr})
-    groups = [g for g in groups if g["params"]]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
-
-
-def _class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
-
-
-def _set_train_mode(model: models.RetrievalNet, freeze: str) -> None:
-    model.train()
-    if freeze == "trunk":
-        model.trunk.eval()  # frozen BatchNorm statistics too
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr)
 
 
 def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -695,7 +596,7 @@ def _saved_run(
 
 
 def _build(config: TrainConfig, n_classes: int, device: torch.device, resumed: bool):
-    """The network, its ArcFace head (or None) and the optimiser, on ``device``."""
+    """The network and the optimiser, on ``device``."""
     _seed_everything(_epoch_seed(config.seed, 0))
     model = models.build_model(
         config.backbone,
@@ -704,48 +605,27 @@ def _build(config: TrainConfig, n_classes: int, device: torch.device, resumed: b
         pooling=config.pooling,
         n_classes=n_classes,
     )
-    if config.freeze == "trunk":
-        for p in model.trunk.parameters():
-            p.requires_grad_(False)
     model = model.to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    arcface = None
-    if config.loss == "arcface":  # the head is the (bias-free) cosine classifier ArcFace trains
-        arcface = losses.ArcFace(model.dim, n_classes).to(device)
-        with torch.no_grad():
-            model.head.weight.copy_(arcface.weight)
-            model.head.bias.zero_()
-        model.head.bias.requires_grad_(False)
-        arcface.weight = model.head.weight
-    return model, arcface, _make_optimizer(config, model)
+    return model, _make_optimizer(config, model)
 
 
 def _epoch_order(config: TrainConfig, y_train: np.ndarray, gen: torch.Generator) -> list[int]:
-    """The training images of one epoch, in the order drawn by ``class_balance``."""
-    if config.class_balance == "pk_sampler":  # positive pairs in every batch
-        return _pk_order(y_train, config.batch_size, config.pk_views, gen)
-    if config.class_balance == "balanced_sampler":  # classes equally likely
-        p = torch.as_tensor(1.0 / np.bincount(y_train)[y_train], dtype=torch.double)
-        return torch.multinomial(p, len(y_train), replacement=True, generator=gen).tolist()
+    """The training images of one epoch, shuffled."""
     return torch.randperm(len(y_train), generator=gen).tolist()
 
 
-def _train_epoch(model, arcface, criterion, optimizer, loader, config, device, n_batches, desc):
+def _train_epoch(model, criterion, optimizer, loader, device, n_batches, desc):
     """One pass over ``loader``: (mean loss, true labels, predicted labels)."""
-    _set_train_mode(model, config.freeze)
+    model.train()
     loss_sum, n_seen, trues, preds = 0.0, 0, [], []
     bar = tqdm(islice(loader, n_batches), total=n_batches, desc=desc, disable=desc is None)
     for x, y, _ in bar:
         x, y = _to_input(x, device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
-        d = model.descriptor(x)
-        logits = model.head(d)
-        loss = arcface(d, y) if arcface is not None else criterion(logits, y)
-        if config.metric_loss != "none" and config.metric_weight > 0:
-            loss = loss + config.metric_weight * losses.metric_loss(
-                config.metric_loss, d, y, config.metric_margin
-            )
+        logits = model.head(model.descriptor(x))
+        loss = criterion(logits, y)
         loss.backward()
         optimizer.step()
         loss_sum += float(loss.detach()) * len(y)
@@ -822,7 +702,7 @@ def train(
     saved = _saved_run(last_path, cfg_dict, data.key, resume)
 
     device = torch.device(config.device) if config.device else models.default_device()
-    model, arcface, optimizer = _build(config, len(data.classes), device, saved is not None)
+    model, optimizer = _build(config, len(data.classes), device, saved is not None)
     history: list[dict[str, Any]] = []
     start_epoch = 1
     best = {"epoch": 0, "f1": -math.inf, "loss": math.inf}
@@ -838,12 +718,8 @@ def train(
     transform = _TrainTransform(AUGMENTATIONS[config.augment], pre)
     train_ds = _SeededDataset(ImageDataset(data.train["path"].tolist(), transform, data.y_train))
     val_ds = ImageDataset(data.val["path"].tolist(), pre, data.y_val)
-    weight = _class_weights(data.y_train, len(data.classes)).to(device)
-    criterion = nn.CrossEntropyLoss(
-        weight=weight if config.class_balance == "weighted_loss" else None,
-        label_smoothing=0.1 if config.loss == "label_smoothing" else 0.0,
-    )
-    val_criterion = nn.CrossEntropyLoss(reduction="sum")  # plain CE: comparable across configs
+    criterion = nn.CrossEntropyLoss()
+    val_criterion = nn.CrossEntropyLoss(reduction="sum")
     if not len(val_ds):
         warnings.warn(
             "No validation images of the training scenes: best.pt will be the last epoch.",
@@ -873,7 +749,7 @@ def train(
             t0 = time.perf_counter()
             n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
             loss, trues, preds = _train_epoch(
-                model, arcface, criterion, optimizer, loader, config, device, n_batches,
+                model, criterion, optimizer, loader, device, n_batches,
                 f"{label} train" if progress else None,
             )  # fmt: skip
             train_row = _row(epoch, stage, "train", loss, trues, preds, lr, t0)

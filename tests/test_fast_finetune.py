@@ -189,9 +189,8 @@ def test_reprint_augmentation_becomes_extra_views():
 
     press = TrainConfig(backbone="sscd", augment="press", image_size=96)
     f = FastConfig.from_train_config(press)
-    assert f.reprint_views == REPRINT_VIEWS > 0 and not f.mirror_views
+    assert f.reprint_views == REPRINT_VIEWS > 0
     assert FastConfig.from_train_config(TrainConfig(augment="none")).reprint_views == 0
-    assert FastConfig.from_train_config(TrainConfig(augment="flip")).mirror_views
     with pytest.raises(ValueError, match="reprint_views"):
         FastConfig(reprint_views=-1)
     pre = models.preprocess_for("sscd", 96, "letterbox")
@@ -255,36 +254,11 @@ def test_fast_finetune_trains_the_head_and_writes_its_curves(tmp_path, tiny_spli
     assert (tmp_path / "run" / "training_loss.png").stat().st_size > 10_000
 
 
-def test_the_frozen_path_takes_the_study_schedule_and_the_contrastive_option():
+def test_the_frozen_path_takes_the_study_schedule():
     from cbir_utils.training import TrainConfig
 
     study = FastConfig.from_train_config(TrainConfig(backbone="sscd", augment="press"))
-    assert study.stages == (30, 50, 50) and study.lr == 1e-3 and study.match_weight == 0.0
+    assert study.stages == (30, 50, 50) and study.lr == 1e-3
     assert study.head_views == fast_finetune.HEAD_VIEWS >= study.reprint_views
-    views = TrainConfig(backbone="sscd", metric_loss="contrastive", metric_weight=0.5)
-    assert FastConfig.from_train_config(views).match_weight == 0.5
     with pytest.raises(ValueError, match="stages"):
         FastConfig(stages=(30, 0))
-
-
-def test_view_matching_pulls_two_views_of_an_image_together(rng):
-    """The extra loss: after training, each image's second view is nearer its first view."""
-    from cbir_utils.head import HeadNet, train_head
-
-    centres = rng.standard_normal((4, 16))
-    labels = np.repeat(np.arange(4), 6)
-    content = centres[labels] + 0.8 * rng.standard_normal((24, 16))  # one image each row
-    views = [unit(content + 1.5 * rng.standard_normal((24, 16))) for _ in range(4)]
-    x_val = unit(centres + 0.3 * rng.standard_normal((4, 16)))
-    init = HeadNet(np.eye(16, dtype=np.float32), np.zeros(16), centres)
-
-    def view_agreement(net) -> float:
-        with torch.no_grad():
-            a, b = (net.embed(torch.as_tensor(v, dtype=torch.float32)) for v in views[:2])
-        return float((a * b).sum(1).mean())
-
-    plain = train_head(views, labels, x_val, np.arange(4), init, (20,), batch_size=8,
-                       progress=False)  # fmt: skip
-    matched = train_head(views, labels, x_val, np.arange(4), init, (20,), batch_size=8,
-                         progress=False, match_weight=1.0)  # fmt: skip
-    assert view_agreement(matched.last) > max(view_agreement(plain.last), view_agreement(init))

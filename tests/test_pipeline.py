@@ -231,9 +231,7 @@ def test_paper_profile_is_the_studys_method():
     fields = {
         "backbone": "BACKBONE", "pooling": "POOLING", "image_size": "IMAGE_SIZE",
         "resize": "RESIZE", "grayscale": "GRAYSCALE", "descreen": "DESCREEN",
-        "optimizer": "OPTIMIZER", "lr": "LR", "batch_size": "BATCH_SIZE", "loss": "LOSS",
-        "class_balance": "CLASS_BALANCE", "augment": "AUGMENT", "metric_loss": "METRIC_LOSS",
-        "freeze": "FREEZE",
+        "lr": "LR", "batch_size": "BATCH_SIZE", "augment": "AUGMENT",
     }  # fmt: skip
     for field, name in fields.items():
         assert p02[name] == getattr(study, field), name
@@ -266,12 +264,8 @@ def test_notebook_02_defaults_are_the_benchmarks_recipe():
     nb = training.TrainConfig(
         backbone=p["BACKBONE"], weights=p["WEIGHTS"], pooling=p["POOLING"],
         image_size=p["IMAGE_SIZE"], resize=p["RESIZE"], grayscale=p["GRAYSCALE"],
-        descreen=p["DESCREEN"], optimizer=p["OPTIMIZER"], lr=p["LR"],
-        batch_size=p["BATCH_SIZE"], stages=p["STAGES"], loss=p["LOSS"],
-        class_balance=p["CLASS_BALANCE"], augment=p["AUGMENT"], freeze=p["FREEZE"],
-        metric_loss=p["METRIC_LOSS"], metric_weight=p["METRIC_WEIGHT"],
-        metric_margin=p["METRIC_MARGIN"], pk_views=p["PK_VIEWS"], seed=p["SEED"],
-        head_lr=p["HEAD_LR"],
+        descreen=p["DESCREEN"], lr=p["LR"], batch_size=p["BATCH_SIZE"], stages=p["STAGES"],
+        augment=p["AUGMENT"], seed=p["SEED"], head_lr=p["HEAD_LR"],
     )  # fmt: skip
     bench = quality.finetune_recipe(*quality.DEFAULT_BACKBONE)
     assert p["HEAD_LR"] is None and (p["LR"], tuple(p["STAGES"])) == (0.001, (30, 50, 50))

@@ -75,7 +75,7 @@ def _full_pipeline(messy_copy, tmp_path, lite0, monkeypatch):
 
     # notebook 02 (one short epoch) and 03 (fine-tuned logits)
     cfg = training.TrainConfig(
-        backbone="efficientnet_lite0", image_size=64, batch_size=4, stages=(1,), freeze="trunk"
+        backbone="efficientnet_lite0", image_size=64, batch_size=4, stages=(1,)
     )
     out2 = runs.start_run(paths.NOTEBOOK_02, "safety", {"STAGES": [1]}, root=out_root)
     result = training.train(cfg, col, split, out2, progress=False, max_batches=1)

@@ -75,7 +75,7 @@ def test_papermill_strings_are_converted(name, given, expected):
         ({"THRESHOLD": 1.5}, "THRESHOLD must be a number >= -1 and <= 1, or None"),
         ({"BACKBONE": "resnet151"}, r"BACKBONE must be one of .*did you mean 'resnet152'"),
         ({"POOLING": "mean"}, "POOLING must be one of 'avg', 'gem', 'max'"),
-        ({"OPTIMIZER": "adamax"}, "OPTIMIZER must be one of"),
+        ({"AUGMENT": "flip"}, "AUGMENT must be one of"),
         ({"RUN_NAME": "../escape"}, "RUN_NAME must be a plain folder name"),
         ({"RUN_NAME": None}, "RUN_NAME must be a string"),
     ],

@@ -211,9 +211,8 @@ def test_val_history_matches_predict(trained, tiny) -> None:
 @pytest.mark.parametrize(
     "kw",
     [
-        {"class_balance": "weighted_loss"},
-        {"class_balance": "balanced_sampler", "augment": "flip"},
-        {"freeze": "trunk", "optimizer": "sgd", "loss": "label_smoothing", "pooling": "gem"},
+        {"augment": "press"},
+        {"pooling": "gem"},
     ],
 )
 def test_options_run_one_epoch(tiny, tmp_path, kw) -> None:
@@ -234,11 +233,7 @@ def test_stage_lrs_and_max_batches(tiny, tmp_path) -> None:
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"optimizer": "rmsprop"}, "optimizer"),
-        ({"loss": "focal"}, "loss"),
-        ({"class_balance": "oversample"}, "class_balance"),
         ({"augment": "press-nonexistent"}, "augment"),
-        ({"freeze": "half"}, "freeze"),
         ({"backbone": "vgg16"}, "backbone"),
         ({"lr": 0}, "lr"),
         ({"lr": -1e-3}, "lr"),
@@ -256,13 +251,7 @@ def test_invalid_config_raises(kw, match) -> None:
 
 def test_config_defaults_are_the_study_and_round_trip() -> None:
     cfg = TrainConfig()
-    assert (cfg.backbone, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.loss) == (
-        "resnet152",
-        "adam",
-        1e-3,
-        32,
-        "ce",
-    )
+    assert (cfg.backbone, cfg.lr, cfg.batch_size) == ("resnet152", 1e-3, 32)
     assert cfg.stages == (30, 50, 50) and cfg.epochs == 130
     assert cfg.resize == "center_crop" and cfg.grayscale
     assert [cfg.stage_of(e) for e in (1, 30, 31, 80, 81, 130)] == [1, 1, 2, 2, 3, 3]
@@ -270,10 +259,10 @@ def test_config_defaults_are_the_study_and_round_trip() -> None:
 
 
 def test_augmentation_hook_is_registry() -> None:
-    assert set(training.AUGMENTATIONS) >= {"none", "flip"}
-    im = Image.new("RGB", (50, 40), (10, 20, 30))
-    out = training.AUGMENTATIONS["flip"](im)
-    assert out.size[0] <= 50 and out.size[1] <= 40
+    assert set(training.AUGMENTATIONS) == {"none", "press"}
+    im = Image.new("RGB", (120, 90), (10, 20, 30))
+    out = training.AUGMENTATIONS["press"](im)
+    assert isinstance(out, Image.Image) and out.size != (0, 0)
     training.AUGMENTATIONS["_test"] = None
     try:
         assert tiny_config(augment="_test").augment == "_test"
@@ -286,7 +275,7 @@ def test_augmented_run_does_not_depend_on_num_workers(tiny, tmp_path) -> None:
     coll, split = tiny
     weights = []
     for nw in (0, 2):
-        cfg = tiny_config(stages=(1,), augment="flip", num_workers=nw)
+        cfg = tiny_config(stages=(1,), augment="press", num_workers=nw)
         train(cfg, coll, split, tmp_path / f"w{nw}", progress=False, max_batches=1)
         weights.append(torch.load(tmp_path / f"w{nw}" / "checkpoints" / "last.pt")["model"])
     for k in weights[0]:
