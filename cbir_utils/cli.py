@@ -186,15 +186,20 @@ def cmd_index(args) -> int:
     from .paths import OUTPUTS_DIR, ensure_outside
 
     sharded = args.num_shards > 1 or args.merge
+    graph_job = args.graph_shard >= 0 or args.merge_graph
     # a shard job checks only its own images (extract_shard); the listing is not decoded
     col = load_collection(
-        args.source, validate="none" if sharded else "decode", progress=_progress(args)
+        args.source,
+        validate="none" if sharded or graph_job else "decode",
+        progress=_progress(args),
     )
     if len(getattr(col, "skipped", [])) and not sharded:
         _say(args, col.skipped_summary())
     name = args.name or col.root.name
     folder = Path(args.out).expanduser().resolve() if args.out else OUTPUTS_DIR / "index" / name
     ensure_outside(folder, col.root)  # an index never goes into the collection it reads
+    if graph_job:
+        return _index_graph(args, folder, name)
     meta, ckpt = model_settings(
         args.backbone, args.weights, args.pooling, args.image_size, args.resize,
         args.grayscale, args.descreen, args.checkpoint, args.find_photo,
@@ -309,7 +314,8 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
             num_shards=args.num_shards if args.num_shards > 1 else None,
         )  # fmt: skip
         n_bad = len(col.skipped) - n_bad
-        index.fitted(_local_store(), _progress(args))
+        in_shards = bool(args.graph_shards) and config.graph
+        index.fitted(_local_store(), _progress(args), verify=not in_shards)
         index.save(folder)
         save_skipped(col, folder)
         _say(
@@ -318,6 +324,14 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
             + (f"; {n_bad} unusable image(s) left out (skipped.csv)" if n_bad else "")
             + ".",
         )
+        if in_shards:
+            base = f"python -m cbir_utils index {args.source} --name {name} --graph-shards {args.graph_shards}"
+            _say(
+                args,
+                f"Its verification graph is left to {args.graph_shards} graph shards: run "
+                f"`{base} --graph-shard $SLURM_ARRAY_TASK_ID` as an array of "
+                f"{args.graph_shards} tasks, then `{base} --merge-graph`.",
+            )
         return 0
     if not 0 <= args.shard < args.num_shards:
         raise InputError(f"--shard must be in [0, {args.num_shards}), got {args.shard}.")
@@ -341,6 +355,40 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
         f"is done: {merge_command(getattr(args, 'argv', None), args)}",
     )
     return 0 if res.complete else 1
+
+
+def _index_graph(args, folder: Path, name: str) -> int:
+    """A graph shard (``--graph-shard K``) or the gathering of them (``--merge-graph``)."""
+    from . import graph_shards
+    from .index import Index
+    from .io import folder_lock
+
+    m = args.graph_shards
+    if m < 1:
+        raise InputError("--graph-shard and --merge-graph need --graph-shards M (graph tasks).")
+    index = Index.load(folder)
+    if not index.config.graph:
+        raise InputError(f"The index in {folder} has no verification graph (GRAPH is off).")
+    fitted = index.fitted(_local_store(), _progress(args), verify=False)
+    digest = index.vectors_digest()
+    base = f"python -m cbir_utils index {args.source} --name {name} --graph-shards {m}"
+    if args.merge_graph:
+        with folder_lock(folder, "a `--merge-graph` run"):
+            fitted.graph = graph_shards.gather(fitted, digest, folder, m)
+            fitted.graph_pending = False
+            index.save(folder)
+        _say(args, f"Index {folder}: verification graph gathered from {m} shards "
+             f"({fitted.graph.edges.nnz // 2} edges).")  # fmt: skip
+        return 0
+    if not 0 <= args.graph_shard < m:
+        raise InputError(f"--graph-shard must be in [0, {m}), got {args.graph_shard}.")
+    n = graph_shards.verify_shard(
+        fitted, digest, folder, args.graph_shard, m, _local_store(), _progress(args)
+    )
+    _say(args, f"Graph shard {args.graph_shard} of {m}: {n} image(s) verified now, in "
+         f"{graph_shards.graph_dir(folder)}. When every graph shard is done: "
+         f"{base} --merge-graph")  # fmt: skip
+    return 0
 
 
 def cmd_add(args) -> int:
@@ -846,6 +894,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="0-based shard this job computes (e.g. $SLURM_ARRAY_TASK_ID)",
     )
     u.add_argument("--merge", action="store_true", help="merge the finished shards into the index")
+    u.add_argument(
+        "--graph-shards",
+        type=int,
+        default=0,
+        help="with --merge: leave the verification graph to this many graph jobs (a SLURM "
+        "array); with --graph-shard/--merge-graph: how many there are",
+    )
+    u.add_argument(
+        "--graph-shard",
+        type=int,
+        default=-1,
+        help="0-based graph shard this job verifies (e.g. $SLURM_ARRAY_TASK_ID)",
+    )
+    u.add_argument("--merge-graph", action="store_true", help="gather the finished graph shards")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(

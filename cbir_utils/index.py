@@ -692,18 +692,22 @@ class Index(ItemTable):
     # ---- the retrieval pipeline
 
     def fitted(
-        self, store: V.LocalFeatureStore | None = None, progress: bool = True
+        self, store: V.LocalFeatureStore | None = None, progress: bool = True, verify: bool = True
     ) -> P.FittedPipeline:
         """The retrieval pipeline fitted on this index (whitening, αDBA, verification graph).
 
         Read from the index folder when it was saved for these vectors, else fitted now
         (the graph verifies every image against its best ``rerank_top_n``: the slow part)
-        and written with the next :meth:`save`.
+        and written with the next :meth:`save`. ``verify=False`` leaves the graph to the
+        graph shards (:mod:`cbir_utils.graph_shards`) and accepts a saved pipeline whose
+        graph is still pending; with ``verify`` such a pipeline is an error that says how
+        to gather the graph.
         """
         digest = _array_digest(np.ascontiguousarray(self.vectors, dtype=np.float32))
         if self._fitted is not None and self._fitted_digest == digest:
             return self._fitted
         saved = Path(self.folder) / P.FittedPipeline.FILES[0] if self.folder else None
+        loaded = None
         if saved is not None and saved.is_file():
             try:
                 head = json.loads(saved.read_text(encoding="utf-8"))
@@ -711,16 +715,27 @@ class Index(ItemTable):
                     head.get("vectors_digest") == digest
                     and head.get("config") == self.config.to_dict()
                 ):
-                    self._fitted = P.FittedPipeline.load(self.folder, self.items["path"].tolist())
-                    self._fitted_digest = digest
-                    return self._fitted
+                    loaded = P.FittedPipeline.load(self.folder, self.items["path"].tolist())
             except (ValueError, InputError) as err:  # derived data: fitted again, nothing lost
                 warnings.warn(f"{err} It is fitted again.", stacklevel=2)
+        if loaded is not None:
+            if loaded.graph_pending and verify:
+                raise InputError(
+                    f"The verification graph of the index in {self.folder} is being made in "
+                    "shards: when every graph shard is done, gather it with `python -m "
+                    "cbir_utils index ... --graph-shards M --merge-graph`."
+                )
+            self._fitted, self._fitted_digest = loaded, digest
+            return loaded
         self._fitted = P.FittedPipeline.fit(
-            self.vectors, self.items["path"].tolist(), self.config, store, progress
+            self.vectors, self.items["path"].tolist(), self.config, store, progress, verify=verify
         )
         self._fitted_digest = digest
         return self._fitted
+
+    def vectors_digest(self) -> str:
+        """The SHA-1 of the index's vectors (what its saved pipeline and graph parts carry)."""
+        return _array_digest(np.ascontiguousarray(self.vectors, dtype=np.float32))
 
     def query_names(
         self, paths: Sequence[str | os.PathLike], digests: Sequence[str] | None = None

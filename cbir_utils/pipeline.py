@@ -171,6 +171,7 @@ class FittedPipeline:
         self._search = None
         self._search_white = None
         self._own: Ranking | None = None  # the collection's own ranking before graph hops
+        self.graph_pending = False  # config.graph, but the graph is made elsewhere (shards)
 
     def __len__(self) -> int:
         return len(self.database)
@@ -184,8 +185,11 @@ class FittedPipeline:
         store: V.LocalFeatureStore | None = None,
         progress: bool = True,
         method: str = "auto",
+        verify: bool = True,
     ) -> FittedPipeline:
-        """Learn the whitening and αDBA on ``desc``; verify the collection when ``graph``."""
+        """Learn the whitening and αDBA on ``desc``; verify the collection when ``graph``
+        (unless ``verify`` is False: then the graph is left to be made in shards,
+        :mod:`cbir_utils.graph_shards`, and ``graph_pending`` says so)."""
         desc = np.asarray(desc, dtype=np.float32)
         if desc.ndim != 2 or desc.shape[0] != len(paths):
             raise InputError(
@@ -208,17 +212,26 @@ class FittedPipeline:
             )
             fitted._search = None
         fitted.seconds["post"] = time.perf_counter() - t0
-        if config.graph:
+        if config.graph and not verify:
+            fitted.graph_pending = True
+        elif config.graph:
             t0 = time.perf_counter()
             n = len(white)
-            # the verified lists make the graph; small collections keep whole lists, which
-            # rank_collection then reuses (no second verification)
-            k = n - 1 if n <= retrieval.FULL_LISTS_MAX else config.rerank_top_n
-            own = fitted._rank_rows(np.arange(n), k, store, progress, hops=False)
+            own = fitted.verify_rows(np.arange(n), store, progress)
             fitted.graph = V.graph_from_lists(own.indices, own.inliers, n)
-            fitted._own = own if k == n - 1 else None
+            # small collections keep whole lists, which rank_collection then reuses
+            fitted._own = own if own.indices.shape[1] == n - 1 else None
             fitted.seconds["rerank"] = time.perf_counter() - t0
         return fitted
+
+    def verify_rows(
+        self, rows: np.ndarray, store: V.LocalFeatureStore | None = None, progress: bool = True
+    ) -> Ranking:
+        """The verified lists of collection ``rows`` that make the graph: each row's best
+        ``rerank_top_n`` verified (whole lists up to ``retrieval.FULL_LISTS_MAX`` images)."""
+        n = len(self)
+        k = n - 1 if n <= retrieval.FULL_LISTS_MAX else self.config.rerank_top_n
+        return self._rank_rows(np.asarray(rows, dtype=np.int64), k, store, progress, hops=False)
 
     # ---- queries
 
@@ -414,6 +427,7 @@ class FittedPipeline:
                 "n": len(self),
                 "method": self.method,
                 "graph_edge_inliers": None if self.graph is None else self.graph.edge_inliers,
+                "graph_pending": self.graph_pending,
             },
         )
         return folder
@@ -462,8 +476,10 @@ class FittedPipeline:
             r, c = arrays["graph_rows"], arrays["graph_cols"]
             edges = sparse.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=(n, n))
             graph = V.VerificationGraph(edges, None, int(head["graph_edge_inliers"]))
-        return cls(config, whitening, arrays["white"], arrays["database"], paths, graph,
-                   head.get("method", "auto"))  # fmt: skip
+        fitted = cls(config, whitening, arrays["white"], arrays["database"], paths, graph,
+                     head.get("method", "auto"))  # fmt: skip
+        fitted.graph_pending = bool(head.get("graph_pending", False))
+        return fitted
 
 
 @dataclass

@@ -759,22 +759,31 @@ def graph_from_lists(
         edge_inliers: Inliers needed for an edge; an edge joins two images when either
             direction found that many.
     """
-    from scipy import sparse
 
     indices, inliers = np.asarray(indices), np.asarray(inliers)
     if indices.shape != inliers.shape or indices.ndim != 2:
         raise InputError(f"indices {indices.shape} and inliers {inliers.shape} must match.")
-    r, c = np.nonzero((inliers >= edge_inliers) & (indices >= 0))
-    rows, cols = r.astype(np.int64), indices[r, c].astype(np.int64)
-    keep = rows != cols
-    rows, cols = rows[keep], cols[keep]
-    sym_r, sym_c = np.concatenate([rows, cols]), np.concatenate([cols, rows])
+    vr, vc = np.nonzero((inliers >= 0) & (indices >= 0))
+    return graph_from_verified(vr, indices[vr, vc], inliers[vr, vc], n, edge_inliers)
+
+
+def graph_from_verified(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    inliers: np.ndarray,
+    n: int,
+    edge_inliers: int = EDGE_INLIERS,
+) -> VerificationGraph:
+    """The verification graph of verified pairs: image ``rows[i]`` against ``cols[i]`` found
+    ``inliers[i]`` inliers (e.g. gathered from shards, :mod:`cbir_utils.graph_shards`)."""
+    from scipy import sparse
+
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    inliers = np.asarray(inliers, dtype=np.int64)
+    e = (inliers >= edge_inliers) & (rows != cols)
+    sym_r, sym_c = np.concatenate([rows[e], cols[e]]), np.concatenate([cols[e], rows[e]])
     edges = sparse.csr_matrix((np.ones(len(sym_r), dtype=bool), (sym_r, sym_c)), shape=(n, n))
     edges.sum_duplicates()
-    vr, vc = np.nonzero((inliers >= 0) & (indices >= 0))
-    stored = sparse.csr_matrix(
-        (inliers[vr, vc] + 1, (vr.astype(np.int64), indices[vr, vc].astype(np.int64))),
-        shape=(n, n),
-    )
+    stored = sparse.csr_matrix((inliers + 1, (rows, cols)), shape=(n, n))
     stored.data = stored.data - 1  # +1 above: zero-inlier verifications stay stored
     return VerificationGraph(edges.astype(bool), stored, int(edge_inliers))

@@ -265,6 +265,47 @@ def test_shards_merge_to_the_same_index(tiny_collection, tmp_path, capsys, monke
     assert "another list of files" in capsys.readouterr().err
 
 
+def test_graph_shards_gather_the_one_machine_graph(tiny_collection, tmp_path, capsys, monkeypatch):
+    """The verification graph made by graph shards (a SLURM array) and gathered is the
+    graph one machine makes from the same vectors; a search before the gathering says how
+    to gather; a missing shard is named; a rerun computes nothing again."""
+    from cbir_utils import graph_shards, pipeline, verify
+    from cbir_utils.index import _local_cache
+
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")
+    monkeypatch.setattr(graph_shards, "CHUNK", 3)  # several parts per graph shard
+    folder = tmp_path / "big"
+    args = ["index", str(tiny_collection), "--out", str(folder), *SIZE, "--scales", "1", "-q"]
+    for shard in ("0", "1"):
+        assert cli.main([*args, "--num-shards", "2", "--shard", shard]) == 0
+    assert cli.main([*args, "--num-shards", "2", "--merge", "--graph-shards", "3"]) == 0
+    query = str(next(tiny_collection.rglob("*.jpg")))
+    capsys.readouterr()
+    assert cli.main(["search", str(folder), query, "-q"]) == 2
+    assert "--merge-graph" in capsys.readouterr().err
+    graph = [*args, "--graph-shards", "3"]
+    for shard in ("0", "2"):
+        assert cli.main([*graph, "--graph-shard", shard]) == 0
+    assert cli.main([*graph, "--merge-graph"]) == 2
+    assert "graph shard(s) 1 " in capsys.readouterr().err
+    assert cli.main([*graph, "--graph-shard", "1"]) == 0
+    parts = sorted(graph_shards.graph_dir(folder).glob("part-*.npz"))
+    assert len(parts) == 2 + 3 + 3  # 20 images: shards of 6, 7, 7 rows, parts of 3
+    before = [p.stat().st_mtime_ns for p in parts]
+    assert cli.main([*graph, "--graph-shard", "1"]) == 0
+    assert [p.stat().st_mtime_ns for p in parts] == before
+    assert cli.main([*graph, "--merge-graph"]) == 0
+    index = Index.load(folder)
+    gathered = index.fitted().graph
+    store = verify.LocalFeatureStore(cache_dir=_local_cache())
+    one = pipeline.FittedPipeline.fit(index.vectors, index.items["path"].tolist(), index.config,
+                                      store, progress=False).graph  # fmt: skip
+    assert one.edges.nnz > 0 and (gathered.edges != one.edges).nnz == 0
+    capsys.readouterr()
+    assert cli.main(["search", str(folder), query, "--top-k", "3", "-q"]) == 0
+    assert len(pd.read_csv(io.StringIO(capsys.readouterr().out))) == 3
+
+
 def test_shard_jobs_check_only_their_own_images(
     local, tiny_collection, tmp_path, capsys, monkeypatch
 ):
