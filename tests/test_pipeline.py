@@ -452,3 +452,13 @@ def test_quality_check_fails_below_the_readme_figures():
     assert len(fails) == 2 and "+ graph: disjoint mAP 0.890" in fails[1] and "0.250" in fails[0]
     missing = table(0.915, 0.201)
     assert "missing" in quality.check_run(missing[missing["family"] != "fine-tuned"])[0]
+
+
+def test_indexing_check_fails_under_the_peers_throughput():
+    """``indexing.py --check``: cbir index must be at least as fast as immaculate's SSCD."""
+    _quality()  # puts benchmarks/ on the path
+    import indexing
+
+    assert indexing.check(1.0) == "" and indexing.check(1.3) == ""
+    assert "0.27" in indexing.check(0.27)
+    assert "not measured" in indexing.check(None)
