@@ -1,6 +1,6 @@
 """Duplicate grouping at scale: every pair above a cosine threshold, 100k images in < 1 minute.
 
-Synthetic 1280-d descriptors: the clustered mixture of ``cbir_utils.search.synthetic_vectors``
+Synthetic 1280-d descriptors: the clustered mixture of ``synthetic.synthetic_vectors``
 (cosine statistics of real demo descriptors) plus planted near-duplicate groups: 10 % of
 the images get 1 to 3 reprints (cosine about 0.9-0.98 with their original). Pairs at or
 above ``--threshold`` are found with :func:`cbir_utils.search.pairs_above`:
@@ -33,6 +33,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from synthetic import synthetic_vectors  # noqa: E402
+
 from cbir_utils import search  # noqa: E402
 from cbir_utils.io import save_csv, save_figure  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR  # noqa: E402
@@ -46,7 +48,7 @@ def with_duplicates(n: int, dim: int, seed: int) -> tuple[np.ndarray, set[tuple[
     n_src = n // 12  # originals with reprints; about 2 reprints each -> ~10 % of n
     copies_per = rng.integers(1, 4, size=n_src)
     n_copies = int(copies_per.sum())
-    base = search.synthetic_vectors(n - n_copies, dim, "clustered", seed=seed)
+    base = synthetic_vectors(n - n_copies, dim, "clustered", seed=seed)
     src = rng.choice(len(base), size=n_src, replace=False)
     owner = np.repeat(src, copies_per)
     noise = rng.standard_normal((n_copies, dim)).astype(np.float32)

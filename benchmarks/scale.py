@@ -1,7 +1,7 @@
 """The default retrieval pipeline at scale: 100k and 1M descriptors, one query at a time.
 
 What :class:`cbir_utils.pipeline.FittedPipeline` costs on a collection far larger than the
-demo: synthetic SSCD-sized descriptors (512-d, ``cbir_utils.search.synthetic_vectors``,
+demo: synthetic SSCD-sized descriptors (512-d, ``synthetic.synthetic_vectors``,
 clustered like real collections), the notebooks' default post-processing (PCA-whitening to
 64 dimensions learned on a 100k sample, αDBA and αQE with one neighbour), and the top-k
 lists from ``cbir_utils.search`` (exact below 50k, HNSW above). Measured per size:
@@ -39,6 +39,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from synthetic import synthetic_vectors  # noqa: E402
+
 from cbir_utils import pipeline, search  # noqa: E402
 from cbir_utils import verify as V  # noqa: E402
 from cbir_utils.config import PipelineConfig  # noqa: E402
@@ -61,7 +63,7 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 def descriptor_stage(n: int, dim: int, n_queries: int, single: int, k: int, seed: int) -> dict:
     """Fit the default post-processing on ``n`` synthetic descriptors and time new queries."""
     gc.collect()
-    data = search.synthetic_vectors(n + n_queries, dim, "clustered", seed=seed)
+    data = synthetic_vectors(n + n_queries, dim, "clustered", seed=seed)
     desc, queries = data[:n], data[n:]
     del data
     config = PipelineConfig.baseline(image_size=288, whiten_dim=64, dba_k=1, qe_k=1)

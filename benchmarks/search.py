@@ -4,7 +4,7 @@ For each data kind and collection size N: build time, index memory, milliseconds
 for the top 100 (queries searched as one batch, and one at a time for the main settings),
 and recall@100 against exact search (share of the exact top 100 found).
 
-Data (``cbir_utils.search.synthetic_vectors``, 1280-d like efficientnet_lite0 descriptors):
+Data (``synthetic.synthetic_vectors``, 1280-d like efficientnet_lite0 descriptors):
 
 * ``clustered``: a mixture of Gaussians on the sphere with a decaying spectrum, tuned to
   the cosine statistics of real demo descriptors (closer to real collections);
@@ -38,6 +38,8 @@ import pandas as pd
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from synthetic import synthetic_vectors  # noqa: E402
 
 from cbir_utils import search  # noqa: E402
 from cbir_utils.io import save_csv, save_figure  # noqa: E402
@@ -74,7 +76,7 @@ def time_search(index, q, k, single: int, **params) -> tuple[float, float | None
 def run_size(kind: str, n: int, args, rows: list[dict]) -> None:
     nq, k, dim = args.queries, args.k, args.dim
     t0 = time.perf_counter()
-    x = search.synthetic_vectors(n + nq, dim, kind, seed=args.seed)
+    x = synthetic_vectors(n + nq, dim, kind, seed=args.seed)
     q, db = x[:nq].copy(), x[nq:]
     gen_s = time.perf_counter() - t0
     print(f"\n== {kind}, N = {n:,} ({db.nbytes / 2**30:.2f} GiB), generated in {gen_s:.0f} s")

@@ -408,8 +408,11 @@ def test_large_collection_path_hnsw_and_whitening_sample(monkeypatch):
     on a sample) ranks like the exact path."""
     from cbir_utils import search
 
-    x = search.synthetic_vectors(3000, 64, "clustered", seed=1)
-    q = search.synthetic_vectors(40, 64, "clustered", seed=2)
+    _quality()  # puts benchmarks/ on the path
+    from synthetic import synthetic_vectors
+
+    x = synthetic_vectors(3000, 64, "clustered", seed=1)
+    q = synthetic_vectors(40, 64, "clustered", seed=2)
     paths = [f"x{i}.jpg" for i in range(len(x))]
     cfg = PipelineConfig.baseline(whiten_dim=32, dba_k=1, qe_k=1)
     exact = pipeline.FittedPipeline.fit(x, paths, cfg, method="exact")

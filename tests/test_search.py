@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 from cbir_utils import search
+from cbir_utils.paths import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+from synthetic import synthetic_vectors  # noqa: E402
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -23,7 +29,7 @@ def brute_topk(q: np.ndarray, db: np.ndarray, k: int, exclude=None):
 
 @pytest.fixture(scope="module")
 def clustered():
-    return search.synthetic_vectors(3000, dim=64, kind="clustered", seed=1, cluster_size=30)
+    return synthetic_vectors(3000, dim=64, kind="clustered", seed=1, cluster_size=30)
 
 
 def test_exact_search_hand_computed():
