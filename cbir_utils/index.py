@@ -657,7 +657,12 @@ class Index(ItemTable):
             raise InputError(f"The index in {folder} is incomplete ({err}); {rebuild}.") from err
         except (ValueError, EOFError, pd.errors.ParserError) as err:
             raise InputError(f"The index in {folder} is damaged ({err}); {rebuild}.") from err
-        if len(vectors) != len(items) or list(items.columns[:4]) != list(ITEM_COLUMNS):
+        dim = int(header.get("dim", vectors.shape[1] if vectors.ndim == 2 else -1))
+        if (
+            len(vectors) != len(items)
+            or list(items.columns[:4]) != list(ITEM_COLUMNS)
+            or (len(items) > 0 and (vectors.ndim != 2 or vectors.shape[1] != dim))
+        ):
             raise InputError(
                 f"The index in {folder} is inconsistent (vectors vs items); {rebuild}."
             )
