@@ -13,7 +13,9 @@ lists from ``cbir_utils.search`` (exact below 50k, HNSW above). Measured per siz
 * the **re-ranking stage** beside it: local-feature verification (SIFT + RANSAC) of a
   query's top 50 candidates, measured on real demo printings (features of the collection
   read from the on-disk cache, as a saved index does), and the verification graph's cost
-  at indexing time (``N x 50`` verifications) extrapolated from it.
+  at indexing time (``N x 50`` verifications) extrapolated from it: on one machine, and
+  per task of a graph-shard array (``index --graph-shards M``, :mod:`cbir_utils.graph_shards`:
+  each task also loads the index and builds its search index, the fitting time here).
 
 Usage::
 
@@ -140,6 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rerank-queries", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--graph-tasks", type=int, nargs="+", default=[16, 32],
+                    help="graph-shard array sizes to project the graph's cost for")  # fmt: skip
     args = ap.parse_args(argv)
     rr = rerank_stage(args.rerank_queries)
     rows = []
@@ -148,6 +152,8 @@ def main(argv=None) -> int:
         row.update(rr)
         hours = n * 50 * rr["ms_per_verification"] / 1000 / 3600
         row["graph_hours_at_indexing"] = round(hours, 1)
+        for m in args.graph_tasks:  # each task verifies n / m images after fitting the index
+            row[f"graph_hours_per_task_of_{m}"] = round(hours / m + row["fit_s"] / 3600, 2)
         rows.append(row)
         print(row, flush=True)
     table = pd.DataFrame(rows)
