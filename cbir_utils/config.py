@@ -80,7 +80,7 @@ class PipelineConfig:
     grayscale: bool = _setting(True, Param("bool", help="convert to gray first, as the study did"))
     descreen: float = _setting(3.0, Param("float", low=0.0, help="halftone removal: blur "
                                "radius in thousandths of the long side, 0 for off"))  # fmt: skip
-    find_photo: bool = _setting(False, Param("bool", help="cut a scan that kept page text or "
+    find_photo: bool = _setting(True, Param("bool", help="cut a scan that kept page text or "
                                 "a caption band to the photograph before describing it"))  # fmt: skip
     pooling: str = _setting("avg", Param("str", choices=POOLINGS, help="global pooling"))
     mirror: bool = _setting(False, Param("bool", help="mirror-invariant descriptors"))

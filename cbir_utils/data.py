@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from . import provenance
 from .errors import CollectionError, ImageDecodeError, InputError, MissingFilesError
 from .io import atomic_write_text, read_csv, save_csv, save_json
-from .photo import crop_photo
+from .photo import crop_photo, finder_id
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2", ".ppm", ".pgm"}
@@ -826,6 +826,8 @@ class Preprocess:
         for name in ("pixels", "find_photo"):  # keys of caches written before the field
             if not d[name]:
                 del d[name]
+        if self.find_photo:  # the finder's settings too: another finder cuts other images
+            d["find_photo"] = finder_id()
         return d
 
     def prepare(self, im: Image.Image) -> Image.Image:
