@@ -109,21 +109,23 @@ def photo_probability(img: Image.Image, weights: np.ndarray | None = None) -> np
 
 
 def _best_rectangle(score: np.ndarray) -> tuple[int, int, int, int]:
-    """Block rectangle ``(top, left, bottom, right)`` (exclusive ends) of largest sum."""
+    """Block rectangle ``(top, left, bottom, right)`` (exclusive ends) of largest sum.
+
+    For each top row, the column sums of every band below it at once, and for each band
+    the best run of columns (Kadane as prefix sums: a prefix minus the smallest before it).
+    Ties go to the first found (top, then bottom, then right end, then the latest left).
+    """
     rows, cols = score.shape
     best, box = -np.inf, (0, 0, rows, cols)
     for top in range(rows):
-        acc = np.zeros(cols)
-        for bottom in range(top, rows):
-            acc += score[bottom]
-            run, start = 0.0, 0  # Kadane over the columns
-            for c in range(cols):
-                if run <= 0:
-                    run, start = acc[c], c
-                else:
-                    run += acc[c]
-                if run > best:
-                    best, box = run, (top, start, bottom + 1, c + 1)
+        bands = np.cumsum(score[top:], axis=0)  # (bottoms, cols): band sums per column
+        prefix = np.concatenate([np.zeros((len(bands), 1)), np.cumsum(bands, axis=1)], axis=1)
+        lowest = np.minimum.accumulate(prefix[:, :-1], axis=1)
+        gain = prefix[:, 1:] - lowest  # best run ending at each column
+        b, c = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if gain[b, c] > best:
+            start = int(np.flatnonzero(prefix[b, : c + 1] == lowest[b, c])[-1])
+            best, box = float(gain[b, c]), (top, start, top + b + 1, int(c) + 1)
     return box
 
 

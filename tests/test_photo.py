@@ -53,6 +53,17 @@ def test_best_rectangle_is_the_largest_sum():
     assert photo._best_rectangle(score) == (1, 2, 4, 6)
 
 
+def test_best_rectangle_is_the_brute_force_one():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        score = rng.standard_normal(tuple(rng.integers(1, 7, 2)))
+        r, c = score.shape
+        best = max(score[t:b, left:right].sum() for t in range(r) for b in range(t + 1, r + 1)
+                   for left in range(c) for right in range(left + 1, c + 1))  # fmt: skip
+        t, left, b, right = photo._best_rectangle(score)
+        assert score[t:b, left:right].sum() == pytest.approx(best)
+
+
 def test_preprocessing_cuts_to_the_photograph_only_when_asked(monkeypatch):
     im = source_photo("camera").convert("L").resize((300, 300))
     page, info = degrade.page_context(im, np.random.default_rng(4))  # text: 35 % of the scan
