@@ -264,6 +264,7 @@ class Index(ItemTable):
     _model: models.RetrievalNet | None = field(default=None, repr=False, compare=False)
     _fitted: P.FittedPipeline | None = field(default=None, repr=False, compare=False)
     _fitted_digest: str = field(default="", repr=False, compare=False)
+    _digest: tuple = field(default=(None, ""), repr=False, compare=False)  # (vectors, sha1)
 
     def __post_init__(self) -> None:
         if self.config is None:
@@ -602,7 +603,8 @@ class Index(ItemTable):
         folder.mkdir(parents=True, exist_ok=True)
         items_csv = csv_text(_ordered(self.items)).encode("utf-8")
         vec = np.ascontiguousarray(self.vectors, dtype=np.float32)
-        tag = models.identity({"items": items_csv.decode(), "vec": _array_digest(vec)})
+        digest = self.vectors_digest()
+        tag = models.identity({"items": items_csv.decode(), "vec": digest})
         vec_name, items_name = f"vectors-{tag}.npy", f"items-{tag}.csv"
         save_npy(folder / vec_name, vec)
         atomic_write_bytes(folder / items_name, items_csv)
@@ -625,7 +627,7 @@ class Index(ItemTable):
             "vectors": vec_name,
             "items": items_name,
         }
-        if self._fitted is not None and self._fitted_digest == _array_digest(vec):
+        if self._fitted is not None and self._fitted_digest == digest:
             self._fitted.save(folder)
             head = folder / P.FittedPipeline.FILES[0]
             saved = json.loads(head.read_text(encoding="utf-8"))
@@ -668,13 +670,14 @@ class Index(ItemTable):
             )
         tag = str(header["vectors"]).removeprefix("vectors-").removesuffix(".npy")
         vec = np.ascontiguousarray(vectors, dtype=np.float32)
-        if models.identity({"items": raw_items.decode("utf-8"), "vec": _array_digest(vec)}) != tag:
+        digest = _array_digest(vec)
+        if models.identity({"items": raw_items.decode("utf-8"), "vec": digest}) != tag:
             raise InputError(
                 f"The index in {folder} is damaged: {header['vectors']} or {header['items']} "
                 f"is not what was written (their digest is {tag}); {rebuild}."
             )
-        return cls(
-            vectors=vectors.astype(np.float32),
+        index = cls(
+            vectors=vec,
             items=items,
             meta=header["meta"],
             checkpoint=header.get("checkpoint"),
@@ -685,6 +688,8 @@ class Index(ItemTable):
             config=_config_from_header(header),
             folder=str(folder),
         )
+        index._digest = (vec, digest)  # checked above: not computed again
+        return index
 
     def same_settings(self, meta: dict, mirror: bool, output: str) -> bool:
         """Whether vectors made with these settings are comparable with this index's."""
@@ -708,7 +713,7 @@ class Index(ItemTable):
         graph is still pending; with ``verify`` such a pipeline is an error that says how
         to gather the graph.
         """
-        digest = _array_digest(np.ascontiguousarray(self.vectors, dtype=np.float32))
+        digest = self.vectors_digest()
         if self._fitted is not None and self._fitted_digest == digest:
             return self._fitted
         saved = Path(self.folder) / P.FittedPipeline.FILES[0] if self.folder else None
@@ -739,8 +744,14 @@ class Index(ItemTable):
         return self._fitted
 
     def vectors_digest(self) -> str:
-        """The SHA-1 of the index's vectors (what its saved pipeline and graph parts carry)."""
-        return _array_digest(np.ascontiguousarray(self.vectors, dtype=np.float32))
+        """The SHA-1 of the index's vectors (what its saved pipeline and graph parts carry),
+        computed once for each vectors array (``add``/``remove`` replace the array)."""
+        if self._digest[0] is not self.vectors:
+            self._digest = (
+                self.vectors,
+                _array_digest(np.ascontiguousarray(self.vectors, np.float32)),
+            )
+        return self._digest[1]
 
     def query_names(
         self, paths: Sequence[str | os.PathLike], digests: Sequence[str] | None = None
