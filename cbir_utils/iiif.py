@@ -387,6 +387,11 @@ def cache_folder(source: str, root: str | os.PathLike | None = None) -> Path:
     return base / f"{_slug(label)}-{digest}"
 
 
+def _failure(ref: object, kind: str, why: str) -> dict[str, str]:
+    """A row of ``skipped.csv`` for what could not be fetched (a long reference shortened)."""
+    return {"relpath": str(ref)[:300], "scene": "", "kind": kind, "reason": why}
+
+
 def _read_source(
     source: str, sess, config: FetchConfig, folder: Path, progress: bool = False
 ) -> tuple[list[dict], list[dict]]:
@@ -400,7 +405,7 @@ def _read_source(
     failures: list[dict] = []
 
     def fail(ref: str, kind: str, why: str) -> None:
-        failures.append({"relpath": str(ref)[:300], "scene": "", "kind": kind, "reason": why})
+        failures.append(_failure(ref, kind, why))
 
     def load(ref: str, local_ok: bool) -> object:
         if not is_http(ref):
@@ -524,21 +529,17 @@ def fetch(
                 labels[_manifest_meta(d)["manifest"]] = _text(d.get("label"))
             except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
                 why = f"a malformed manifest ({type(err).__name__}: {str(err)[:120]})"
-                failures.append({"relpath": _id(d)[:300] or src, "scene": "",
-                                 "kind": "manifest", "reason": why})  # fmt: skip
+                failures.append(_failure(_id(d) or src, "manifest", why))
                 continue
             if not found:
-                failures.append({"relpath": _id(d)[:300] or src, "scene": "", "kind": "manifest",
-                                 "reason": "the manifest lists no image"})  # fmt: skip
+                failures.append(_failure(_id(d) or src, "manifest", "the manifest lists no image"))
             for c in found:
                 if not is_http(c.image_url):
-                    failures.append({"relpath": c.image_url[:300], "scene": "", "kind": "not_http",
-                                     "reason": f"image {c.number} of {c.manifest} is not an "
-                                     "http(s) URL; it is not read"})  # fmt: skip
+                    why = f"image {c.number} of {c.manifest} is not an http(s) URL; it is not read"
+                    failures.append(_failure(c.image_url, "not_http", why))
                 elif len(items) >= config.max_canvases:
-                    failures.append({"relpath": c.image_url[:300], "scene": "", "kind": "limit",
-                                     "reason": f"not fetched: more than {config.max_canvases} "
-                                     "images (FetchConfig.max_canvases)"})  # fmt: skip
+                    why = f"not fetched: more than {config.max_canvases} images (FetchConfig.max_canvases)"
+                    failures.append(_failure(c.image_url, "limit", why))
                 else:
                     items.append(c)
         if not items:
@@ -570,10 +571,7 @@ def fetch(
         for k, (c, r) in enumerate(zip(items, rels))
         if k not in bad
     ]
-    failures += [
-        {"relpath": rels[k], "scene": "", "kind": kind, "reason": why}
-        for k, (kind, why) in sorted(bad.items())
-    ]
+    failures += [_failure(rels[k], kind, why) for k, (kind, why) in sorted(bad.items())]
     result.failures = pd.DataFrame(failures, columns=["relpath", "scene", "kind", "reason"])
     cols = ["path", "scene", "periodical", "date", "page", "caption", "source_url", "iiif_image",
             "region", "manifest"]  # fmt: skip
