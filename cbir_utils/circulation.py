@@ -1,7 +1,7 @@
 """Circulation: where and when one photograph appeared, from its group of reprints.
 
 For a duplicate group (or a query and its confirmed reprints) the reprint list gives each
-printing's periodical, date, page, score, verdict and link, sorted by date with the first
+printing's periodical, date, page, position on the page (a photograph found on a page), score, verdict and link, sorted by date with the first
 appearance marked (:func:`reprint_list`; :func:`circulation_table` for every group, the
 ``circulation.csv`` of a run). The timeline (:func:`timeline_figure`) draws it: date on the
 x axis, one row per periodical, a thumbnail per printing, the first appearance framed.
@@ -18,8 +18,11 @@ import numpy as np
 import pandas as pd
 
 from . import provenance
+from .paths import split_region
 
-REPRINT_COLUMNS = ("image", "periodical", "date", "page", "score", "verdict", "link", "first")
+REPRINT_COLUMNS = (
+    "image", "periodical", "date", "page", "position", "score", "verdict", "link", "first"
+)  # fmt: skip
 FIRST_COLOR = "#d73027"
 NO_DATES = "No dates in the metadata: the reprint list is in file order and there is no timeline."
 
@@ -63,6 +66,7 @@ def reprint_list(
                 "periodical": str(r.get("periodical", "") or ""),
                 "date": d.label if d is not None else str(r.get("date", "") or ""),
                 "page": str(r.get("page", "") or ""),
+                "position": _position(str(names[m])),
                 "score": round(float(scores[m]), 6) if scores is not None else np.nan,
                 "verdict": "reference" if m == ref and verdicts is not None else v,
                 "link": provenance.web_link(r),
@@ -78,6 +82,12 @@ def reprint_list(
         if dated.any():
             df.loc[dated & (df["_t"] == df.loc[dated, "_t"].min()), "first"] = True
     return df.drop(columns="_t")
+
+
+def _position(name: str) -> str:
+    """Where on its page a photograph found on a page is (``x,y,w,h`` in the page's pixels)."""
+    box = split_region(name)[1]
+    return ",".join(map(str, box)) if box is not None else ""
 
 
 def circulation_table(

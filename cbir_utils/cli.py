@@ -45,6 +45,7 @@ DEFAULTS = {
     "TEST_FRAC": 0.2,
     "HELDOUT_FRAC": 0.3,
     "SPLIT_FILE": "",
+    "PAGES": False,
 }
 
 EPILOG = """examples:
@@ -180,6 +181,7 @@ def _add_output_args(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def cmd_index(args) -> int:
+    from . import pages
     from .data import load_collection
     from .index import model_settings
     from .io import folder_lock
@@ -193,6 +195,8 @@ def cmd_index(args) -> int:
         validate="none" if sharded or graph_job else "decode",
         progress=_progress(args),
     )
+    if args.pages:
+        col = pages.expand(col, args.cache_dir and Path(args.cache_dir) / "pages", _progress(args))
     if len(getattr(col, "skipped", [])) and not sharded:
         _say(args, col.skipped_summary())
     name = args.name or col.root.name
@@ -421,12 +425,20 @@ def cmd_add(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from . import review
+    from . import pages, review
     from .index import parse_box
     from .models import file_digest
+    from .paths import region_name
 
     index, folder = _open_index(args.index)
     files = _image_files([args.query])
+    if args.pages:  # each photograph found on the query pages is a query
+        found = {f: pages.detect_cached(f) for f in files}
+        for f in (f for f, boxes in found.items() if not boxes):
+            _say(args, f"{f}: {pages.NO_PHOTO.replace('indexed', 'searched')}.")
+        files = [Path(region_name(f, b)) for f, boxes in found.items() for b in boxes]
+        if not files:
+            raise InputError(f"No photograph found on the page(s) of {args.query}.")
     box = parse_box(args.box) if args.box else None
     if box is not None and len(files) != 1:
         raise InputError("--box needs a single query image, not a folder.")
@@ -860,6 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mirror",
     ):
         _add_param(m, name)
+    _add_param(p, "pages")
     r = p.add_argument_group(
         "ranking (as notebook 01; kept with the index, used by search and evaluate)"
     )
@@ -936,6 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--box",
         default="",
         help="search with a region of the image only: x0,y0,x1,y1 in pixels (origin top left)",
+    )
+    _add_param(
+        p, "pages", help="the query images are pages: each photograph found on them is searched"
     )
     p.add_argument(
         "--include-self",

@@ -370,6 +370,12 @@ PARAM_SPECS: dict[str, Param] = {
     "MAP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.layout").layout.LAYOUTS),
     "USE_CHECKPOINT": Param("str", choices=("best", "last")),
     "RUN_BENCHMARK": Param("bool"),
+    "PAGE_DEMO": Param("int", low=0, help="pages composed from the collection's printings"),
+    "PAGES": Param(
+        "bool",
+        help="every image is a page: the photographs found on it are "
+        "indexed, each as <page>#xywh=x,y,w,h",
+    ),
     **param_specs(),  # the pipeline's: IMAGE_SIZE, SCALES, WHITEN_DIM... (cbir_utils.config)
 }
 """Parameters of the notebooks, by name (a name means the same in every notebook)."""

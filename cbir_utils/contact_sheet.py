@@ -30,12 +30,14 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from . import circulation, provenance
 from .errors import InputError
 from .groups import DuplicateGroups
 from .io import atomic_write_text
+from .paths import split_region
 from .review import VERDICTS
 
 PathLike = str | os.PathLike
@@ -225,21 +227,45 @@ _JS = """
 
 
 def thumbnail_data_uri(path: PathLike, max_px: int = 160, quality: int = 80) -> str | None:
-    """A JPEG thumbnail of an image as a ``data:`` URI (``None`` if it cannot be read)."""
+    """A JPEG thumbnail of an image as a ``data:`` URI (``None`` if it cannot be read).
+
+    A photograph found on a page (``page#xywh=...``) shows beside its page, the box drawn."""
     from .data import load_image
 
+    page, box = split_region(path)
     try:
         im = load_image(path)
+        if box is not None:
+            im = _beside_page(im, load_image(page), box, max_px)
     except (OSError, ValueError):
         return None
-    im.thumbnail((max_px, max_px))
+    im.thumbnail((max_px, max_px) if box is None else (2 * max_px, max_px))
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _beside_page(crop: Image.Image, page: Image.Image, box, px: int) -> Image.Image:
+    """``crop`` and, on its right, its ``page`` with ``box`` drawn in red (both ``px`` high)."""
+    crop = crop.convert("RGB")
+    crop.thumbnail((px, px))
+    k = px / page.height
+    small = page.convert("RGB").resize((max(1, round(page.width * k)), px))
+    x, y, w, h = (round(v * k) for v in box)
+    ImageDraw.Draw(small).rectangle([x, y, x + w, y + h], outline=(220, 0, 0), width=2)
+    out = Image.new("RGB", (crop.width + 4 + small.width, px), "white")
+    out.paste(crop, (0, (px - crop.height) // 2))
+    out.paste(small, (crop.width + 4, 0))
+    return out
+
+
 def file_link(target: PathLike, page_dir: PathLike, relative: bool = True) -> str:
-    """URL of ``target`` for a page in ``page_dir``: relative when possible, else ``file://``."""
+    """URL of ``target`` for a page in ``page_dir``: relative when possible, else ``file://``.
+
+    A photograph found on a page links to the page, with its box as a media fragment."""
+    base, box = split_region(target)
+    if box is not None:
+        return file_link(base, page_dir, relative) + "#xywh=" + ",".join(map(str, box))
     target = Path(target).resolve()
     if relative:
         try:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from . import provenance
 from .errors import CollectionError, ImageDecodeError, InputError, MissingFilesError
 from .io import atomic_write_text, read_csv, save_csv, save_json
+from .paths import split_region
 from .photo import crop_photo, finder_id
 
 IMAGE_EXTENSIONS = frozenset(
@@ -65,6 +66,7 @@ SKIP_KINDS = {
     "timeout": "the server did not answer in time (IIIF)",
     "connection": "the server could not be reached (IIIF)",
     "manifest": "a IIIF manifest or collection could not be read",
+    "no_photograph": "a page on which no photograph was found (--pages)",
 }
 SKIPPED_COLUMNS = ("relpath", "scene", "kind", "reason")
 VALIDATION_LEVELS = ("decode", "header", "none")
@@ -316,7 +318,8 @@ def _decode(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[Ima
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """Decode an image with Pillow as 8-bit RGB.
 
-    EXIF orientation is applied; the first page/frame is used; 16-bit, 1-bit, CMYK,
+    A region item ``page#xywh=x,y,w,h`` (:func:`cbir_utils.paths.region_name`) is its page
+    cut to the box. EXIF orientation is applied; the first page/frame is used; 16-bit, 1-bit, CMYK,
     palette and alpha images are converted (alpha composited on white). Images over
     ``max_pixels`` (default: Pillow's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``)
     are decoded downscaled (JPEG, JPEG 2000) or reduced after decoding (other formats,
@@ -326,8 +329,9 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         ImageDecodeError: The file is empty, truncated, corrupt, not an image, or too
             large; ``.kind`` and ``.reason`` say which (see :data:`SKIP_KINDS`).
     """
+    base, box = split_region(path)
     try:
-        return _decode(path, max_pixels)[0]
+        im = _decode(base, max_pixels)[0]
     except _Skip as s:
         err = ImageDecodeError(
             f"Cannot use image {path}: {s.reason}. Load the collection with "
@@ -335,6 +339,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         )
         err.path, err.kind, err.reason = str(path), s.kind, s.reason
         raise err from s.__cause__
+    return im if box is None else im.crop((box[0], box[1], box[0] + box[2], box[1] + box[3]))
 
 
 def _jpeg_has_end(path: Path, tail: int = 4096) -> bool:

@@ -47,6 +47,7 @@ from .data import (
 )
 from .errors import InputError, MissingFilesError
 from .io import atomic_write_bytes, csv_text, read_csv, save_json, save_npy
+from .paths import image_file
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 2  # 2: the retrieval pipeline (multi-scale, whitening...) in index.json
@@ -484,7 +485,7 @@ class Index(ItemTable):
             **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
         """
         abs_paths = [Path(p).expanduser().resolve() for p in paths]
-        missing = [str(p) for p in abs_paths if not p.is_file()]
+        missing = [str(p) for p in abs_paths if not image_file(p).is_file()]
         if missing:
             raise MissingFilesError(f"{len(missing)} image file(s) not found, e.g. {missing[0]}")
         scenes = [UNLABELLED] * len(abs_paths) if scenes is None else [str(s) for s in scenes]
@@ -812,7 +813,7 @@ class Index(ItemTable):
         if len(self) == 0:
             raise InputError("The index is empty.")
         paths = [Path(p).expanduser() for p in paths]
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [str(p) for p in paths if not image_file(p).is_file()]
         if missing:
             raise MissingFilesError(f"Query image not found: {missing[0]}")
         progress = extract_kwargs.get("progress", True)

@@ -24,6 +24,7 @@ from torch import nn
 from ._compat import import_torchvision
 from .config import POOLINGS
 from .errors import CbirError, InputError, MissingFilesError
+from .paths import split_region
 
 BACKBONES: dict[str, dict[str, Any]] = {
     "resnet152": {"dim": 2048, "family": "resnet"},
@@ -599,8 +600,13 @@ def identity(meta: dict) -> str:
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-1 of a file's bytes."""
+    """SHA-1 of a file's bytes; of a region item (``page#xywh=...``), of the page's bytes
+    and the box."""
+    base, box = split_region(path)
     h = hashlib.sha1()
+    if box is not None:
+        h.update(f"{file_digest(base, chunk)}#xywh={','.join(map(str, box))}".encode())
+        return h.hexdigest()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)

@@ -10,6 +10,7 @@ working folder as its root.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import InputError
@@ -91,3 +92,27 @@ def finetuned_checkpoint(
     if which not in ("last", "best"):
         raise InputError(f"which must be 'last' or 'best', got {which!r}.")
     return OUTPUTS_DIR / NOTEBOOK_02 / run / "checkpoints" / f"{which}.pt"
+
+
+# ------------------------------------------------------------------ photographs on pages
+
+_REGION = re.compile(r"^(?P<base>.+)#xywh=(?P<x>\d+),(?P<y>\d+),(?P<w>\d+),(?P<h>\d+)$")
+
+
+def region_name(base: str | os.PathLike, box: tuple[int, int, int, int]) -> str:
+    """``base#xywh=x,y,w,h``: the item name of the photograph in ``box`` (pixels) of a page."""
+    return f"{base}#xywh={box[0]},{box[1]},{box[2]},{box[3]}"
+
+
+def split_region(name: str | os.PathLike) -> tuple[str, tuple[int, int, int, int] | None]:
+    """``(page, box)`` of a region item name; ``(name, None)`` for a whole image (also for a
+    file whose own name ends like a region)."""
+    m = _REGION.match(str(name))
+    if not m or os.path.exists(name):
+        return str(name), None
+    return m["base"], (int(m["x"]), int(m["y"]), int(m["w"]), int(m["h"]))
+
+
+def image_file(name: str | os.PathLike) -> Path:
+    """The file an item is read from: the page's file for a region item."""
+    return Path(split_region(name)[0])

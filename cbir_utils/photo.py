@@ -66,10 +66,10 @@ def finder_id() -> str:
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
-def block_features(img: Image.Image) -> np.ndarray:
-    """Features ``(rows, cols, len(FEATURES))`` of the scan's blocks."""
+def block_features(img: Image.Image, side: int = SIDE) -> np.ndarray:
+    """Features ``(rows, cols, len(FEATURES))`` of the scan's blocks, at long side ``side``."""
     g = img.convert("L")
-    s = SIDE / max(g.size)
+    s = side / max(g.size)
     g = g.resize((max(BLOCK, round(g.width * s)), max(BLOCK, round(g.height * s))), Image.BILINEAR)
     a = np.asarray(g, dtype=np.float32) / 255.0
     lo, hi = np.percentile(a, 2), np.percentile(a, 98)

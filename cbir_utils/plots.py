@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from cbir_utils.io import save_figure
 
 from .errors import InputError, TableColumnsError
+from .paths import split_region
 
 PathLike = str | os.PathLike
 
@@ -790,3 +791,30 @@ __all__ = [
     "retrieval_gallery",
     "training_curves",
 ]
+
+
+def page_matches(
+    queries: Sequence[PathLike],
+    matches: Sequence[str],
+    scores: Sequence[float],
+    path: PathLike | None = None,
+) -> Figure:
+    """Each row: a query printing, the photograph found for it on a page, and that page with
+    the photograph's box (``matches``: region names ``page#xywh=x,y,w,h``)."""
+    from .data import load_image
+
+    fig, axes = plt.subplots(len(queries), 3, figsize=(11, 3.8 * len(queries)), squeeze=False)
+    for row, q, m, s in zip(axes, queries, matches, scores):
+        page, box = split_region(m)
+        for ax, im, title in zip(
+            row, (load_image(q), load_image(m), load_image(page)),
+            (f"query: {_short(os.path.basename(q))}", f"found (cosine {s:.2f})",
+             f"on {_short(os.path.basename(page))}"),
+        ):  # fmt: skip
+            ax.imshow(np.asarray(im.convert("L")), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        if box is not None:
+            row[2].add_patch(Rectangle(box[:2], box[2], box[3], fill=False, color="red", lw=2))
+    fig.tight_layout()
+    return _finish(fig, path)

@@ -1,0 +1,393 @@
+"""Photographs found on digitised pages: each becomes an item ``<page>#xywh=x,y,w,h``.
+
+Archives and IIIF manifests give whole pages: several photographs among columns of text,
+captions, line drawings and mastheads (``shared/DOMAIN.md``). :func:`find_photos` cuts
+them out before anything is described, as the Library of Congress's Newspaper Navigator did:
+
+1. every block of 8 x 8 pixels of the page at a 1024-pixel long side gets the texture features
+   of :func:`cbir_utils.photo.block_features` and their averages over wider neighbourhoods; a
+   small perceptron (:data:`MODEL`, fitted by ``benchmarks/pages.py --fit`` on pages of the
+   demo's printings, :mod:`cbir_utils.page_builder`) gives it a probability of photograph;
+2. blocks above :data:`THRESHOLD` form regions; a region is a photograph when it is large
+   enough (:data:`MIN_AREA`) and fills its box (:data:`MIN_FILL`: an oval fills 0.79);
+3. a region that holds a gutter of paper across its whole height or width (a photo-story
+   printed a few pixels apart) is cut there, in the page's own pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from . import photo
+from .data import Collection, load_image
+from .errors import ImageDecodeError
+from .io import save_json
+from .models import file_digest
+from .paths import OUTPUTS_DIR, region_name
+
+SIDE = 1024
+"""Long side (px) a page is analysed at."""
+BLOCK = photo.BLOCK
+MODEL = Path(__file__).with_name("page_detector.npz")
+"""The block classifier: a small perceptron (``mean``, ``scale`` of the features, then layers
+``w0, b0, w1, b1, ...``; ReLU between, a sigmoid last), written by ``benchmarks/pages.py --fit``."""
+THRESHOLD = 0.8
+MIN_AREA = 0.006
+"""Smallest photograph, as a share of the page's area."""
+MIN_FILL = 0.55
+"""Smallest share of its box a region must fill."""
+MIN_SIDE = 0.05
+"""Smallest side of a photograph, as a share of the page's long side."""
+MAX_ASPECT = 3.5
+"""Longest side over shortest: a longer strip is a line of bold text or a rule."""
+OPEN = 3
+"""Side (blocks) of the opening that clears specks and thin bridges of the mask."""
+XY_EMPTY = 0.2
+"""A row or column of a region with at most this share of photograph blocks parts it."""
+EDGE = 0.005
+"""A box this close to the scan's edge (share of its long side) is the sheet's border."""
+MIN_MEAN = 0.6
+"""Smallest mean probability of photograph over a box's blocks."""
+
+Box = tuple[int, int, int, int]
+
+
+def features(img: Image.Image) -> np.ndarray:
+    """Block features ``(rows, cols, F)``: :func:`photo.block_features` of 8-pixel blocks, of
+    16- and 32-pixel blocks around them (a text line's alternation shows at the scale of its
+    pitch), and their averages over 3 x 3 and 9 x 9 blocks."""
+    f = photo.block_features(img, side=SIDE)
+    rows, cols = f.shape[:2]
+    coarse = []
+    for k in (2, 4):
+        g = photo.block_features(img, side=SIDE // k)[..., :8]
+        g = np.repeat(np.repeat(g, k, axis=0), k, axis=1)[:rows, :cols]
+        pad = ((0, rows - g.shape[0]), (0, cols - g.shape[1]), (0, 0))
+        coarse.append(np.pad(g, pad, mode="edge"))
+    extra = [
+        ndimage.uniform_filter(f[..., i], size=s, mode="nearest") for s in (3, 9) for i in range(8)
+    ]
+    return np.concatenate([f, *coarse, np.stack(extra, axis=-1)], axis=-1)
+
+
+@lru_cache(maxsize=4)
+def load_model(path: str | os.PathLike = MODEL) -> dict[str, np.ndarray]:
+    """The arrays of a block classifier file (read without pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def detector_id(model: dict[str, np.ndarray] | None = None) -> str:
+    """Identifies the detector (its arrays and settings): the key of cached detections."""
+    m = load_model() if model is None else model
+    settings = (
+        SIDE,
+        THRESHOLD,
+        OPEN,
+        XY_EMPTY,
+        MIN_AREA,
+        MIN_FILL,
+        MIN_SIDE,
+        MAX_ASPECT,
+        MIN_MEAN,
+        EDGE,
+    )
+    h = hashlib.sha1(repr(settings).encode())
+    for k in sorted(m):
+        h.update(k.encode() + np.ascontiguousarray(m[k]).tobytes())
+    return h.hexdigest()[:12]
+
+
+def probability(img: Image.Image, model: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Probability that each block of the page is photograph ``(rows, cols)``."""
+    m = load_model() if model is None else model
+    f = features(img)
+    x = ((f - m["mean"]) / m["scale"]).reshape(-1, f.shape[-1])
+    n = sum(k.startswith("w") for k in m)
+    for i in range(n):
+        x = x @ m[f"w{i}"] + m[f"b{i}"]
+        if i < n - 1:
+            x = np.maximum(x, 0)
+    return (1.0 / (1.0 + np.exp(-x))).reshape(f.shape[:2])
+
+
+def skew(gray: np.ndarray, limit: float = 2.0, step: float = 0.1) -> float:
+    """The page's skew (degrees, counter-clockwise as PIL rotates): the angle at which its
+    ink's row profile is sharpest (text lines and rules line up)."""
+    k = max(1, max(gray.shape) // 1000)
+    g = gray[::k, ::k]
+    ys, xs = np.nonzero(g < np.percentile(g, 10))
+    best, angle = -1.0, 0.0
+    for a in np.arange(-limit, limit + step / 2, step):
+        rows = np.round(ys - xs * np.tan(np.deg2rad(a))).astype(np.int64)
+        score = float(np.square(np.bincount(rows - rows.min()).astype(np.float64)).sum())
+        if score > best:
+            best, angle = score, float(a)
+    return -angle
+
+
+def _paper(a: np.ndarray, axis: int) -> np.ndarray:
+    """Which columns (``axis=0``) or rows (``axis=1``) of ``a`` are bare paper: as light as
+    the lightest quarter of ``a`` and flat along their length (a photograph's are not)."""
+    mean, std = a.mean(axis=axis), a.std(axis=axis)
+    return (mean >= np.percentile(a, 75)) & (std <= max(4.0, 0.3 * float(np.median(std))))
+
+
+def _runs(profile: np.ndarray, lo: int, hi: int, widest: int) -> list[int]:
+    """Centres of runs of ``True`` in ``profile`` inside ``[lo, hi)``, at most ``widest`` long
+    (a gutter between photographs; a wider strip of paper inside one is sky or a wall)."""
+    cuts, start = [], None
+    for i in range(lo, hi):
+        if profile[i] and start is None:
+            start = i
+        elif not profile[i] and start is not None:
+            if i - start <= widest:
+                cuts.append((start + i) // 2)
+            start = None
+    return cuts
+
+
+def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
+    """``box`` trimmed of paper at its edges, and cut along gutters of paper that cross it
+    whole (photographs printed a few pixels apart)."""
+    x, y, w, h = box
+    a = gray[y : y + h, x : x + w]
+    if a.size == 0:
+        return []
+    rows, cols = np.flatnonzero(~_paper(a, 1)), np.flatnonzero(~_paper(a, 0))
+    if not len(rows) or not len(cols):
+        return []
+    x, y = x + int(cols[0]), y + int(rows[0])
+    w, h = int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+    a = gray[y : y + h, x : x + w]
+    for axis, length in ((0, w), (1, h)):  # columns of paper first, then rows
+        cuts = _runs(_paper(a, axis), min_side, length - min_side, max(3, min_side // 4))
+        if cuts:
+            c = cuts[0]
+            parts = (
+                [(x, y, c, h), (x + c, y, w - c, h)]
+                if axis == 0
+                else [(x, y, w, c), (x, y + c, w, h - c)]
+            )
+            return [b for p in parts for b in _split(gray, p, min_side)]
+    return [(x, y, w, h)]
+
+
+def _xy_cut(mask: np.ndarray, sl: tuple[slice, slice]) -> list[tuple[slice, slice]]:
+    """The block region ``sl`` of ``mask`` cut where a whole row or column of it is (nearly)
+    empty, recursively: regions that noise joined come apart."""
+    m = mask[sl]
+    for axis in (0, 1):
+        empty = m.mean(axis=axis) <= XY_EMPTY
+        inner = np.flatnonzero(empty[1:-1]) + 1
+        if len(inner):
+            c = int(inner[0])
+            if axis == 0:
+                a, b = (
+                    (sl[0], slice(sl[1].start, sl[1].start + c)),
+                    (sl[0], slice(sl[1].start + c + 1, sl[1].stop)),
+                )
+            else:
+                a, b = (
+                    (slice(sl[0].start, sl[0].start + c), sl[1]),
+                    (slice(sl[0].start + c + 1, sl[0].stop), sl[1]),
+                )
+            out = []
+            for part in (a, b):
+                sub = mask[part]
+                if sub.any():
+                    r, q = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+                    out += _xy_cut(
+                        mask,
+                        (
+                            slice(part[0].start + r[0], part[0].start + r[-1] + 1),
+                            slice(part[1].start + q[0], part[1].start + q[-1] + 1),
+                        ),
+                    )
+            return out
+    return [sl]
+
+
+def find_photos(
+    img: Image.Image,
+    model: dict[str, np.ndarray] | None = None,
+    threshold: float = THRESHOLD,
+) -> list[Box]:
+    """Pixel boxes ``(x, y, w, h)`` of the photographs on page ``img``, top to bottom.
+
+    The page is first turned upright (:func:`skew`); boxes are in ``img``'s own pixels. An
+    empty list when the page holds none (text, drawings, a masthead only).
+    """
+    gray = img.convert("L")
+    angle = skew(np.asarray(gray, dtype=np.float32))
+    upright = gray.rotate(-angle, resample=Image.BILINEAR, fillcolor=255) if angle else gray
+    p = probability(upright, model)
+    mask = ndimage.binary_opening(p >= threshold, structure=np.ones((OPEN, OPEN)))
+    k = max(img.size) / SIDE * BLOCK  # block -> pixel of the page
+    gray = np.asarray(upright, dtype=np.float32)
+    min_side = int(MIN_SIDE * max(img.size))
+    labels, _ = ndimage.label(mask)
+    boxes: list[Box] = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        for part in _xy_cut(labels == i, sl):
+            if (labels[part] == i).mean() < MIN_FILL:
+                continue
+            x0, y0 = int(part[1].start * k), int(part[0].start * k)
+            x1, y1 = min(img.width, int(part[1].stop * k)), min(img.height, int(part[0].stop * k))
+            for b in _split(gray, (x0, y0, x1 - x0, y1 - y0), min_side):
+                if _plausible(b, p, k, img.size):
+                    boxes.append(_unrotate(b, angle, img.size))
+    return sorted(boxes, key=lambda b: (b[1], b[0]))
+
+
+def _plausible(box: Box, p: np.ndarray, k: float, size: tuple[int, int]) -> bool:
+    """A photograph's size and shape, blocks that are mostly photograph, and clear of the
+    scan's edges (a page's photographs lie inside its margins; the edges hold the scanner's
+    bed and the sheet's border)."""
+    x, y, w, h = box
+    m = EDGE * max(size)
+    if x <= m or y <= m or x + w >= size[0] - m or y + h >= size[1] - m:
+        return False
+    if min(w, h) < MIN_SIDE * max(size) or w * h < MIN_AREA * size[0] * size[1]:
+        return False
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        return False
+    inner = p[int(y / k) : int(np.ceil((y + h) / k)), int(x / k) : int(np.ceil((x + w) / k))]
+    return inner.size > 0 and float(inner.mean()) >= MIN_MEAN
+
+
+def _unrotate(box: Box, angle: float, size: tuple[int, int]) -> Box:
+    """The box, in the upright page, as a box of the page rotated by ``angle`` (its bounds)."""
+    if not angle:
+        return box
+    x, y, w, h = box
+    cx, cy = size[0] / 2, size[1] / 2
+    px, py = np.array([x, x + w, x, x + w]) - cx, np.array([y, y, y + h, y + h]) - cy
+    t = np.deg2rad(angle)
+    rx, ry = px * np.cos(t) + py * np.sin(t) + cx, -px * np.sin(t) + py * np.cos(t) + cy
+    x0, y0 = max(0, int(rx.min())), max(0, int(ry.min()))
+    x1, y1 = min(size[0], int(np.ceil(rx.max()))), min(size[1], int(np.ceil(ry.max())))
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+# ------------------------------------------------------------------ pages of a collection
+
+NO_PHOTO = "no photograph found on this page; it is not indexed"
+
+
+def detect_cached(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Box]:
+    """:func:`find_photos` of a page file, cached by the file's SHA-1 and :func:`detector_id`."""
+    folder = Path(cache_dir) if cache_dir is not None else OUTPUTS_DIR / "cache" / "pages"
+    f = folder / detector_id() / f"{file_digest(path)}.json"
+    try:
+        return [tuple(b) for b in json.loads(f.read_text())["boxes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet, or a damaged entry: detect again
+    boxes = find_photos(load_image(path))
+    save_json(f, {"boxes": [list(b) for b in boxes]})
+    return boxes
+
+
+def region_url(iiif_image: str, box: Box, page_size: tuple[int, int]) -> str:
+    """The IIIF Image API URL of ``box`` (pixels of the fetched page of size ``page_size``),
+    from the page's own image URL ``{service}/{region}/{size}/{rotation}/{quality}``.
+
+    Percentages of the full image (``pct:``) when the page was the full image; else pixels
+    of the full image, scaled from the page's region."""
+    parts = str(iiif_image).rsplit("/", 4)
+    if len(parts) != 5:
+        return ""
+    service, region = parts[0], parts[1]
+    x, y, w, h = box
+    W, H = page_size
+    if region == "full":
+        r = f"pct:{100 * x / W:.3f},{100 * y / H:.3f},{100 * w / W:.3f},{100 * h / H:.3f}"
+    else:
+        try:
+            rx, ry, rw, rh = (float(v) for v in region.split(","))
+        except ValueError:
+            return ""
+        sx, sy = rw / W, rh / H
+        r = f"{round(rx + x * sx)},{round(ry + y * sy)},{round(w * sx)},{round(h * sy)}"
+    return f"{service}/{r}/max/0/default.jpg"
+
+
+def expand(
+    col: Collection, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> Collection:
+    """The photographs on the pages of ``col``: one item per photograph found, named
+    ``<page>#xywh=x,y,w,h`` (:func:`cbir_utils.paths.region_name`), with its page's scene and
+    metadata, ``region`` (``x,y,w,h``) and, for IIIF pages, ``iiif_image`` the region's URL.
+
+    A page with no photograph becomes a ``no_photograph`` row of ``skipped``; one that
+    cannot be decoded, a row of its kind. Nothing stops the others.
+    """
+    rows, skipped = [], []
+    for row in tqdm(
+        col.items.to_dict("records"), desc="photographs on pages", disable=not progress
+    ):
+        try:
+            boxes = detect_cached(row["path"], cache_dir)
+        except ImageDecodeError as e:
+            skipped.append(
+                {
+                    "relpath": row["relpath"],
+                    "scene": row["scene"],
+                    "kind": e.kind,
+                    "reason": e.reason,
+                }
+            )
+            continue
+        if not boxes:
+            skipped.append(
+                {
+                    "relpath": row["relpath"],
+                    "scene": row["scene"],
+                    "kind": "no_photograph",
+                    "reason": NO_PHOTO,
+                }
+            )
+        size = None
+        for b in boxes:
+            item = {
+                **row,
+                "relpath": region_name(row["relpath"], b),
+                "path": region_name(row["path"], b),
+                "region": ",".join(map(str, b)),
+            }
+            if str(row.get("iiif_image", "")).startswith("http"):
+                if size is None:
+                    with Image.open(row["path"]) as im:
+                        size = im.size
+                item["iiif_image"] = region_url(row["iiif_image"], b, size)
+            rows.append(item)
+    items = pd.DataFrame(
+        rows,
+        columns=list(col.items.columns) + ([] if "region" in col.items.columns else ["region"]),
+    )
+    extra = pd.DataFrame(skipped, columns=list(col.skipped.columns))
+    return replace(
+        col, items=items.fillna(""), skipped=pd.concat([col.skipped, extra], ignore_index=True)
+    )
+
+
+def best_matches(
+    query_desc: np.ndarray, region_desc: np.ndarray, names: Sequence[str]
+) -> tuple[list[str], list[float]]:
+    """For each query descriptor, the most similar photograph found on pages (its name) and
+    the cosine (descriptors L2-normalised)."""
+    scores = np.asarray(query_desc, np.float32) @ np.asarray(region_desc, np.float32).T
+    best = scores.argmax(axis=1)
+    return [str(names[i]) for i in best], [float(scores[q, i]) for q, i in enumerate(best)]

@@ -1,0 +1,130 @@
+"""Photographs found on pages: detection, region items, search, IIIF regions, empty pages."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SOURCES, source_photo
+from PIL import Image
+
+from cbir_utils import cli, data, models, page_builder, pages, paths
+from cbir_utils.index import Index
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
+def _printings(names):
+    return [(source_photo(n).convert("L"), f"scene_{n}", n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def page_folder(tmp_path_factory):
+    """Three pages: (plain, oval, two touching), (faded, plain) and one of text only."""
+    root = tmp_path_factory.mktemp("pages") / "pages"
+    root.mkdir()
+    truth = {}
+    layouts = [  # (seed, printings, kinds)
+        (0, ["astronaut", "coffee", "chelsea", "rocket"], ["plain", "oval", "touching"]),
+        (1, ["camera", "china"], ["faded", "plain"]),
+        (3, [], []),  # text, a masthead, a line drawing; no photograph
+    ]
+    for k, (seed, names, kinds) in enumerate(layouts):
+        rng = np.random.default_rng(seed)
+        scan, pictures = page_builder.build_page(_printings(names), rng, kinds)
+        scan.save(root / f"page{k}.jpg", quality=85)
+        truth[f"page{k}.jpg"] = pictures
+    return root, truth
+
+
+def test_boxes_on_a_page_with_an_oval_and_two_touching_photographs(page_folder):
+    root, truth = page_folder
+    pictures = truth["page0.jpg"]
+    assert sorted(p.kind for p in pictures) == ["oval", "plain", "touching", "touching"]
+    found = pages.find_photos(Image.open(root / "page0.jpg"))
+    for p in pictures:  # every photograph, the two touching ones apart
+        assert max(_iou(p.box, b) for b in found) >= 0.5, (p.kind, p.box, found)
+    assert len(found) == len(pictures)
+    faded = pages.find_photos(Image.open(root / "page1.jpg"))
+    assert "faded" in {p.kind for p in truth["page1.jpg"]}
+    assert len(faded) == len(truth["page1.jpg"])
+    assert all(max(_iou(p.box, b) for b in faded) >= 0.5 for p in truth["page1.jpg"])
+
+
+def test_region_items_decode_and_hash_as_their_box(page_folder):
+    root, _ = page_folder
+    page = root / "page0.jpg"
+    name = paths.region_name(page, (10, 20, 30, 40))
+    assert paths.split_region(name) == (str(page), (10, 20, 30, 40))
+    assert paths.split_region(page) == (str(page), None)
+    im = data.load_image(name)
+    assert im.size == (30, 40)
+    assert np.array_equal(np.asarray(im), np.asarray(data.load_image(page))[20:60, 10:40])
+    assert models.file_digest(name) != models.file_digest(paths.region_name(page, (11, 20, 30, 40)))
+
+
+def test_index_pages_and_search_returns_boxes(page_folder, tmp_path, monkeypatch, capsys):
+    root, truth = page_folder
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")
+    args = ["index", str(root), "--pages", "--name", "pages", "-q", "--image-size", "160"]
+    assert cli.main([*args, "--scales", "1.0", "--rerank-top-n", "0"]) == 0
+    index = Index.load(tmp_path / "outputs" / "index" / "pages")
+    assert len(index) == len(truth["page0.jpg"]) + len(truth["page1.jpg"]) and all(
+        "#xywh=" in r for r in index.relpaths
+    )
+    skipped = pd.read_csv(tmp_path / "outputs" / "index" / "pages" / "skipped.csv")
+    assert skipped[["relpath", "kind"]].values.tolist() == [["page2.jpg", "no_photograph"]]
+    # another printing of the oval's scene finds the oval, with its box on page 0
+    query = tmp_path / "query.jpg"
+    source_photo("coffee").convert("L").resize((300, 200)).save(query)
+    capsys.readouterr()
+    assert cli.main(["search", "pages", str(query), "--top-k", "3", "-q"]) == 0
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    page, box = paths.split_region(rows["candidate"][0])
+    oval = next(p for p in truth["page0.jpg"] if p.kind == "oval")
+    assert page == "page0.jpg" and _iou(box, oval.box) >= 0.5
+    # a page as the query: each of its photographs is searched; its own boxes come first
+    capsys.readouterr()
+    assert cli.main(["search", "pages", str(root / "page1.jpg"), "--pages", "--top-k", "1",
+                     "--include-self", "-q"]) == 0  # fmt: skip
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert len(rows) == len(truth["page1.jpg"]) and rows["query"].str.contains("#xywh=").all()
+    assert all(q.endswith(c) for q, c in zip(rows["query"], rows["candidate"]))
+    # a page without photograph says so and stops nothing
+    capsys.readouterr()
+    assert cli.main(["search", "pages", str(root), "--pages", "--top-k", "1"]) == 0
+    out = capsys.readouterr()
+    assert "page2.jpg: no photograph found on this page" in out.err + out.out
+
+
+def test_a_page_without_photograph_yields_no_item(page_folder, tmp_path):
+    root, _ = page_folder
+    col = data.load_collection(root, progress=False)
+    cut = pages.expand(col, tmp_path / "cache", progress=False)
+    assert not cut.items["relpath"].str.startswith("page2.jpg").any()
+    row = cut.skipped[cut.skipped["relpath"] == "page2.jpg"].iloc[0]
+    assert row["kind"] == "no_photograph" and "no photograph" in row["reason"]
+    assert pages.find_photos(Image.open(root / "page2.jpg")) == []
+
+
+def test_iiif_region_urls():
+    full = "https://x.org/iiif/p1/full/!1024,1024/0/default.jpg"
+    assert pages.region_url(full, (100, 50, 200, 100), (1000, 500)) == (
+        "https://x.org/iiif/p1/pct:10.000,10.000,20.000,20.000/max/0/default.jpg"
+    )
+    part = "https://x.org/iiif/p1/400,200,2000,1000/!1024,1024/0/default.jpg"
+    assert pages.region_url(part, (100, 50, 200, 100), (1000, 500)) == (
+        "https://x.org/iiif/p1/600,300,400,200/max/0/default.jpg"
+    )
+
+
+def test_page_builder_is_deterministic():
+    a = page_builder.build_page(_printings(SOURCES[:2]), np.random.default_rng(3))
+    b = page_builder.build_page(_printings(SOURCES[:2]), np.random.default_rng(3))
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and a[1] == b[1]
