@@ -196,7 +196,18 @@ def cmd_index(args) -> int:
         progress=_progress(args),
     )
     if args.pages:
-        col = pages.expand(col, args.cache_dir and Path(args.cache_dir) / "pages", _progress(args))
+        page_cache = args.cache_dir and Path(args.cache_dir) / "pages"
+        if sharded and not args.merge:  # this task's pages first; the others' from the cache
+            left = pages.detect_shard(col, args.shard, args.num_shards, page_cache, _progress(args))
+            if left:
+                _say(
+                    args,
+                    f"Shard {args.shard} of {args.num_shards}: its pages' photographs are found "
+                    f"(cached); {left} page(s) of other shards are not yet. Once every shard has "
+                    "run, run the array again: each task then describes its photographs.",
+                )
+                return 1
+        col = pages.expand(col, page_cache, _progress(args))
     if len(getattr(col, "skipped", [])) and not sharded:
         _say(args, col.skipped_summary())
     name = args.name or col.root.name

@@ -376,6 +376,7 @@ def check_image(path: str | os.PathLike, level: str = "decode") -> FileCheck:
         raise InputError(f"Unknown validation level {level!r}; use one of {VALIDATION_LEVELS}.")
     if level == "none":
         return FileCheck("ok")
+    path = split_region(path)[0]  # a photograph found on a page: its page is checked
     try:
         if level == "decode":
             _, downscaled = _decode(path)

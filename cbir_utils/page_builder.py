@@ -31,6 +31,9 @@ KINDS = ("plain", "oval", "faded", "touching")
 """Kinds of photograph on a page (each recorded with its box)."""
 SKEW = 1.5
 """Largest skew of a scanned page (degrees)."""
+FADED_CONTRAST = 60
+"""Gray levels between a faded print's 5th and 95th percentiles at least: faded, not gone
+(a printing already that pale is only lifted toward the paper)."""
 
 _TEXT = (
     "Nos soldats ont tenu la ligne toute la nuit sous un feu violent et ce matin le régiment "
@@ -113,9 +116,10 @@ def _picture(im: Image.Image, w: int, kind: str, rng: np.random.Generator) -> Im
     """A printing scaled to width ``w``, made ``kind``; white outside an oval's ellipse."""
     g = im.convert("L")
     g = g.resize((w, max(8, round(g.height * w / g.width))), Image.BILINEAR)
-    if kind == "faded":
+    if kind == "faded":  # contrast lowered to 35-55 %, yet still FADED_CONTRAST levels
         a = np.asarray(g, dtype=np.float32)
-        f = rng.uniform(0.35, 0.55)
+        lo, hi = np.percentile(a, [5, 95])
+        f = max(rng.uniform(0.35, 0.55), min(1.0, FADED_CONTRAST / max(hi - lo, 1.0)))
         g = Image.fromarray((255 - (255 - a) * f).astype(np.uint8))
     if kind == "oval":
         mask = Image.new("L", g.size, 0)

@@ -30,12 +30,13 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from . import photo
+from . import paths, photo
 from .data import Collection, load_image
 from .errors import ImageDecodeError
+from .features import shard_rows
 from .io import save_json
 from .models import file_digest
-from .paths import OUTPUTS_DIR, region_name
+from .paths import region_name
 
 SIDE = 1024
 """Long side (px) a page is analysed at."""
@@ -287,17 +288,43 @@ def _unrotate(box: Box, angle: float, size: tuple[int, int]) -> Box:
 NO_PHOTO = "no photograph found on this page; it is not indexed"
 
 
-def detect_cached(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Box]:
-    """:func:`find_photos` of a page file, cached by the file's SHA-1 and :func:`detector_id`."""
-    folder = Path(cache_dir) if cache_dir is not None else OUTPUTS_DIR / "cache" / "pages"
+def detect_cached(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, detect: bool = True
+) -> list[Box] | None:
+    """:func:`find_photos` of a page file, cached by the file's SHA-1 and :func:`detector_id`
+    (``outputs/cache/pages/`` by default); ``None`` when not cached and ``detect`` is off."""
+    folder = Path(cache_dir) if cache_dir is not None else paths.OUTPUTS_DIR / "cache" / "pages"
     f = folder / detector_id() / f"{file_digest(path)}.json"
     try:
         return [tuple(b) for b in json.loads(f.read_text())["boxes"]]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not cached yet, or a damaged entry: detect again
+    if not detect:
+        return None
     boxes = find_photos(load_image(path))
     save_json(f, {"boxes": [list(b) for b in boxes]})
     return boxes
+
+
+def detect_shard(
+    col: Collection, shard: int, num_shards: int, cache_dir=None, progress: bool = True
+) -> int:
+    """Detect the photographs of shard ``shard`` of ``num_shards`` of the pages of ``col``
+    (a SLURM array task; cached per page); returns how many pages of the *other* shards are
+    not detected yet (the descriptors wait for every page's photographs)."""
+    rows = shard_rows(len(col.items), shard, num_shards)
+    page_paths = col.items["path"].tolist()
+    for p in tqdm(
+        page_paths[rows.start : rows.stop], desc="photographs on pages", disable=not progress
+    ):
+        try:
+            detect_cached(p, cache_dir)
+        except ImageDecodeError:
+            pass  # listed in skipped.csv when the collection is expanded
+    return sum(
+        detect_cached(p, cache_dir, detect=False) is None
+        for i, p in enumerate(page_paths) if i not in rows
+    )  # fmt: skip
 
 
 def region_url(iiif_image: str, box: Box, page_size: tuple[int, int]) -> str:
@@ -329,58 +356,36 @@ def expand(
 ) -> Collection:
     """The photographs on the pages of ``col``: one item per photograph found, named
     ``<page>#xywh=x,y,w,h`` (:func:`cbir_utils.paths.region_name`), with its page's scene and
-    metadata, ``region`` (``x,y,w,h``) and, for IIIF pages, ``iiif_image`` the region's URL.
+    metadata, ``box`` (``x,y,w,h``) and, for IIIF pages, ``iiif_image`` the region's URL.
 
     A page with no photograph becomes a ``no_photograph`` row of ``skipped``; one that
     cannot be decoded, a row of its kind. Nothing stops the others.
     """
     rows, skipped = [], []
-    for row in tqdm(
-        col.items.to_dict("records"), desc="photographs on pages", disable=not progress
-    ):
+    records = col.items.to_dict("records")
+    for row in tqdm(records, desc="photographs on pages", disable=not progress):
+        why = {"relpath": row["relpath"], "scene": row["scene"]}
         try:
             boxes = detect_cached(row["path"], cache_dir)
         except ImageDecodeError as e:
-            skipped.append(
-                {
-                    "relpath": row["relpath"],
-                    "scene": row["scene"],
-                    "kind": e.kind,
-                    "reason": e.reason,
-                }
-            )
+            skipped.append({**why, "kind": e.kind, "reason": e.reason})
             continue
         if not boxes:
-            skipped.append(
-                {
-                    "relpath": row["relpath"],
-                    "scene": row["scene"],
-                    "kind": "no_photograph",
-                    "reason": NO_PHOTO,
-                }
-            )
+            skipped.append({**why, "kind": "no_photograph", "reason": NO_PHOTO})
         size = None
         for b in boxes:
-            item = {
-                **row,
-                "relpath": region_name(row["relpath"], b),
-                "path": region_name(row["path"], b),
-                "region": ",".join(map(str, b)),
-            }
+            item = {**row, "relpath": region_name(row["relpath"], b),
+                    "path": region_name(row["path"], b), "box": ",".join(map(str, b))}  # fmt: skip
             if str(row.get("iiif_image", "")).startswith("http"):
                 if size is None:
                     with Image.open(row["path"]) as im:
                         size = im.size
                 item["iiif_image"] = region_url(row["iiif_image"], b, size)
             rows.append(item)
-    items = pd.DataFrame(
-        rows,
-        columns=list(col.items.columns) + ([] if "region" in col.items.columns else ["region"]),
-    )
+    columns = [*col.items.columns, *([] if "box" in col.items.columns else ["box"])]
+    items = pd.DataFrame(rows, columns=columns).fillna("")
     extra = pd.DataFrame(skipped, columns=list(col.skipped.columns))
-    return replace(
-        col, items=items.fillna(""), skipped=pd.concat([col.skipped, extra], ignore_index=True)
-    )
+    return replace(col, items=items, skipped=pd.concat([col.skipped, extra], ignore_index=True))
 
 
 def best_matches(

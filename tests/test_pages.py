@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -10,7 +14,7 @@ import pytest
 from conftest import SOURCES, source_photo
 from PIL import Image
 
-from cbir_utils import cli, data, models, page_builder, pages, paths
+from cbir_utils import cli, data, features, iiif, models, page_builder, pages, paths
 from cbir_utils.index import Index
 
 
@@ -128,3 +132,123 @@ def test_page_builder_is_deterministic():
     a = page_builder.build_page(_printings(SOURCES[:2]), np.random.default_rng(3))
     b = page_builder.build_page(_printings(SOURCES[:2]), np.random.default_rng(3))
     assert np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and a[1] == b[1]
+
+
+def test_detection_in_shard_jobs_once_per_page(page_folder, tmp_path, monkeypatch):
+    root, _ = page_folder
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")
+    calls = []
+    find = pages.find_photos
+    monkeypatch.setattr(pages, "find_photos", lambda im: calls.append(im.size) or find(im))
+    common = ["index", str(root), "--pages", "--name", "sharded", "-q", "--image-size", "160",
+              "--scales", "1.0", "--rerank-top-n", "0", "--num-shards", "2"]  # fmt: skip
+    assert cli.main([*common, "--shard", "0"]) == 1  # the other shard's pages not found yet
+    assert len(calls) == len(features.shard_rows(3, 0, 2))  # its own pages only
+    assert cli.main([*common, "--shard", "1"]) == 0  # its page; all cached: described
+    assert cli.main([*common, "--shard", "0"]) == 0  # now described from the cache
+    assert cli.main([*common, "--merge"]) == 0
+    assert len(calls) == 3  # each page detected once in all
+    whole = ["index", str(root), "--pages", "--name", "whole", "-q", "--image-size", "160",
+             "--scales", "1.0", "--rerank-top-n", "0"]  # fmt: skip
+    assert cli.main(whole) == 0 and len(calls) == 3
+    a = Index.load(tmp_path / "outputs" / "index" / "sharded")
+    b = Index.load(tmp_path / "outputs" / "index" / "whole")
+    assert a.relpaths == b.relpaths and np.allclose(a.vectors, b.vectors, atol=1e-6)
+
+
+@pytest.fixture()
+def iiif_pages(page_folder):
+    """A IIIF v3 manifest of two pages, served with Image API regions (full, pct:, x,y,w,h)."""
+    root, _ = page_folder
+    images = {f"p{k}": Image.open(root / f"page{k}.jpg").convert("RGB") for k in (0, 2)}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - the http.server API
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if self.path == "/manifest.json":
+                items = [
+                    {
+                        "id": f"{base}/c/{k}",
+                        "type": "Canvas",
+                        "label": {"none": [f"p. {k}"]},
+                        "items": [
+                            {
+                                "id": f"{base}/c/{k}/p",
+                                "type": "AnnotationPage",
+                                "items": [
+                                    {
+                                        "id": f"{base}/c/{k}/a",
+                                        "type": "Annotation",
+                                        "motivation": "painting",
+                                        "target": f"{base}/c/{k}",
+                                        "body": {
+                                            "id": f"{base}/img/{k}/full/max/0/default.jpg",
+                                            "type": "Image",
+                                            "service": [
+                                                {
+                                                    "id": f"{base}/img/{k}",
+                                                    "type": "ImageService3",
+                                                    "profile": "level1",
+                                                }
+                                            ],
+                                        },
+                                    }
+                                ],
+                            }
+                        ],
+                    }
+                    for k in images
+                ]
+                body = json.dumps({
+                    "@context": "http://iiif.io/api/presentation/3/context.json",
+                    "id": f"{base}/manifest.json", "type": "Manifest",
+                    "label": {"fr": ["Le Miroir, 1916"]}, "items": items}).encode()  # fmt: skip
+                ctype = "application/json"
+            else:
+                _, _, ident, region = self.path.split("/")[:4]
+                im = images[ident]
+                if region.startswith("pct:"):
+                    x, y, w, h = (float(v) / 100 for v in region[4:].split(","))
+                    W, H = im.size
+                    im = im.crop(
+                        (round(x * W), round(y * H), round((x + w) * W), round((y + h) * H))
+                    )
+                elif region != "full":
+                    x, y, w, h = (int(v) for v in region.split(","))
+                    im = im.crop((x, y, x + w, y + h))
+                buf = io.BytesIO()
+                im.save(buf, format="JPEG", quality=95)
+                body, ctype = buf.getvalue(), "image/jpeg"
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_iiif_canvas_photographs_come_back_as_region_urls(iiif_pages, tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")
+    config = iiif.FetchConfig(size=2000, workers=2, timeout=5.0, retries=0)
+    col = data.load_collection(f"{iiif_pages}/manifest.json", iiif_config=config, progress=False)
+    cut = pages.expand(col, progress=False)
+    assert len(cut.items) == 4 and cut.items["relpath"].str.contains("#xywh=").all()
+    assert cut.skipped["kind"].tolist() == ["no_photograph"]  # the text-only page
+    for row in cut.items.itertuples():
+        assert "/pct:" in row.iiif_image and row.page == "p. p0"
+        with urllib.request.urlopen(row.iiif_image) as r:  # what a reader's link opens
+            remote = np.asarray(Image.open(io.BytesIO(r.read())).convert("L"), np.float32)
+        local = np.asarray(data.load_image(row.path).convert("L"), np.float32)
+        assert (
+            abs(remote.shape[0] - local.shape[0]) <= 2
+            and abs(remote.shape[1] - local.shape[1]) <= 2
+        )
+        h, w = min(remote.shape[0], local.shape[0]), min(remote.shape[1], local.shape[1])
+        assert np.corrcoef(remote[:h, :w].ravel(), local[:h, :w].ravel())[0, 1] > 0.9
