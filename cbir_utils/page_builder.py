@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .io import read_csv, save_csv
+from .paths import split_region
 
 PAGE_SIZE = (1100, 1500)
 """Page size (px) before the scan."""
@@ -367,3 +368,28 @@ def demo_queries(truth: pd.DataFrame, relpaths: Sequence[str], n: int = 2) -> li
         if first is not None and len(picked) < n:
             picked.append(first)
     return picked
+
+
+def match_table(
+    truth: pd.DataFrame, queries: pd.DataFrame, found: Sequence[str], scores: Sequence[float]
+) -> pd.DataFrame:
+    """Each query printing (``queries``: ``relpath``, ``scene``) with the photograph found for
+    it on the pages, the cosine, and ``right``: the found box covers a true photograph of the
+    query's scene on that page (IoU >= 0.5)."""
+    rows = []
+    for (q, scene), name, score in zip(queries[["relpath", "scene"]].values, found, scores):
+        page, box = split_region(name)
+        true = truth[(truth["page"] == Path(page).name) & (truth["scene"] == scene)]
+        best = max((_iou(box, tuple(int(v) for v in t)) for t in true[["x", "y", "w", "h"]].values),
+                   default=0.0) if box else 0.0  # fmt: skip
+        rows.append({"query": q, "scene": scene, "found": name, "cosine": round(score, 4),
+                     "iou": round(best, 3), "right": best >= 0.5})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _iou(a, b) -> float:
+    """Intersection over union of two boxes ``(x, y, w, h)``."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - ix * iy
+    return ix * iy / union if union else 0.0

@@ -66,8 +66,12 @@ def test_notebook_01(outputs):
     assert 0 < metrics["all"]["pair_f1"] <= 1
     topk = pd.read_csv(run_dir / "topk.csv")
     assert len(topk) == 20 * 4 and (topk["query"] != topk["candidate"]).all()
-    for name in ("class_imbalance.png", "pr_curve.png", "gallery.png"):
+    for name in ("class_imbalance.png", "pr_curve.png", "gallery.png", "page_matches.png"):
         _png_ok(run_dir / name)
+    # printings kept off the simulated pages are found on them, at the right place
+    matches = pd.read_csv(run_dir / "page_matches.csv")
+    assert len(matches) == 2 and matches["found"].str.contains("#xywh=").all()
+    assert matches["right"].all(), matches
     assert json.loads((run_dir / "params.json").read_text())["IMAGE_SIZE"] == 96
     # the defaults run the whole pipeline: multi-scale, whitening, expansion, re-ranking
     pipe = json.loads((run_dir / "pipeline.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import threading
@@ -14,7 +15,7 @@ import pytest
 from conftest import SOURCES, source_photo
 from PIL import Image
 
-from cbir_utils import cli, data, features, iiif, models, page_builder, pages, paths
+from cbir_utils import cli, contact_sheet, data, features, iiif, models, page_builder, pages, paths
 from cbir_utils.index import Index
 
 
@@ -93,6 +94,14 @@ def test_index_pages_and_search_returns_boxes(page_folder, tmp_path, monkeypatch
     page, box = paths.split_region(rows["candidate"][0])
     oval = next(p for p in truth["page0.jpg"] if p.kind == "oval")
     assert page == "page0.jpg" and _iou(box, oval.box) >= 0.5
+    # the review page shows the photograph beside its page and links to the page's region
+    html = tmp_path / "hits.html"
+    assert cli.main(["search", "pages", str(query), "--top-k", "1", "-q", "--html", str(html)]) == 0
+    text = html.read_text()
+    assert f'page0.jpg#xywh={",".join(map(str, box))}"' in text
+    uri = contact_sheet.thumbnail_data_uri(root / rows["candidate"][0])
+    thumb = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert thumb.width > 1.3 * thumb.height  # the crop, then its page with the box
     # a page as the query: each of its photographs is searched; its own boxes come first
     capsys.readouterr()
     assert cli.main(["search", "pages", str(root / "page1.jpg"), "--pages", "--top-k", "1",
