@@ -169,12 +169,14 @@ def search(seeds=HELD_OUT_SEEDS, roots=(DEMO_DIR, HARD_DIR)) -> dict[str, float]
         res = index.search([q for q, _ in queries], k=1, exclude_self=False, progress=False)
         first = res[res["rank"] == 1]
         top = dict(zip(first["query"].map(lambda q: Path(q).name), first["candidate"]))
-        hits = 0
+        hits = {}
         for q, scene in queries:
             page, box = paths.split_region(top[Path(q).name])
             boxes = truth[(truth["page"] == page) & (truth["scene"] == scene)]
-            hits += any(iou(box, (b.x, b.y, b.w, b.h)) >= 0.5 for b in boxes.itertuples())
-        out[name] = hits / max(len(queries), 1)
+            hit = any(iou(box, (b.x, b.y, b.w, b.h)) >= 0.5 for b in boxes.itertuples())
+            hits.setdefault(Path(q).parents[1].name, []).append(hit)  # by collection
+        out[name] = float(np.mean([h for v in hits.values() for h in v]))
+        out[f"{name} by collection"] = {k: (float(np.mean(v)), len(v)) for k, v in hits.items()}
     return out
 
 
@@ -206,6 +208,9 @@ def main(argv=None) -> int:
             f"their scene with a covering box: {r['detected']:.3f} (pages cut at their true "
             f"boxes: {r['true boxes']:.3f}); detection {r['detect_pages_per_s']:.1f} pages/s"
         )
+        for name in ("detected", "true boxes"):
+            parts = r[f"{name} by collection"].items()
+            print(f"  {name}: " + ", ".join(f"{k} {v:.3f} ({n})" for k, (v, n) in parts))
     if args.check:
         ok = (
             m["recall"] >= TARGETS["recall"]
