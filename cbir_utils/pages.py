@@ -130,6 +130,8 @@ def skew(gray: np.ndarray, limit: float = 2.0, step: float = 0.1) -> float:
     k = max(1, max(gray.shape) // 1000)
     g = gray[::k, ::k]
     ys, xs = np.nonzero(g < np.percentile(g, 10))
+    if not len(ys):  # a blank page: nothing to line up
+        return 0.0
     best, angle = -1.0, 0.0
     for a in np.arange(-limit, limit + step / 2, step):
         rows = np.round(ys - xs * np.tan(np.deg2rad(a))).astype(np.int64)

@@ -124,6 +124,7 @@ def test_a_page_without_photograph_yields_no_item(page_folder, tmp_path):
     row = cut.skipped[cut.skipped["relpath"] == "page2.jpg"].iloc[0]
     assert row["kind"] == "no_photograph" and "no photograph" in row["reason"]
     assert pages.find_photos(Image.open(root / "page2.jpg")) == []
+    assert pages.find_photos(Image.new("L", (800, 1100), 235)) == []  # a blank sheet
 
 
 def test_iiif_region_urls():
