@@ -266,6 +266,12 @@ def _ready(drv, timeout: float = 10.0) -> None:
     assert body.get_attribute("data-review-ready") == "1"
 
 
+def _settle() -> None:
+    """Let Chromium commit localStorage: a renderer batches its writes to the browser process,
+    so a reload right after a click can miss them on a loaded machine (seen once in CI)."""
+    time.sleep(2.0)
+
+
 def _pressed(drv) -> dict[tuple[str, str], str]:
     out = {}
     for box in drv.find_elements("css selector", ".verdict"):
@@ -309,6 +315,7 @@ def test_contact_sheet_review_in_chromium(sheet, tmp_path):
             )
             box.find_element("css selector", f'button[data-v="{v}"]').click()
         assert drv.find_element("id", "n-decisions").text == "3"
+        _settle()
         drv.refresh()  # decisions persist in the browser
         assert drv.find_element("tag name", "body").get_attribute("data-review-ready") == "1"
         assert _pressed(drv) == {
@@ -378,6 +385,7 @@ def test_search_page_review_in_chromium(tmp_path, tiny_collection):
             "css selector", '.verdict[data-query="s0/a.jpg"][data-candidate="s0/b.jpg"]'
         )
         box.find_element("css selector", 'button[data-v="same_photo"]').click()
+        _settle()
         drv.refresh()
         _ready(drv)  # the stored decisions are restored by the page's script after load
         assert _pressed(drv)[("s0/a.jpg", "s0/b.jpg")] == "same_photo"
