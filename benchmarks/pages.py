@@ -71,7 +71,7 @@ def labels(img, pictures) -> np.ndarray:
     return f, y
 
 
-def fit(seeds=FIT_SEEDS, hidden=(32, 16)) -> dict[str, np.ndarray]:
+def fit(seeds=FIT_SEEDS, hidden=(64, 32)) -> dict[str, np.ndarray]:
     """The block classifier fitted on the pages of ``seeds`` (arrays of ``pages.MODEL``)."""
     from sklearn.neural_network import MLPClassifier
 
