@@ -124,12 +124,22 @@ def probability(img: Image.Image, model: dict[str, np.ndarray] | None = None) ->
     return (1.0 / (1.0 + np.exp(-x))).reshape(f.shape[:2])
 
 
-def skew(gray: np.ndarray, limit: float = 2.0, step: float = 0.1) -> float:
+def skew(
+    gray: np.ndarray, text: np.ndarray | None = None, limit: float = 2.0, step: float = 0.1
+) -> float:
     """The page's skew (degrees, counter-clockwise as PIL rotates): the angle at which its
-    ink's row profile is sharpest (text lines and rules line up)."""
+    ink's row profile is sharpest (text lines and rules line up).
+
+    ``text``: where the ink counts, a mask of blocks (resized to the page); the rows of a
+    halftone screen would line up at the screen's angle, so photographs are left out."""
     k = max(1, max(gray.shape) // 1000)
     g = gray[::k, ::k]
-    ys, xs = np.nonzero(g < np.percentile(g, 10))
+    ink = g < np.percentile(g, 10)
+    if text is not None:
+        rows = np.minimum(np.arange(g.shape[0]) * text.shape[0] // g.shape[0], text.shape[0] - 1)
+        cols = np.minimum(np.arange(g.shape[1]) * text.shape[1] // g.shape[1], text.shape[1] - 1)
+        ink &= text[np.ix_(rows, cols)]
+    ys, xs = np.nonzero(ink)
     if not len(ys):  # a blank page: nothing to line up
         return 0.0
     best, angle = -1.0, 0.0
@@ -234,9 +244,10 @@ def find_photos(
     empty list when the page holds none (text, drawings, a masthead only).
     """
     gray = img.convert("L")
-    angle = skew(np.asarray(gray, dtype=np.float32))
+    p = probability(gray, model)
+    angle = skew(np.asarray(gray, dtype=np.float32), text=p < 0.5)
     upright = gray.rotate(-angle, resample=Image.BILINEAR, fillcolor=255) if angle else gray
-    p = probability(upright, model)
+    p = probability(upright, model) if angle else p
     mask = ndimage.binary_opening(p >= threshold, structure=np.ones((OPEN, OPEN)))
     k = max(img.size) / SIDE * BLOCK  # block -> pixel of the page
     gray = np.asarray(upright, dtype=np.float32)
