@@ -57,6 +57,8 @@ OPEN = 3
 """Side (blocks) of the opening that clears specks and thin bridges of the mask."""
 XY_EMPTY = 0.2
 """A row or column of a region with at most this share of photograph blocks parts it."""
+FLAT = 0.3
+"""A gutter of paper varies along its length at most this share of a photograph column's median."""
 EDGE = 0.005
 """A box this close to the scan's edge (share of its long side) is the sheet's border."""
 MIN_MEAN = 0.6
@@ -155,7 +157,7 @@ def _paper(a: np.ndarray, axis: int) -> np.ndarray:
     """Which columns (``axis=0``) or rows (``axis=1``) of ``a`` are bare paper: as light as
     the lightest quarter of ``a`` and flat along their length (a photograph's are not)."""
     mean, std = a.mean(axis=axis), a.std(axis=axis)
-    return (mean >= np.percentile(a, 75)) & (std <= max(4.0, 0.3 * float(np.median(std))))
+    return (mean >= np.percentile(a, 75)) & (std <= max(4.0, FLAT * float(np.median(std))))
 
 
 def _runs(profile: np.ndarray, lo: int, hi: int, widest: int) -> list[int]:
