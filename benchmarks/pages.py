@@ -90,12 +90,7 @@ def fit(seeds=FIT_SEEDS, hidden=(64, 32)) -> dict[str, np.ndarray]:
     return model
 
 
-def iou(a, b) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union else 0.0
+iou = page_builder.iou
 
 
 def measure(seeds, roots=(DEMO_DIR,), **kw) -> dict:

@@ -380,14 +380,14 @@ def match_table(
     for (q, scene), name, score in zip(queries[["relpath", "scene"]].values, found, scores):
         page, box = split_region(name)
         true = truth[(truth["page"] == Path(page).name) & (truth["scene"] == scene)]
-        best = max((_iou(box, tuple(int(v) for v in t)) for t in true[["x", "y", "w", "h"]].values),
+        best = max((iou(box, tuple(int(v) for v in t)) for t in true[["x", "y", "w", "h"]].values),
                    default=0.0) if box else 0.0  # fmt: skip
         rows.append({"query": q, "scene": scene, "found": name, "cosine": round(score, 4),
                      "iou": round(best, 3), "right": best >= 0.5})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _iou(a, b) -> float:
+def iou(a, b) -> float:
     """Intersection over union of two boxes ``(x, y, w, h)``."""
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
