@@ -1,9 +1,10 @@
 """Circulation: where and when one photograph appeared, from its group of reprints.
 
 For a duplicate group (or a query and its confirmed reprints) the reprint list gives each
-printing's periodical, date, page, position on the page (a photograph found on a page), score, verdict and link, sorted by date with the first
-appearance marked (:func:`reprint_list`; :func:`circulation_table` for every group, the
-``circulation.csv`` of a run). The timeline (:func:`timeline_figure`) draws it: date on the
+printing's periodical, date, page, position on the page (of a photograph found on a page),
+score, verdict and link, sorted by date with the first appearance marked
+(:func:`reprint_list`; :func:`circulation_table` for every group, the ``circulation.csv`` of a
+run). The timeline (:func:`timeline_figure`) draws it: date on the
 x axis, one row per periodical, a thumbnail per printing, the first appearance framed.
 Collections without dates get the list without the timeline, and are told so.
 """

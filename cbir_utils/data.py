@@ -319,8 +319,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
     """Decode an image with Pillow as 8-bit RGB.
 
     A region item ``page#xywh=x,y,w,h`` (:func:`cbir_utils.paths.region_name`) is its page
-    cut to the box. EXIF orientation is applied; the first page/frame is used; 16-bit, 1-bit, CMYK,
-    palette and alpha images are converted (alpha composited on white). Images over
+    cut to the box. EXIF orientation is applied; the first page/frame is used; 16-bit, 1-bit,
+    CMYK, palette and alpha images are converted (alpha composited on white). Images over
     ``max_pixels`` (default: Pillow's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``)
     are decoded downscaled (JPEG, JPEG 2000) or reduced after decoding (other formats,
     up to twice the limit).
