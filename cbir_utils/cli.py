@@ -444,7 +444,8 @@ def cmd_search(args) -> int:
     index, folder = _open_index(args.index)
     files = _image_files([args.query])
     if args.pages:  # each photograph found on the query pages is a query
-        found = {f: pages.detect_cached(f) for f in files}
+        page_cache = args.cache_dir and Path(args.cache_dir) / "pages"
+        found = {f: pages.detect_cached(f, page_cache) for f in files}
         for f in (f for f, boxes in found.items() if not boxes):
             _say(args, f"{f}: {pages.NO_PHOTO.replace('indexed', 'searched')}.")
         files = [Path(region_name(f, b)) for f, boxes in found.items() for b in boxes]
