@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import descriptors as D
 from . import models, retrieval
 from . import verify as V
-from .config import PipelineConfig
+from .config import BACKBONE, PipelineConfig
 from .errors import InputError
 
 
@@ -77,7 +77,7 @@ def describe(
         cache_dir: Descriptor cache folder, or None.
         **kwargs: Passed to the extraction (``batch_size``, ``num_workers``, ``progress``...).
     """
-    pre = preprocessing(config, meta.get("backbone", "efficientnet_lite0"))
+    pre = preprocessing(config, meta.get("backbone", BACKBONE))
     meta = {
         **meta,
         "image_size": config.image_size,
