@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .io import read_csv, save_csv
+from .pages import rotated_bounds
 from .paths import split_region
 
 PAGE_SIZE = (1100, 1500)
@@ -254,14 +255,9 @@ def scan(
     im = im.rotate(deg, resample=Image.BILINEAR, fillcolor=int(a.mean() + 20))
     s = float(rng.uniform(0.7, 1.0))
     im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
-    t = np.deg2rad(deg)
     out = []
     for p in pictures:
-        x, y, bw, bh = p.box
-        cx, cy = np.array([x, x + bw, x, x + bw]) - w / 2, np.array([y, y, y + bh, y + bh]) - h / 2
-        rx = cx * np.cos(t) + cy * np.sin(t) + w / 2  # PIL rotates counter-clockwise
-        ry = -cx * np.sin(t) + cy * np.cos(t) + h / 2
-        x0, y0, x1, y1 = rx.min() * s, ry.min() * s, rx.max() * s, ry.max() * s
+        x0, y0, x1, y1 = (v * s for v in rotated_bounds(p.box, deg, (w, h)))
         box = (round(x0), round(y0), round(x1 - x0), round(y1 - y0))
         out.append(Picture(box, p.scene, p.kind, p.source))
     return im, out

@@ -4,14 +4,17 @@ Archives and IIIF manifests give whole pages: several photographs among columns 
 captions, line drawings and mastheads (``shared/DOMAIN.md``). :func:`find_photos` cuts
 them out before anything is described, as the Library of Congress's Newspaper Navigator did:
 
-1. every block of 8 x 8 pixels of the page at a 1024-pixel long side gets the texture features
-   of :func:`cbir_utils.photo.block_features` and their averages over wider neighbourhoods; a
-   small perceptron (:data:`MODEL`, fitted by ``benchmarks/pages.py --fit`` on pages of the
-   demo's printings, :mod:`cbir_utils.page_builder`) gives it a probability of photograph;
-2. blocks above :data:`THRESHOLD` form regions; a region is a photograph when it is large
-   enough (:data:`MIN_AREA`) and fills its box (:data:`MIN_FILL`: an oval fills 0.79);
-3. a region that holds a gutter of paper across its whole height or width (a photo-story
-   printed a few pixels apart) is cut there, in the page's own pixels.
+1. every block of 8 x 8 pixels of the page at a 1024-pixel long side gets texture features
+   (:func:`features`); a small perceptron (:data:`MODEL`, fitted by ``benchmarks/pages.py
+   --fit`` on pages of the demo's printings, :mod:`cbir_utils.page_builder`) gives it a
+   probability of photograph;
+2. the page is turned upright (:func:`skew`, measured on the blocks that are not photograph)
+   and its blocks classified again;
+3. blocks above :data:`THRESHOLD` form regions, cut where a row or column of them is nearly
+   empty (:data:`XY_EMPTY`), then along gutters of bare paper that cross them whole (a
+   photo-story printed a few pixels apart, :data:`FLAT`);
+4. a region is a photograph when it fills its box (:data:`MIN_FILL`: an oval fills 0.79), is
+   large and compact enough, mostly photograph blocks and clear of the scan's edges.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from .io import save_json
 from .models import file_digest
 from .paths import region_name
 
+VERSION = 2
+"""Bump when :func:`find_photos` cuts otherwise for the same settings (cached detections)."""
 SIDE = 1024
 """Long side (px) a page is analysed at."""
 BLOCK = photo.BLOCK
@@ -95,18 +100,8 @@ def load_model(path: str | os.PathLike = MODEL) -> dict[str, np.ndarray]:
 def detector_id(model: dict[str, np.ndarray] | None = None) -> str:
     """Identifies the detector (its arrays and settings): the key of cached detections."""
     m = load_model() if model is None else model
-    settings = (
-        SIDE,
-        THRESHOLD,
-        OPEN,
-        XY_EMPTY,
-        MIN_AREA,
-        MIN_FILL,
-        MIN_SIDE,
-        MAX_ASPECT,
-        MIN_MEAN,
-        EDGE,
-    )
+    settings = (VERSION, SIDE, THRESHOLD, OPEN, XY_EMPTY, FLAT, EDGE)
+    settings += (MIN_AREA, MIN_FILL, MIN_SIDE, MAX_ASPECT, MIN_MEAN)
     h = hashlib.sha1(repr(settings).encode())
     for k in sorted(m):
         h.update(k.encode() + np.ascontiguousarray(m[k]).tobytes())
@@ -284,17 +279,26 @@ def _plausible(box: Box, p: np.ndarray, k: float, size: tuple[int, int]) -> bool
     return inner.size > 0 and float(inner.mean()) >= MIN_MEAN
 
 
-def _unrotate(box: Box, angle: float, size: tuple[int, int]) -> Box:
-    """The box, in the upright page, as a box of the page rotated by ``angle`` (its bounds)."""
-    if not angle:
-        return box
+def rotated_bounds(
+    box: Box, angle: float, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """Bounds ``(x0, y0, x1, y1)`` of ``box`` once its page of ``size`` is rotated by ``angle``
+    degrees about its centre, counter-clockwise as PIL rotates."""
     x, y, w, h = box
     cx, cy = size[0] / 2, size[1] / 2
     px, py = np.array([x, x + w, x, x + w]) - cx, np.array([y, y, y + h, y + h]) - cy
     t = np.deg2rad(angle)
     rx, ry = px * np.cos(t) + py * np.sin(t) + cx, -px * np.sin(t) + py * np.cos(t) + cy
-    x0, y0 = max(0, int(rx.min())), max(0, int(ry.min()))
-    x1, y1 = min(size[0], int(np.ceil(rx.max()))), min(size[1], int(np.ceil(ry.max())))
+    return float(rx.min()), float(ry.min()), float(rx.max()), float(ry.max())
+
+
+def _unrotate(box: Box, angle: float, size: tuple[int, int]) -> Box:
+    """The box, in the upright page, as a box of the page rotated by ``angle`` (its bounds)."""
+    if not angle:
+        return box
+    x0, y0, x1, y1 = rotated_bounds(box, angle, size)
+    x0, y0 = max(0, int(x0)), max(0, int(y0))
+    x1, y1 = min(size[0], int(np.ceil(x1))), min(size[1], int(np.ceil(y1)))
     return (x0, y0, x1 - x0, y1 - y0)
 
 
