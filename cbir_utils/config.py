@@ -59,7 +59,8 @@ POOLINGS = ("avg", "gem", "max")
 RESIZES = ("letterbox", "center_crop")
 
 
-def _setting(default, spec: Param, **kw):
+def setting(default, spec: Param, **kw):
+    """A settings dataclass field: its default and what it accepts (:func:`check_settings`)."""
     return field(default=default, metadata={"param": spec}, **kw)
 
 
@@ -74,40 +75,35 @@ class PipelineConfig:
     :meth:`baseline` is the plain pipeline (whole image at 224 px, cosine only).
     """
 
-    image_size: int = _setting(288, Param("int", low=32, help="network input side in pixels"))
-    resize: str = _setting("letterbox", Param("str", choices=RESIZES, help="letterbox keeps "
+    image_size: int = setting(288, Param("int", low=32, help="network input side in pixels"))
+    resize: str = setting("letterbox", Param("str", choices=RESIZES, help="letterbox keeps "
                            "the whole image; center_crop is the study's"))  # fmt: skip
-    grayscale: bool = _setting(True, Param("bool", help="convert to gray first, as the study did"))
-    descreen: float = _setting(3.0, Param("float", low=0.0, help="halftone removal: blur "
+    grayscale: bool = setting(True, Param("bool", help="convert to gray first, as the study did"))
+    descreen: float = setting(3.0, Param("float", low=0.0, help="halftone removal: blur "
                                "radius in thousandths of the long side, 0 for off"))  # fmt: skip
-    find_photo: bool = _setting(True, Param("bool", help="cut a scan that kept page text or "
+    find_photo: bool = setting(True, Param("bool", help="cut a scan that kept page text or "
                                 "a caption band to the photograph before describing it"))  # fmt: skip
-    pooling: str = _setting("avg", Param("str", choices=POOLINGS, help="global pooling"))
-    mirror: bool = _setting(False, Param("bool", help="mirror-invariant descriptors"))
-    scales: tuple[float, ...] = _setting((0.75, 1.0, 1.25), Param("floats", low=0.0,
+    pooling: str = setting("avg", Param("str", choices=POOLINGS, help="global pooling"))
+    mirror: bool = setting(False, Param("bool", help="mirror-invariant descriptors"))
+    scales: tuple[float, ...] = setting((0.75, 1.0, 1.25), Param("floats", low=0.0,
         low_open=True, help="input sizes relative to the image size, descriptors summed, "
         "e.g. 0.75,1,1.25"))  # fmt: skip
-    whiten_dim: int = _setting(64, Param("int", low=0, help="PCA-whitening learned on the "
+    whiten_dim: int = setting(64, Param("int", low=0, help="PCA-whitening learned on the "
                                "collection, dimensions kept; 0 = off"))  # fmt: skip
-    dba_k: int = _setting(1, Param("int", low=0, help="database-side augmentation (αDBA) "
+    dba_k: int = setting(1, Param("int", low=0, help="database-side augmentation (αDBA) "
                           "neighbours; 0 = off"))  # fmt: skip
-    qe_k: int = _setting(1, Param("int", low=0, help="query expansion (αQE) neighbours; 0 = off"))
-    rerank: bool = _setting(True, Param("bool", help="re-rank by local-feature verification"))
-    rerank_top_n: int = _setting(50, Param("int", low=1, help="candidates per query verified "
+    qe_k: int = setting(1, Param("int", low=0, help="query expansion (αQE) neighbours; 0 = off"))
+    rerank: bool = setting(True, Param("bool", help="re-rank by local-feature verification"))
+    rerank_top_n: int = setting(50, Param("int", low=1, help="candidates per query verified "
                                  "by local features"))  # fmt: skip
     rerank_weight: float = 1.0
-    graph: bool = _setting(True, Param("bool", help="verify every image against its best "
+    graph: bool = setting(True, Param("bool", help="verify every image against its best "
         "candidates at indexing time, so printings verified through a third image rise too "
         "(the slow part); needs rerank"))  # fmt: skip
     hop_weight: float = 0.25
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # each setting checked (and converted) as its Param says
-            if "param" in f.metadata:
-                value = coerce_param(f.name, getattr(self, f.name), f.metadata["param"])
-                if f.name == "scales":
-                    value = tuple(float(v) for v in value)
-                object.__setattr__(self, f.name, value)
+        check_settings(self)
         if self.graph and not self.rerank:
             raise InputError("graph=True needs rerank=True (the graph is made of verifications).")
 
@@ -128,6 +124,15 @@ class PipelineConfig:
     def from_dict(cls, d: dict) -> PipelineConfig:
         """Read back :meth:`to_dict` (fields it lacks keep their default)."""
         return cls(**{**d, "scales": tuple(d.get("scales", cls.scales))})
+
+
+def check_settings(obj: Any) -> None:
+    """Check and convert, in place, every field of a settings dataclass that declares a
+    :class:`Param` (its metadata ``"param"``); lists become tuples."""
+    for f in fields(obj):
+        if "param" in f.metadata:
+            value = coerce_param(f.name, getattr(obj, f.name), f.metadata["param"])
+            object.__setattr__(obj, f.name, tuple(value) if isinstance(value, list) else value)
 
 
 PARAM_FIELDS: dict[str, str] = {

@@ -43,15 +43,15 @@ from tqdm.auto import tqdm
 
 from . import data, models
 from .augment import press_augment
+from .config import POOLINGS, RESIZES, Param, check_settings, setting
 from .data import UNLABELLED, Collection, ImageDataset, Preprocess
 from .errors import InputError
 from .io import save_csv
 from .metrics import classification_metrics
 
-RESIZES = ("center_crop", "letterbox")
 # history.csv: one row per epoch and split. ``loss`` is, for "train", the optimised loss
-# averaged over the batches as they were seen (class-weighted / label-smoothed if so
-# configured) and, for "val", plain cross-entropy in eval mode. ``seconds``: that phase's time.
+# averaged over the batches as they were seen and, for "val", plain cross-entropy in eval
+# mode. ``seconds``: that phase's time.
 HISTORY_COLUMNS = (
     "epoch",
     "stage",
@@ -168,73 +168,34 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks the best available.
     """
 
-    backbone: str = "resnet152"
-    weights: str = "imagenet"
-    pooling: str = "avg"
-    image_size: int = 224
-    resize: str = "center_crop"
-    grayscale: bool = True
-    descreen: float = 0.0
-    lr: float = 1e-3
-    batch_size: int = 32
-    stages: tuple[int, ...] = (30, 50, 50)
-    stage_lrs: tuple[float, ...] | None = None
-    head_lr: float | None = None
-    augment: str = "none"
-    seed: int = 0
-    num_workers: int = 0
-    device: str | None = None
+    backbone: str = setting("resnet152", Param("str", choices=lambda: tuple(models.BACKBONES)))
+    weights: str = setting("imagenet", Param("str"))
+    pooling: str = setting("avg", Param("str", choices=POOLINGS))
+    image_size: int = setting(224, Param("int", low=32))
+    resize: str = setting("center_crop", Param("str", choices=RESIZES))
+    grayscale: bool = setting(True, Param("bool"))
+    descreen: float = setting(0.0, Param("float", low=0.0))
+    lr: float = setting(1e-3, Param("float", low=0.0, low_open=True))
+    batch_size: int = setting(32, Param("int", low=1))
+    stages: tuple[int, ...] = setting((30, 50, 50), Param("ints", low=1))
+    stage_lrs: tuple[float, ...] | None = setting(
+        None, Param("floats", optional=True, low=0.0, low_open=True)
+    )
+    head_lr: float | None = setting(None, Param("float", optional=True, low=0.0, low_open=True))
+    augment: str = setting("none", Param("str", choices=lambda: tuple(AUGMENTATIONS)))
+    seed: int = setting(0, Param("int"))
+    num_workers: int = setting(0, Param("int", low=0))
+    device: str | None = setting(None, Param("str", optional=True))
 
     def __post_init__(self) -> None:
-        def choose(name: str, value: Any, allowed: Sequence[str]) -> None:
-            if value not in allowed:
-                raise InputError(
-                    f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}."
-                )
-
-        choose("backbone", self.backbone, tuple(models.BACKBONES))
-        choose("pooling", self.pooling, models.POOLINGS)
-        choose("resize", self.resize, RESIZES)
-        choose("augment", self.augment, tuple(AUGMENTATIONS))
-        self.weights = str(self.weights)
         if isinstance(self.stages, int):
             self.stages = (self.stages,)
-        self.stages = tuple(self.stages)
-        if not self.stages or any(not _is_int(e) or e <= 0 for e in self.stages):
+        check_settings(self)  # each field as its Param says
+        if self.stage_lrs is not None and len(self.stage_lrs) != len(self.stages):
             raise InputError(
-                f"stages must be a non-empty list of positive epoch counts, got {self.stages!r}."
+                f"stage_lrs has {len(self.stage_lrs)} value(s) but stages has "
+                f"{len(self.stages)}; give one learning rate per stage, or None."
             )
-        self.stages = tuple(int(e) for e in self.stages)
-        if not _is_number(self.lr) or self.lr <= 0:
-            raise InputError(f"lr must be a positive number, got {self.lr!r}.")
-        if self.head_lr is not None:
-            if not _is_number(self.head_lr) or self.head_lr <= 0:
-                raise InputError(
-                    f"head_lr must be a positive number or None, got {self.head_lr!r}."
-                )
-            self.head_lr = float(self.head_lr)
-        if self.stage_lrs is not None:
-            self.stage_lrs = tuple(self.stage_lrs)
-            if len(self.stage_lrs) != len(self.stages):
-                raise InputError(
-                    f"stage_lrs has {len(self.stage_lrs)} value(s) but stages has "
-                    f"{len(self.stages)}; give one learning rate per stage, or None."
-                )
-            if any(not _is_number(v) or v <= 0 for v in self.stage_lrs):
-                raise InputError(f"stage_lrs must be positive numbers, got {self.stage_lrs!r}.")
-            self.stage_lrs = tuple(float(v) for v in self.stage_lrs)
-        if not _is_int(self.batch_size) or self.batch_size <= 0:
-            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
-        if not _is_int(self.image_size) or self.image_size < 32:
-            raise InputError(f"image_size must be an integer >= 32, got {self.image_size!r}.")
-        if not _is_number(self.descreen) or self.descreen < 0:
-            raise InputError(f"descreen must be >= 0, got {self.descreen!r}.")
-        if not _is_int(self.num_workers) or self.num_workers < 0:
-            raise InputError(f"num_workers must be an integer >= 0, got {self.num_workers!r}.")
-        if not _is_int(self.seed):
-            raise InputError(f"seed must be an integer, got {self.seed!r}.")
-        self.lr = float(self.lr)
-        self.descreen = float(self.descreen)
 
     @property
     def epochs(self) -> int:
@@ -276,10 +237,6 @@ class TrainConfig:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
