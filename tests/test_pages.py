@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import threading
@@ -262,3 +263,18 @@ def test_iiif_canvas_photographs_come_back_as_region_urls(iiif_pages, tmp_path, 
         )
         h, w = min(remote.shape[0], local.shape[0]), min(remote.shape[1], local.shape[1])
         assert np.corrcoef(remote[:h, :w].ravel(), local[:h, :w].ravel())[0, 1] > 0.9
+
+
+def test_benchmark_check_says_each_missed_target():
+    spec = importlib.util.spec_from_file_location(
+        "pages_benchmark", paths.PROJECT_ROOT / "benchmarks" / "pages.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    good = {"recall": 0.98, "precision": 0.96, "by_kind": {"plain": (1.0, 9), "oval": (0.95, 4)}}
+    assert bench.missed(good) == []
+    assert bench.missed(good, {"detected": 0.91, "true boxes": 0.93}) == []
+    bad = {"recall": 0.953, "precision": 0.917, "by_kind": {"faded": (0.85, 20), "oval": (1.0, 3)}}
+    said = bench.missed(bad, {"detected": 0.824, "true boxes": 0.86})
+    assert said == ["recall 0.953 < 0.97", "precision 0.917 < 0.95", "faded recall 0.850 < 0.9",
+                    "page search 0.824 < 0.9", "detection costs 0.036 > 0.03"]  # fmt: skip
