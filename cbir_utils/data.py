@@ -21,6 +21,7 @@ import os
 import threading
 import unicodedata
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -331,7 +332,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
     """
     base, box = split_region(path)
     try:
-        im = _decode(base, max_pixels)[0]
+        im = _decode(base, max_pixels)[0] if box is None else _page(base, max_pixels)
     except _Skip as s:
         err = ImageDecodeError(
             f"Cannot use image {path}: {s.reason}. Load the collection with "
@@ -340,6 +341,29 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         err.path, err.kind, err.reason = str(path), s.kind, s.reason
         raise err from s.__cause__
     return im if box is None else im.crop((box[0], box[1], box[0] + box[2], box[1] + box[3]))
+
+
+_PAGES: OrderedDict[tuple, Image.Image] = OrderedDict()
+_PAGES_LOCK = threading.Lock()
+PAGES_KEPT = 2
+"""Decoded pages kept for the photographs found on them (one page's photographs are cut in
+turn, so each page is decoded once, not once per photograph)."""
+
+
+def _page(path: str, max_pixels: int | None) -> Image.Image:
+    """A page decoded for its photographs, from the last :data:`PAGES_KEPT` pages decoded."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, max_pixels)
+    with _PAGES_LOCK:
+        if key in _PAGES:
+            _PAGES.move_to_end(key)
+            return _PAGES[key]
+    im = _decode(path, max_pixels)[0]
+    with _PAGES_LOCK:
+        _PAGES[key] = im
+        while len(_PAGES) > PAGES_KEPT:
+            _PAGES.popitem(last=False)
+    return im
 
 
 def _jpeg_has_end(path: Path, tail: int = 4096) -> bool:

@@ -63,7 +63,7 @@ def test_boxes_on_a_page_with_an_oval_and_two_touching_photographs(page_folder):
     assert all(max(_iou(p.box, b) for b in faded) >= 0.5 for p in truth["page1.jpg"])
 
 
-def test_region_items_decode_and_hash_as_their_box(page_folder):
+def test_region_items_decode_and_hash_as_their_box(page_folder, monkeypatch):
     root, _ = page_folder
     page = root / "page0.jpg"
     name = paths.region_name(page, (10, 20, 30, 40))
@@ -73,6 +73,13 @@ def test_region_items_decode_and_hash_as_their_box(page_folder):
     assert im.size == (30, 40)
     assert np.array_equal(np.asarray(im), np.asarray(data.load_image(page))[20:60, 10:40])
     assert models.file_digest(name) != models.file_digest(paths.region_name(page, (11, 20, 30, 40)))
+    # a page's photographs, cut in turn, decode their page once
+    data._PAGES.clear()
+    calls = []
+    decode = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a[0]) or decode(*a))
+    crops = [data.load_image(paths.region_name(page, (x, 20, 30, 40))) for x in (0, 50, 90)]
+    assert calls == [str(page)] and [c.size for c in crops] == [(30, 40)] * 3
 
 
 def test_index_pages_and_search_returns_boxes(page_folder, tmp_path, monkeypatch, capsys):
