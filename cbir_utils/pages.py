@@ -307,22 +307,32 @@ def _unrotate(box: Box, angle: float, size: tuple[int, int]) -> Box:
 NO_PHOTO = "no photograph found on this page; it is not indexed"
 
 
-def detect_cached(
-    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, detect: bool = True
-) -> list[Box] | None:
-    """:func:`find_photos` of a page file, cached by the file's SHA-1 and :func:`detector_id`
-    (``outputs/cache/pages/`` by default); ``None`` when not cached and ``detect`` is off."""
+def _detection(path, cache_dir=None, detect: bool = True) -> dict | None:
+    """``{"boxes": [...], "size": [w, h]}`` of a page file (the size of the page as
+    :func:`cbir_utils.data.load_image` decodes it, which the boxes are in), cached by the
+    file's SHA-1 and :func:`detector_id`; ``None`` when not cached and ``detect`` is off."""
     folder = Path(cache_dir) if cache_dir is not None else paths.OUTPUTS_DIR / "cache" / "pages"
     f = folder / detector_id() / f"{file_digest(path)}.json"
     try:
-        return [tuple(b) for b in json.loads(f.read_text())["boxes"]]
+        found = json.loads(f.read_text())
+        return {"boxes": [tuple(b) for b in found["boxes"]], "size": tuple(found["size"])}
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not cached yet, or a damaged entry: detect again
     if not detect:
         return None
-    boxes = find_photos(load_image(path))
-    save_json(f, {"boxes": [list(b) for b in boxes]})
-    return boxes
+    page = load_image(path)
+    found = {"boxes": find_photos(page), "size": page.size}
+    save_json(f, {"boxes": [list(b) for b in found["boxes"]], "size": list(page.size)})
+    return found
+
+
+def detect_cached(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, detect: bool = True
+) -> list[Box] | None:
+    """:func:`find_photos` of a page file, cached (``outputs/cache/pages/`` by default);
+    ``None`` when not cached and ``detect`` is off."""
+    found = _detection(path, cache_dir, detect)
+    return None if found is None else found["boxes"]
 
 
 def detect_shard(
@@ -385,21 +395,17 @@ def expand(
     for row in tqdm(records, desc="photographs on pages", disable=not progress):
         why = {"relpath": row["relpath"], "scene": row["scene"]}
         try:
-            boxes = detect_cached(row["path"], cache_dir)
+            found = _detection(row["path"], cache_dir)
         except ImageDecodeError as e:
             skipped.append({**why, "kind": e.kind, "reason": e.reason})
             continue
-        if not boxes:
+        if not found["boxes"]:
             skipped.append({**why, "kind": "no_photograph", "reason": NO_PHOTO})
-        size = None
-        for b in boxes:
+        for b in found["boxes"]:
             item = {**row, "relpath": region_name(row["relpath"], b),
                     "path": region_name(row["path"], b), "box": ",".join(map(str, b))}  # fmt: skip
             if str(row.get("iiif_image", "")).startswith("http"):
-                if size is None:
-                    with Image.open(row["path"]) as im:
-                        size = im.size
-                item["iiif_image"] = region_url(row["iiif_image"], b, size)
+                item["iiif_image"] = region_url(row["iiif_image"], b, found["size"])
             rows.append(item)
     columns = [*col.items.columns, *([] if "box" in col.items.columns else ["box"])]
     items = pd.DataFrame(rows, columns=columns).fillna("")
