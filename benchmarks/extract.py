@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     model = models.build_model("efficientnet_lite0", "imagenet").eval()
     meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", size)
-    prep = data.preprocess_from_meta(meta)
+    prep = models.preprocess_from_meta(meta)
     out_dir = Path(args.out)
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     rows: list[dict] = []

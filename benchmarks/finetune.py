@@ -48,7 +48,7 @@ def evaluate(model, meta, collection, split, output="descriptor", workers=None) 
     desc = features.extract(
         model,
         collection.paths,
-        data.preprocess_from_meta(meta),
+        models.preprocess_from_meta(meta),
         output=output,
         num_workers=workers,
         progress=False,

@@ -310,8 +310,9 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
     from dataclasses import replace
 
     from . import features
-    from .data import preprocess_from_meta, save_skipped
+    from .data import save_skipped
     from .index import Index, load_model, shard_scales
+    from .models import preprocess_from_meta
 
     shards_dir = folder.with_name(folder.name + ".shards")
     paths = col.items["path"].tolist()
@@ -799,7 +800,7 @@ def _add_param(group, name: str, note: str = "", help: str | None = None, **kw) 
             raise argparse.ArgumentTypeError(str(err)) from None
 
     check.__name__ = name.lower()
-    choices = None if callable(spec.choices) else spec.choices  # a lazy list: checked above
+    choices = spec.choices
     group.add_argument(flag, type=check, choices=choices, help=text, **kw)
 
 
@@ -828,7 +829,8 @@ def _add_rerank_arg(p: argparse.ArgumentParser, note: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m cbir_utils``."""
     from . import __version__
-    from .groups import DEFAULT_K, DEFAULT_METHOD, FALLBACK_THRESHOLD, METHODS
+    from .config import GROUP_METHODS as METHODS
+    from .groups import DEFAULT_K, DEFAULT_METHOD, FALLBACK_THRESHOLD
 
     parser = argparse.ArgumentParser(
         prog="python -m cbir_utils",

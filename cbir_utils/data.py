@@ -913,27 +913,6 @@ class Preprocess:
         return self.to_tensor(self.prepare(im))
 
 
-def preprocess_from_meta(meta: dict) -> Preprocess:
-    """The exact preprocessing a model's meta (or a checkpoint's) describes
-    (see :func:`models.model_meta`)."""
-    from . import models  # lazy: models imports this module
-
-    backbone = meta.get("backbone")
-    norm = meta.get("normalisation") or (  # a meta without it: its backbone's
-        models.normalisation_for(backbone) if backbone in models.BACKBONES else {}
-    )
-    return Preprocess(
-        image_size=int(meta.get("image_size", 224)),
-        resize=meta.get("resize", "letterbox"),
-        grayscale=bool(meta.get("grayscale", True)),
-        descreen=float(meta.get("descreen", 0.0)),
-        mean=tuple(norm.get("mean", Preprocess.mean)),
-        std=tuple(norm.get("std", Preprocess.std)),
-        pixels=backbone in models.BACKBONES and models.takes_pixels(backbone),
-        find_photo=bool(meta.get("find_photo", False)),
-    )
-
-
 class ImageDataset(torch.utils.data.Dataset):
     """Images by path (decoded with Pillow) or already decoded (PIL images, e.g. a query
     decoded once for all its uses), transformed; yields ``(tensor, label, index)``."""

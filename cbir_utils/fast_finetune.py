@@ -10,11 +10,9 @@ in closed form, in seconds:
   retrieval with no human annotation", TPAMI 2018): whiten the variation between
   printings of one scene (covariance of same-scene differences, shrunk towards a multiple
   of the identity: :math:`C_S`), then rotate to the principal axes of what remains and
-  keep the first ``dim``: :math:`P = U_d^T C_S^{-1/2}`, ``y = P (x - m)``;
-* ``pca``: the unsupervised variant (PCA whitening of the training descriptors, shrunk);
-  better on new scenes, worse on the training scenes (see :class:`FastConfig`).
+  keep the first ``dim``: :math:`P = U_d^T C_S^{-1/2}`, ``y = P (x - m)``.
 
-The method, output dimension and shrinkage are chosen by **scene-disjoint
+The output dimension and shrinkage are chosen by **scene-disjoint
 cross-validation** on the training and validation images (folds of whole scenes: fit on
 the other scenes, rank the fold's images among all of them), the criterion that matches
 the scene-disjoint protocol; "no projection" (the pretrained descriptor) is a candidate
@@ -33,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,13 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from . import degrade, features, models
+from .augment import press_augment
+from .config import BACKBONE, BACKBONES, POOLINGS, RESIZES, WEIGHTS, Param, check_settings, setting
 from .data import UNLABELLED, Collection, Preprocess
 from .errors import InputError
 from .head import HeadNet, train_head
+from .io import save_csv
 
-METHODS = ("lw", "pca")
 REPRINT_VIEWS = 2
 """Simulated reprints per training image when fine-tuning asks for reprint augmentation
 (``augment="press"``). Chosen by the scene-disjoint cross-validation on the demo's training
@@ -75,10 +76,6 @@ class ReprintedPreprocess:
         self.preprocess, self.view, self.seed = preprocess, int(view), int(seed)
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
-        import zlib
-
-        from .augment import press_augment
-
         small = im.convert("L").resize((32, 32))
         rng = np.random.default_rng([self.seed, self.view, zlib.crc32(small.tobytes())])
         printed = press_augment(im.convert("RGB"), rng)
@@ -95,18 +92,15 @@ class ReprintedPreprocess:
 
 @dataclass
 class FastConfig:
-    """Fast fine-tuning parameters.
+    """Fast fine-tuning parameters; the defaults are notebook 02's (SSCD, ``press``).
+
+    Each field's accepted values are its :class:`~cbir_utils.config.Param`, checked here.
 
     Attributes:
         backbone, weights, pooling, image_size, resize, grayscale, descreen: The frozen
             network and its preprocessing (as :class:`training.TrainConfig`).
-        methods: Candidate methods: ``lw`` (supervised learned whitening; the default) and
-            ``pca`` (unsupervised PCA whitening of the training descriptors). Measured on
-            the demo (``benchmarks/finetune.py``): ``pca`` ranks new scenes best but, fitted
-            on the training scenes, flattens exactly what tells those scenes apart (their
-            test images rank worse than with no projection); ``lw`` improves both.
-        dims: Candidate output dimensions (capped by what the data supports); ``0`` keeps
-            the input dimension.
+        dims: Candidate output dimensions of the learned whitening (capped by what the data
+            supports); ``0`` keeps the input dimension.
         shrinkages: Candidate shrinkages in ``[0, 1]`` of the covariance towards the
             identity (1 = no whitening, only centring and rotation).
         reprint_views: Simulated reprints of each training image added as further views
@@ -124,53 +118,27 @@ class FastConfig:
         device: ``None`` picks the best available.
     """
 
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    pooling: str = "avg"
-    image_size: int = 224
-    resize: str = "center_crop"
-    grayscale: bool = True
-    descreen: float = 0.0
-    methods: tuple[str, ...] = ("lw",)
-    dims: tuple[int, ...] = (128, 256, 0)
-    shrinkages: tuple[float, ...] = (0.05, 0.25, 0.5)
-    reprint_views: int = 0
-    head_views: int = 0
-    stages: tuple[int, ...] = ()
-    lr: float = 1e-3
-    folds: int = 5
-    seed: int = 0
-    batch_size: int = 32
-    num_workers: int | None = None
-    device: str | None = None
+    backbone: str = setting(BACKBONE, Param("str", choices=tuple(BACKBONES)))
+    weights: str = setting(WEIGHTS, Param("str"))
+    pooling: str = setting("gem", Param("str", choices=POOLINGS))
+    image_size: int = setting(288, Param("int", low=32))
+    resize: str = setting("letterbox", Param("str", choices=RESIZES))
+    grayscale: bool = setting(True, Param("bool"))
+    descreen: float = setting(3.0, Param("float", low=0.0))
+    dims: tuple[int, ...] = setting((128, 256, 0), Param("ints", low=0))
+    shrinkages: tuple[float, ...] = setting((0.05, 0.25, 0.5), Param("floats", low=0, high=1))
+    reprint_views: int = setting(REPRINT_VIEWS, Param("int", low=0))
+    head_views: int = setting(HEAD_VIEWS, Param("int", low=0))
+    stages: tuple[int, ...] = setting((30, 50, 50), Param("ints", low=1, empty=True))
+    lr: float = setting(1e-3, Param("float", low=0.0, low_open=True))
+    folds: int = setting(5, Param("int", low=2))
+    seed: int = setting(0, Param("int", low=0))
+    batch_size: int = setting(32, Param("int", low=1))
+    num_workers: int | None = setting(None, Param("int", optional=True, low=0))
+    device: str | None = setting(None, Param("str", optional=True))
 
     def __post_init__(self) -> None:
-        if isinstance(self.methods, str):
-            self.methods = (self.methods,)
-        self.methods = tuple(self.methods)
-        bad = [m for m in self.methods if m not in METHODS]
-        if not self.methods or bad:
-            raise InputError(f"Unknown method(s) {bad or self.methods!r}; choose from {METHODS}.")
-        if not isinstance(self.reprint_views, int) or self.reprint_views < 0:
-            raise InputError(f"reprint_views must be an integer >= 0, got {self.reprint_views!r}.")
-        if not isinstance(self.folds, int) or self.folds < 2:
-            raise InputError(f"folds must be an integer >= 2, got {self.folds!r}.")
-        if self.backbone not in models.BACKBONES:
-            raise InputError(
-                f"Unknown backbone {self.backbone!r}; choose one of {', '.join(models.BACKBONES)}."
-            )
-        self.stages = tuple(int(e) for e in self.stages)
-        if any(e < 1 for e in self.stages) or not self.lr > 0:
-            raise InputError(f"stages must be positive epoch counts and lr > 0, got "
-                             f"{self.stages!r}, {self.lr!r}.")  # fmt: skip
-        if not isinstance(self.head_views, int) or self.head_views < 0:
-            raise InputError(f"head_views must be an integer >= 0, got {self.head_views!r}.")
-        self.dims = tuple(int(d) for d in self.dims)
-        self.shrinkages = tuple(float(s) for s in self.shrinkages)
-        if not self.dims or any(d < 0 for d in self.dims):
-            raise InputError(f"dims must be non-negative integers, got {self.dims!r}.")
-        if not self.shrinkages or any(not 0.0 <= s <= 1.0 for s in self.shrinkages):
-            raise InputError(f"shrinkages must lie in [0, 1], got {self.shrinkages!r}.")
+        check_settings(self)  # each field as its Param says
 
     @classmethod
     def from_train_config(cls, config: Any, **overrides: Any) -> FastConfig:
@@ -212,7 +180,6 @@ class FastConfig:
         d = asdict(self)
         d["dims"], d["shrinkages"] = list(self.dims), list(self.shrinkages)
         d["stages"] = list(self.stages)
-        d["methods"] = list(self.methods)
         return d
 
     @classmethod
@@ -325,12 +292,12 @@ def _scatter_rows(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def fit_projections(
     x: np.ndarray,
-    labels: np.ndarray | None,
+    labels: np.ndarray,
     dims: tuple[int, ...] = (0,),
     shrinkages: tuple[float, ...] = (0.5,),
-    method: str = "lw",
 ):
-    """Fit one projection per (shrinkage, dim) on unit-norm descriptors ``x`` ``(N, D)``.
+    """Fit one learned whitening per (shrinkage, dim) on unit-norm descriptors ``x`` ``(N, D)``
+    of scenes ``labels``.
 
     Yields:
         ``(shrinkage, dim, candidate)``: ``candidate(x)`` projects unit-norm rows,
@@ -339,20 +306,13 @@ def fit_projections(
         cosines are those of the whitened data); other dims are capped at the rank of the
         training data (``N - 1``).
     """
-    if method not in METHODS:
-        raise InputError(f"Unknown method {method!r}; choose one of {METHODS}.")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
         raise InputError(f"Need at least two descriptors (N, D), got shape {x.shape}.")
     d_in = x.shape[1]
     mean = x.mean(0)
     xc = x - mean
-    if method == "lw":
-        if labels is None:
-            raise InputError("Learned whitening (method='lw') needs the scene labels.")
-        white = _Whitener(_scatter_rows(x, np.asarray(labels)))
-    else:
-        white = _Whitener(xc / np.sqrt(len(x)))
+    white = _Whitener(_scatter_rows(x, np.asarray(labels)))
     for shrink in shrinkages:
         axes, _ = _principal_axes(white.apply(xc, shrink))
         for dim in dims:
@@ -362,25 +322,23 @@ def fit_projections(
 
 def fit_projection(
     x: np.ndarray,
-    labels: np.ndarray | None,
+    labels: np.ndarray,
     dim: int = 0,
     shrinkage: float = 0.5,
-    method: str = "lw",
 ) -> Projection:
     """Fit a whitening projection on unit-norm descriptors ``x`` ``(N, D)``.
 
     Args:
         x: Training descriptors (all views).
-        labels: Scene of each row (``lw``); ignored by ``pca``.
+        labels: Scene of each row.
         dim: Output dimension; ``0`` keeps ``D``. Capped at the rank of the data.
         shrinkage: Weight of the identity in the whitened covariance (0 = full whitening,
             1 = none: centring and rotation only).
-        method: ``lw`` (supervised learned whitening) or ``pca``.
 
     Returns:
         The :class:`Projection`.
     """
-    return next(fit_projections(x, labels, (dim,), (shrinkage,), method))[2].projection()
+    return next(fit_projections(x, labels, (dim,), (shrinkage,)))[2].projection()
 
 
 def _query_map(desc: np.ndarray, labels: np.ndarray, query_idx: np.ndarray) -> tuple[float, int]:
@@ -414,7 +372,6 @@ def scene_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarra
 def cross_validate(
     views: list[np.ndarray],
     labels: np.ndarray,
-    methods: tuple[str, ...],
     dims: tuple[int, ...],
     shrinkages: tuple[float, ...],
     folds: int = 5,
@@ -427,7 +384,7 @@ def cross_validate(
     scene-disjoint protocol: how well a projection generalises to scenes it never saw.
 
     Returns:
-        One row per candidate: ``method``, ``shrinkage``, ``dim`` (requested), ``out_dim``,
+        One row per candidate: ``method`` (``lw``, or ``none`` for no projection), ``shrinkage``, ``dim`` (requested), ``out_dim``,
         ``cv_map`` (mean over folds, weighted by their queries).
     """
     labels = np.asarray(labels, dtype=object)
@@ -450,11 +407,10 @@ def cross_validate(
         out_dims[("none", math.nan, 0)] = plain.shape[1]
         x_fit = np.concatenate([v[fit] for v in views])
         y_fit = np.concatenate([labels[fit]] * len(views))
-        for method in methods:
-            for shrink, dim, proj in fit_projections(x_fit, y_fit, dims, shrinkages, method):
-                m, n = _query_map(proj(plain), labels, idx)
-                add((method, shrink, dim), m, n)
-                out_dims[(method, shrink, dim)] = proj.dim
+        for shrink, dim, proj in fit_projections(x_fit, y_fit, dims, shrinkages):
+            m, n = _query_map(proj(plain), labels, idx)
+            add(("lw", shrink, dim), m, n)
+            out_dims[("lw", shrink, dim)] = proj.dim
     rows = [
         {
             "method": k[0],
@@ -580,7 +536,7 @@ def fast_finetune(
     folds = min(config.folds, len(set(labels.tolist())))
     with threadpool_limits(1):  # small matrices: threads only add contention
         candidates = cross_validate(
-            views, labels, config.methods, config.dims, config.shrinkages, folds, config.seed
+            views, labels, config.dims, config.shrinkages, folds, config.seed
         )
     ranked = candidates.sort_values("cv_map", ascending=False, kind="stable")
     best = ranked.iloc[0]
@@ -591,7 +547,7 @@ def fast_finetune(
         x_fit = np.concatenate([v[:n_tr] for v in views])
         y_fit = np.concatenate([labels[:n_tr]] * len(views))
         with threadpool_limits(1):
-            proj = fit_projection(x_fit, y_fit, dim, shrink, method)
+            proj = fit_projection(x_fit, y_fit, dim, shrink)
     out_dim = proj.dim if proj is not None else plain.shape[1]
 
     # ---- classifier head: cosine to each training scene's mean descriptor
@@ -659,8 +615,6 @@ def fast_finetune(
         net.load_state_dict(state)
         path = models.save_checkpoint(out_dir / "checkpoints" / f"{name}.pt", net, ckpt_meta)
         ckpt = path if name == "best" else ckpt
-    from .io import save_csv
-
     save_csv(out_dir / "candidates.csv", ranked)
     if history is not None:
         save_csv(out_dir / "history.csv", history)

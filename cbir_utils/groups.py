@@ -35,10 +35,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
+from .config import GROUP_METHODS
 from .errors import InputError
 from .io import save_csv
 
-METHODS = ("average", "complete", "components", "mutual_knn")
 DEFAULT_METHOD = "average"
 DEFAULT_K = 5
 # Threshold used when none is given and no scene labels exist to choose one: the value
@@ -102,7 +102,7 @@ class DuplicateGroups:
         centre_scores: Cosine similarity of each image to its group's centre (the
             normalised mean of the group's descriptors); 1 for singletons.
         threshold: Cosine threshold used (``nan`` for mutual k-NN without one).
-        method: One of :data:`METHODS`.
+        method: One of :data:`cbir_utils.config.GROUP_METHODS`.
         k: Neighbours per image for ``mutual_knn``, else ``None``.
     """
 
@@ -274,8 +274,10 @@ def duplicate_groups(
     Raises:
         ValueError: Unknown method, missing threshold, or malformed descriptors.
     """
-    if method not in METHODS:
-        raise InputError(f"Unknown grouping method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method not in GROUP_METHODS:
+        raise InputError(
+            f"Unknown grouping method {method!r}; choose one of {', '.join(GROUP_METHODS)}."
+        )
     if threshold is None and method != "mutual_knn":
         raise InputError(f"Method {method!r} needs a threshold.")
     if threshold is not None and not -1.0 <= float(threshold) <= 1.0:

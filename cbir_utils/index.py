@@ -43,10 +43,10 @@ from .data import (
     ItemTable,
     load_collection,
     load_image,
-    preprocess_from_meta,
 )
 from .errors import InputError, MissingFilesError
 from .io import atomic_write_bytes, csv_text, read_csv, save_json, save_npy
+from .models import preprocess_from_meta
 from .paths import image_file
 
 INDEX_FILE = "index.json"

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import LAYOUTS
 from .errors import InputError
 
 PathLike = str | os.PathLike
-LAYOUTS = ("tsne", "umap", "pca")
 
 
 @dataclass

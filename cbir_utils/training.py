@@ -14,7 +14,7 @@ Output folder layout::
     out_dir/checkpoints/stage{i}.pt  end of stage i
 
 Every checkpoint is readable by :func:`cbir_utils.models.load_checkpoint` alone; use
-:func:`cbir_utils.data.preprocess_from_meta` to rebuild the preprocessing it was trained with.
+:func:`cbir_utils.models.preprocess_from_meta` to rebuild the preprocessing it was trained with.
 """
 
 from __future__ import annotations
@@ -41,9 +41,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import data, models
+from . import models
 from .augment import press_augment
-from .config import POOLINGS, RESIZES, Param, check_settings, setting
+from .config import AUGMENTATIONS as AUGMENTATION_NAMES
+from .config import (
+    BACKBONE,
+    BACKBONES,
+    POOLINGS,
+    RESIZES,
+    WEIGHTS,
+    Param,
+    check_settings,
+    setting,
+)
 from .data import UNLABELLED, Collection, ImageDataset, Preprocess
 from .errors import InputError
 from .io import save_csv
@@ -82,11 +92,13 @@ only, *before* the preprocessing (gray, descreen, resize, normalise), so a simul
 screen is then descreened exactly as real scans are. Draw randomness from ``random``
 or ``np.random``: both are seeded per image draw from ``(seed, epoch, draw)``, so runs are
 reproducible whatever ``num_workers`` and however often they were interrupted.
-Functions must be module-level (picklable) for ``num_workers > 0``. To add one::
+Functions must be module-level (picklable) for ``num_workers > 0``. The names are
+:data:`cbir_utils.config.AUGMENTATIONS`'s; to use another function under one of them::
 
     from cbir_utils import training
     training.AUGMENTATIONS["press"] = my_press_augmentation
 """
+assert tuple(AUGMENTATIONS) == AUGMENTATION_NAMES
 
 
 class _SeededDataset(torch.utils.data.Dataset):
@@ -144,10 +156,13 @@ class _TrainTransform:
 
 @dataclass
 class TrainConfig:
-    """Fine-tuning parameters; the defaults are the original study's.
+    """Fine-tuning parameters; the defaults are notebook 02's (the study's values are in
+    ``notebooks/params/paper.yaml``: ResNet-152, ImageNet, average pooling, 224 px centre
+    crop, no descreening, no augmentation; the recipe itself, Adam at 0.001, batch 32 and
+    30 + 50 + 50 epochs, is the same).
 
     Attributes:
-        backbone: A name of :data:`cbir_utils.models.BACKBONES`.
+        backbone: A name of :data:`cbir_utils.config.BACKBONES`.
         weights: ``"imagenet"``, ``"none"`` (random init) or a local weights file.
         pooling: ``avg`` (study), ``gem`` or ``max``.
         image_size: Input side in pixels.
@@ -168,13 +183,13 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks the best available.
     """
 
-    backbone: str = setting("resnet152", Param("str", choices=lambda: tuple(models.BACKBONES)))
-    weights: str = setting("imagenet", Param("str"))
-    pooling: str = setting("avg", Param("str", choices=POOLINGS))
-    image_size: int = setting(224, Param("int", low=32))
-    resize: str = setting("center_crop", Param("str", choices=RESIZES))
+    backbone: str = setting(BACKBONE, Param("str", choices=tuple(BACKBONES)))
+    weights: str = setting(WEIGHTS, Param("str"))
+    pooling: str = setting("gem", Param("str", choices=POOLINGS))
+    image_size: int = setting(288, Param("int", low=32))
+    resize: str = setting("letterbox", Param("str", choices=RESIZES))
     grayscale: bool = setting(True, Param("bool"))
-    descreen: float = setting(0.0, Param("float", low=0.0))
+    descreen: float = setting(3.0, Param("float", low=0.0))
     lr: float = setting(1e-3, Param("float", low=0.0, low_open=True))
     batch_size: int = setting(32, Param("int", low=1))
     stages: tuple[int, ...] = setting((30, 50, 50), Param("ints", low=1))
@@ -182,7 +197,7 @@ class TrainConfig:
         None, Param("floats", optional=True, low=0.0, low_open=True)
     )
     head_lr: float | None = setting(None, Param("float", optional=True, low=0.0, low_open=True))
-    augment: str = setting("none", Param("str", choices=lambda: tuple(AUGMENTATIONS)))
+    augment: str = setting("press", Param("str", choices=AUGMENTATION_NAMES))
     seed: int = setting(0, Param("int"))
     num_workers: int = setting(0, Param("int", low=0))
     device: str | None = setting(None, Param("str", optional=True))
@@ -346,7 +361,7 @@ def classification_report(
     model, meta, _ = models.load_checkpoint(checkpoint)
     class_id = {c: i for i, c in enumerate(meta["classes"])}
     rows, preds = [], {}
-    pre = data.preprocess_from_meta(meta)
+    pre = models.preprocess_from_meta(meta)
     for name in splits:
         part = split[(split["split"] == name) & split["scene"].isin(class_id)]
         y_true = part["scene"].map(class_id).to_numpy(dtype=np.int64)
@@ -836,7 +851,7 @@ def predict(
     Args:
         model: A model with a classifier head (e.g. from ``load_checkpoint``).
         paths: Image files.
-        preprocess: The checkpoint's preprocessing (:func:`cbir_utils.data.preprocess_from_meta`).
+        preprocess: The checkpoint's preprocessing (:func:`cbir_utils.models.preprocess_from_meta`).
         batch_size: Images per forward pass.
         device: Defaults to the best available device.
         progress: Show a progress bar.

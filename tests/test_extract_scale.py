@@ -20,7 +20,7 @@ class Crash(RuntimeError):
 
 @pytest.fixture(scope="module")
 def prep():
-    return data.preprocess_from_meta(META)
+    return models.preprocess_from_meta(META)
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ EXTRACT = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
 
     features.extract_cached(
-        model, col.paths, data.preprocess_from_meta(meta), cache, meta, batch_size=2,
+        model, col.paths, models.preprocess_from_meta(meta), cache, meta, batch_size=2,
         chunk_size=4, on_chunk=on_chunk, progress=False, num_workers=0,
     )
     """
@@ -154,7 +154,7 @@ def test_extraction_killed_part_way_resumes_without_recomputing(tmp_path, tiny_c
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     col = data.load_collection(tiny_collection, progress=False)
     meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", 64)
-    prep = data.preprocess_from_meta(meta)
+    prep = models.preprocess_from_meta(meta)
     stats = features.ExtractStats()
     opts = dict(batch_size=2, progress=False, num_workers=0)
     with single_thread():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir_utils import data, degrade, photo
+from cbir_utils import data, degrade, models, photo
 from tests.conftest import SOURCES, source_photo
 
 
@@ -77,4 +77,4 @@ def test_preprocessing_cuts_to_the_photograph_only_when_asked(monkeypatch):
     monkeypatch.setattr(photo, "MIN_CUT", photo.MIN_CUT + 0.1)
     assert cut.to_dict()["find_photo"] != old
     meta = {"image_size": 64, "find_photo": True, "backbone": "sscd"}
-    assert data.preprocess_from_meta(meta).find_photo
+    assert models.preprocess_from_meta(meta).find_photo

@@ -27,7 +27,7 @@ def _pipeline(collection, seed: int) -> tuple[pd.DataFrame, dict]:
     model = models.build_model("efficientnet_lite0", "imagenet").eval()
     meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", 64)
     desc = features.extract(
-        model, collection.paths, data.preprocess_from_meta(meta), batch_size=7, progress=False
+        model, collection.paths, models.preprocess_from_meta(meta), batch_size=7, progress=False
     )
     evals = retrieval.evaluate_protocols(desc, split, ks=(1, 5))
     return split, {"desc": desc, **{p: ev.to_dict() for p, ev in evals.items()}}

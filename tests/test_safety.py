@@ -58,7 +58,7 @@ def _full_pipeline(messy_copy, tmp_path, lite0, monkeypatch):
     data.save_skipped(col, out)
     split, split_path = data.split_for(col, seed=0)
     meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", 64)
-    prep = data.preprocess_from_meta(meta)
+    prep = models.preprocess_from_meta(meta)
     desc = features.extract_cached(
         lite0,
         col.paths,
