@@ -903,7 +903,7 @@ def _backbone_rows(
             desc = pipeline.describe(m, mm, paths, c, None, progress=False)
             s_img = (time.perf_counter() - t0) / len(paths)
             ranked = pipeline.rank_collection(desc, paths, c, store, progress=False)
-            evals = ranked.evaluate(split, ("val", "disjoint", "study"))
+            evals = retrieval.evaluate_collection(ranked, split, ("val", "disjoint", "study"))
             val = evals["val"].ranking
             for protocol in ("disjoint", "study"):
                 r = evals[protocol].ranking

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import quality
 
-from cbir_utils import data, demo, models, pipeline, training
+from cbir_utils import data, demo, models, pipeline, retrieval, training
 from cbir_utils import fast_finetune as F
 from cbir_utils import verify as V
 from cbir_utils.config import BACKBONE, PipelineConfig
@@ -88,7 +88,7 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
     for label, m, mm, cfg, ckpt in variants:
         desc = pipeline.describe(m, mm, col.paths, cfg, cache, progress=False)
         ranked = pipeline.rank_collection(desc, col.paths, cfg, store, progress=False)
-        evals = ranked.evaluate(split, PROTOCOLS)
+        evals = retrieval.evaluate_collection(ranked, split, PROTOCOLS)
         acc = float("nan")
         if ckpt is not None:
             scores, _ = training.classification_report(ckpt, col, split, ("test",))

@@ -641,7 +641,7 @@ def _verdict_split(index, folder, args):
 
 
 def cmd_evaluate(args) -> int:
-    from . import retrieval
+    from . import retrieval, search
     from .io import save_csv, save_json
 
     index, folder = _open_index(args.index)
@@ -665,12 +665,12 @@ def cmd_evaluate(args) -> int:
     # with verdicts there is no split: every image of a confirmed group is a query
     protocols = ("all",) if args.verdicts else ("all", "study", "disjoint")
     # the index's pipeline ranks the collection exactly as notebook 01 does (and `search`):
-    # whole lists up to retrieval.FULL_LISTS_MAX images (exact metrics), the top above
+    # whole lists up to search.FULL_LISTS_MAX images (exact metrics), the top above
     store = _local_store()
     fitted = index.fitted(store, _progress(args))
     if args.rerank_top_n is not None:
         fitted = fitted.with_rerank(args.rerank_top_n)
-    ranking = fitted.rank_collection(retrieval.list_length(len(index)), store, _progress(args))
+    ranking = fitted.rank_collection(search.list_length(len(index)), store, _progress(args))
     if args.rerank_top_n is None:
         index.save(folder)  # keeps the fitted pipeline (graph) for later searches
     evals = retrieval.evaluate_ranked(

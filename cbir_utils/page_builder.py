@@ -22,8 +22,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .io import read_csv, save_csv
-from .pages import rotated_bounds
 from .paths import split_region
+from .photo import rotated_bounds
 
 PAGE_SIZE = (1100, 1500)
 """Page size (px) before the scan."""

@@ -279,24 +279,11 @@ def _plausible(box: Box, p: np.ndarray, k: float, size: tuple[int, int]) -> bool
     return inner.size > 0 and float(inner.mean()) >= MIN_MEAN
 
 
-def rotated_bounds(
-    box: Box, angle: float, size: tuple[int, int]
-) -> tuple[float, float, float, float]:
-    """Bounds ``(x0, y0, x1, y1)`` of ``box`` once its page of ``size`` is rotated by ``angle``
-    degrees about its centre, counter-clockwise as PIL rotates."""
-    x, y, w, h = box
-    cx, cy = size[0] / 2, size[1] / 2
-    px, py = np.array([x, x + w, x, x + w]) - cx, np.array([y, y, y + h, y + h]) - cy
-    t = np.deg2rad(angle)
-    rx, ry = px * np.cos(t) + py * np.sin(t) + cx, -px * np.sin(t) + py * np.cos(t) + cy
-    return float(rx.min()), float(ry.min()), float(rx.max()), float(ry.max())
-
-
 def _unrotate(box: Box, angle: float, size: tuple[int, int]) -> Box:
     """The box, in the upright page, as a box of the page rotated by ``angle`` (its bounds)."""
     if not angle:
         return box
-    x0, y0, x1, y1 = rotated_bounds(box, angle, size)
+    x0, y0, x1, y1 = photo.rotated_bounds(box, angle, size)
     x0, y0 = max(0, int(x0)), max(0, int(y0))
     x1, y1 = min(size[0], int(np.ceil(x1))), min(size[1], int(np.ceil(y1)))
     return (x0, y0, x1 - x0, y1 - y0)

@@ -157,3 +157,16 @@ def crop_photo(img: Image.Image) -> Image.Image:
     """``img`` cut to :func:`photo_box` (unchanged when the whole scan is the photograph)."""
     box = photo_box(img)
     return img if box is None else img.crop(box)
+
+
+def rotated_bounds(
+    box: tuple[int, int, int, int], angle: float, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """Bounds ``(x0, y0, x1, y1)`` of ``box`` once its page of ``size`` is rotated by ``angle``
+    degrees about its centre, counter-clockwise as PIL rotates."""
+    x, y, w, h = box
+    cx, cy = size[0] / 2, size[1] / 2
+    px, py = np.array([x, x + w, x, x + w]) - cx, np.array([y, y, y + h, y + h]) - cy
+    t = np.deg2rad(angle)
+    rx, ry = px * np.cos(t) + py * np.sin(t) + cx, -px * np.sin(t) + py * np.cos(t) + cy
+    return float(rx.min()), float(ry.min()), float(rx.max()), float(ry.max())

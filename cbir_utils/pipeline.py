@@ -8,9 +8,9 @@ collection's verification graph). The notebooks and ``benchmarks/quality.py`` sh
     config = PipelineConfig(image_size=128, pooling="gem", graph=False)  # cbir_utils.config
     desc = pipeline.describe(model, meta, collection.paths, config, cache_dir)
     ranked = pipeline.rank_collection(desc, collection.paths, config)
-    evals = ranked.evaluate(split)   # {protocol: retrieval.Evaluation}, from ranked lists
+    evals = retrieval.evaluate_collection(ranked, split)  # {protocol: Evaluation}
 
-``ranked.evaluate`` returns the same :class:`retrieval.Evaluation` objects as
+(:mod:`cbir_utils.retrieval`), the same :class:`retrieval.Evaluation` objects as
 ``retrieval.evaluate_protocols``, so tables, galleries and PR curves work unchanged.
 """
 
@@ -27,11 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from . import descriptors as D
-from . import models, retrieval
+from . import models, search
 from . import verify as V
 from .config import BACKBONE, PipelineConfig
 from .errors import InputError
@@ -228,9 +227,9 @@ class FittedPipeline:
         self, rows: np.ndarray, store: V.LocalFeatureStore | None = None, progress: bool = True
     ) -> Ranking:
         """The verified lists of collection ``rows`` that make the graph: each row's best
-        ``rerank_top_n`` verified (whole lists up to ``retrieval.FULL_LISTS_MAX`` images)."""
+        ``rerank_top_n`` verified (whole lists up to ``FULL_LISTS_MAX`` images)."""
         n = len(self)
-        k = n - 1 if n <= retrieval.FULL_LISTS_MAX else self.config.rerank_top_n
+        k = n - 1 if n <= search.FULL_LISTS_MAX else self.config.rerank_top_n
         return self._rank_rows(np.asarray(rows, dtype=np.int64), k, store, progress, hops=False)
 
     # ---- queries
@@ -272,22 +271,18 @@ class FittedPipeline:
     def _searcher(self, which: str):
         """The search index over ``white`` or ``database`` (``None``: exact search below
         :data:`cbir_utils.search.EXACT_MAX`; built once, HNSW above)."""
-        from .search import EXACT_MAX, build_index
-
         vectors = self.white if which == "white" else self.database
-        if self.method == "auto" and len(vectors) <= EXACT_MAX:
+        if self.method == "auto" and len(vectors) <= search.EXACT_MAX:
             return None
         cache = "_search_white" if which == "white" else "_search"
         if getattr(self, cache, None) is None:
-            setattr(self, cache, build_index(vectors, self.method))
+            setattr(self, cache, search.build_index(vectors, self.method))
         return getattr(self, cache)
 
     def neighbours(self, q: np.ndarray, k: int, exclude: Sequence[int] | None = None):
         """Top-``k`` database rows of post-processed queries (:mod:`cbir_utils.search`)."""
-        from .search import build_index
-
         if self._search is None:
-            self._search = build_index(self.database, self.method)
+            self._search = search.build_index(self.database, self.method)
         return self._search.search(q, k, exclude)
 
     def _rank_rows(
@@ -488,8 +483,8 @@ class RankedCollection:
 
     Attributes:
         ranking: Row ``i``: image ``i``'s ranked list (itself excluded) of
-            :func:`cbir_utils.retrieval.list_length` candidates: the whole collection up to
-            :data:`cbir_utils.retrieval.FULL_LISTS_MAX` images, its top above.
+            :func:`cbir_utils.search.list_length` candidates: the whole collection up to
+            :data:`cbir_utils.search.FULL_LISTS_MAX` images, its top above.
         descriptors: ``(N, d)`` post-processed unit-norm descriptors (whitened, αDBA):
             their dot products are the cosines when αQE is off (e.g. for duplicate groups).
         graph: The verification graph, or None.
@@ -504,17 +499,6 @@ class RankedCollection:
     whitening: D.Whitening | None = None
     seconds: dict = field(default_factory=dict)
     fitted: FittedPipeline | None = None
-
-    def evaluate(
-        self,
-        split: pd.DataFrame,
-        protocols: Sequence[str] = ("all", "study", "disjoint"),
-        ks: Sequence[int] = (1, 5, 10),
-        threshold: float | None = None,
-    ) -> dict[str, retrieval.Evaluation]:
-        """Its quality under each protocol (:func:`cbir_utils.retrieval.evaluate_ranked`)."""
-        r = self.ranking
-        return retrieval.evaluate_ranked(r.indices, r.scores, split, protocols, ks, threshold)
 
 
 def rank_collection(
@@ -545,7 +529,7 @@ def rank_collection(
         raise InputError(f"{desc.shape[0]} descriptors for {n} images.")
     fitted = FittedPipeline.fit(desc, paths, config, store, progress)
     t0 = time.perf_counter()
-    ranking = fitted.rank_collection(retrieval.list_length(n), store, progress)
+    ranking = fitted.rank_collection(search.list_length(n), store, progress)
     seconds = dict(fitted.seconds)
     if config.rerank:  # verification happens while ranking unless the graph needed it first
         seconds["rerank"] = seconds.get("rerank", 0.0) + time.perf_counter() - t0

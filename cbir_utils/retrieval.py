@@ -2,8 +2,8 @@
 
 Descriptors are L2-normalised, so the dot product is the cosine similarity. Each query's
 candidates are the whole collection, itself excluded, as a **ranked list** (indices and
-scores, best first): whole lists for collections up to :data:`FULL_LISTS_MAX` images (the
-metrics are then exactly those of the full score matrix), the top :data:`EVAL_TOP` above
+scores, best first): whole lists for collections up to :data:`cbir_utils.search.FULL_LISTS_MAX` images (the
+metrics are then exactly those of the full score matrix), the top :data:`cbir_utils.search.EVAL_TOP` above
 (AP truncated there; see :mod:`cbir_utils.metrics`). Memory ``O(queries x list)``; no
 ``N x N`` matrix is built.
 """
@@ -19,21 +19,13 @@ import pandas as pd
 from . import metrics as M
 from .data import UNLABELLED
 from .errors import InputError
+from .search import exact_search, list_length
 
 PROTOCOLS = {
     "all": "every labelled image is a query (no training involved)",
     "study": "queries are test images of scenes seen in fine-tuning (the original protocol)",
     "disjoint": "queries are images of scenes held out of fine-tuning (scene-disjoint)",
 }
-FULL_LISTS_MAX = 5000
-"""Up to this many images, every query's list holds the whole collection (exact metrics)."""
-EVAL_TOP = 1000
-"""Above :data:`FULL_LISTS_MAX`, the length of the evaluated lists."""
-
-
-def list_length(n: int) -> int:
-    """The ranked-list length an evaluation of ``n`` images uses (all others, or the top)."""
-    return max(n - 1, 0) if n <= FULL_LISTS_MAX else EVAL_TOP
 
 
 def ranked_lists(
@@ -45,8 +37,6 @@ def ranked_lists(
     ``k`` defaults to :func:`list_length`. Returns ``(indices, scores)``, ``-1``/``-inf``
     where a list is shorter.
     """
-    from .search import exact_search
-
     q = np.asarray(query_idx, dtype=int)
     nb = exact_search(np.asarray(desc[q], dtype=np.float32), desc, k or list_length(len(desc)), q)
     return nb.indices, nb.scores
@@ -267,6 +257,19 @@ def evaluate_ranked(
         if len(q):
             out[p] = evaluate_lists(indices[q], scores[q], scenes, q, threshold, ks, protocol=p)
     return out
+
+
+def evaluate_collection(
+    ranked,
+    split: pd.DataFrame,
+    protocols: Sequence[str] = ("all", "study", "disjoint"),
+    ks: Sequence[int] = (1, 5, 10),
+    threshold: float | None = None,
+) -> dict[str, Evaluation]:
+    """The quality of a collection ranked against itself (a
+    :class:`cbir_utils.pipeline.RankedCollection`) under each protocol."""
+    r = ranked.ranking
+    return evaluate_ranked(r.indices, r.scores, split, protocols, ks, threshold)
 
 
 def evaluate_protocols(

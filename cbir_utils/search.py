@@ -80,6 +80,17 @@ class Pairs(NamedTuple):
     score: np.ndarray
 
 
+FULL_LISTS_MAX = 5000
+"""Up to this many images, every query's list holds the whole collection (exact metrics)."""
+EVAL_TOP = 1000
+"""Above :data:`FULL_LISTS_MAX`, the length of the evaluated lists."""
+
+
+def list_length(n: int) -> int:
+    """The ranked-list length an evaluation of ``n`` images uses (all others, or the top)."""
+    return max(n - 1, 0) if n <= FULL_LISTS_MAX else EVAL_TOP
+
+
 def _as_vectors(x: np.ndarray, name: str = "descriptors") -> np.ndarray:
     if not hasattr(x, "ndim"):
         x = np.asarray(x, dtype=np.float32)

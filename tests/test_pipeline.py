@@ -66,7 +66,7 @@ def test_plain_config_matches_retrieval_evaluate_protocols(lite0, coll_split):
     assert np.allclose(scores[off], (desc @ desc.T)[off], atol=1e-5)
     assert np.isneginf(np.diag(scores)).all()  # the query itself is not a result
     assert np.allclose(ranked.descriptors, desc, atol=1e-6)
-    mine = ranked.evaluate(split, ks=(1, 5))
+    mine = retrieval.evaluate_collection(ranked, split, ks=(1, 5))
     ref = retrieval.evaluate_protocols(desc, split, ks=(1, 5))
     assert set(mine) == set(ref)
     for p in ref:
@@ -92,7 +92,7 @@ def test_rerank_and_graph_only_raise_scores(lite0, coll_split, tmp_path):
     assert (_dense(r, n)[off] >= _dense(r, n, "cosine")[off] - 1e-9).all()
     assert ((_dense(r, n, "inliers") >= 0).sum(1) == 6).all()  # top 6 verified per image
     assert ranked.graph is not None and ranked.graph.n == n
-    evals = ranked.evaluate(split, protocols=("disjoint",))
+    evals = retrieval.evaluate_collection(ranked, split, protocols=("disjoint",))
     assert 0.0 <= evals["disjoint"].ranking.map <= 1.0
 
 
@@ -372,7 +372,7 @@ def test_sparse_ranking_equals_the_dense_one(coll_split):
     assert np.allclose(_dense(r, n)[off], ref_scores[off], atol=1e-6)
     assert ranked.graph.edges.nnz > 0  # the graph is used: some two-hop bonus exists
     # the evaluation of the ranked lists is that of the full score matrix
-    mine = ranked.evaluate(split)
+    mine = retrieval.evaluate_collection(ranked, split)
     ref = _dense_evaluation(np.where(off, ref_scores, -np.inf), split)
     for p, (m_ap, f1, mu_ap, threshold) in ref.items():
         assert mine[p].ranking.map == pytest.approx(m_ap, abs=1e-9)
