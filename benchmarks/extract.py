@@ -4,7 +4,7 @@ Measured side by side in one run, on the same batch sizes and image size:
 
 * **bare**: ``model.descriptor`` on random tensors already in memory (channels-last,
   inference mode): what the model alone can do on this machine.
-* **end-to-end**: :func:`cbir_utils.features.extract` over the collection, streamed to a
+* **end-to-end**: :func:`cbir_utils.engine.features.extract` over the collection, streamed to a
   ``.npy`` file: file decoding, gray/resize, normalisation, model, pooling, L2, write.
 
 Phases (all in one process, so the ratios compare like with like):
@@ -50,9 +50,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbir_utils import data, features, models  # noqa: E402
+from cbir_utils.engine import features, models  # noqa: E402
 from cbir_utils.io import save_csv, save_figure, save_json  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
+from cbir_utils.sources import data  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -1,10 +1,10 @@
 """Fast fine-tuning vs the study's full recipe, at CPU size, in one run.
 
-* **full**: :func:`cbir_utils.training.train` with the study's recipe (the paper
+* **full**: :func:`cbir_utils.learning.training.train` with the study's recipe (the paper
   profile's values) sized for a CPU: efficientnet_lite0, ImageNet weights, stages 3+4+4
   instead of 30+50+50, batch 32, image 224, center crop, Adam lr 0.001, cross-entropy;
   timed from start to ``best.pt``.
-* **fast**: :func:`cbir_utils.fast_finetune.fast_finetune` with the same network and
+* **fast**: :func:`cbir_utils.learning.fast_finetune.fast_finetune` with the same network and
   input (frozen backbone, learned whitening chosen by scene-disjoint cross-validation),
   timed from start to its checkpoint, with an empty descriptor cache ("cold") and again
   with the cache filled ("warm"); and its PCA-whitening variant (``methods=("pca",)``).
@@ -34,10 +34,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbir_utils import data, features, models, retrieval, training  # noqa: E402
-from cbir_utils.fast_finetune import FastConfig, fast_finetune  # noqa: E402
+from cbir_utils.engine import features, models  # noqa: E402
+from cbir_utils.evaluation import retrieval  # noqa: E402
 from cbir_utils.io import save_csv, save_figure, save_json  # noqa: E402
+from cbir_utils.learning import training  # noqa: E402
+from cbir_utils.learning.fast_finetune import FastConfig, fast_finetune  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
+from cbir_utils.sources import data  # noqa: E402
 
 PROTOCOLS = ("disjoint", "study")
 

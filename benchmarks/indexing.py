@@ -7,8 +7,8 @@ from cold (no descriptor cache):
   288 px at three scales, the local features (SIFT) of every image, whitening and αDBA, the
   verification graph (every image verified against its best 50), write the index folder;
 * the same work in-process without the graph and the start-up, to show where time goes:
-  descriptors at three scales (:func:`cbir_utils.pipeline.describe`) plus the local features
-  every image needs for re-ranking (:class:`cbir_utils.verify.LocalFeatureStore`);
+  descriptors at three scales (:func:`cbir_utils.engine.pipeline.describe`) plus the local features
+  every image needs for re-ranking (:class:`cbir_utils.engine.verify.LocalFeatureStore`);
 * ``immaculate --method sscd`` / ``sscd_distilled`` (Python >= 3.12: pass its executable
   with ``--immaculate``), which embeds the same folder with the same ONNX models and groups
   near duplicates;
@@ -40,11 +40,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbir_utils import data, models, pipeline, runs  # noqa: E402
-from cbir_utils import verify as V  # noqa: E402
+from cbir_utils import runs  # noqa: E402
 from cbir_utils.config import config_from_params  # noqa: E402
+from cbir_utils.engine import models, pipeline  # noqa: E402
+from cbir_utils.engine import verify as V  # noqa: E402
 from cbir_utils.io import atomic_write_text, save_csv  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
+from cbir_utils.sources import data  # noqa: E402
 
 CBIR = "cbir index (defaults: 3 scales, SIFT, graph)"
 PEER = "immaculate --method sscd"

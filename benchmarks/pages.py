@@ -1,6 +1,6 @@
-"""Fit and measure the page detector (cbir_utils.pages) on simulated pages.
+"""Fit and measure the page detector (cbir_utils.engine.pages) on simulated pages.
 
-Pages come from cbir_utils.page_builder: fit pages of the demo's printings; validation and
+Pages come from cbir_utils.sources.page_builder: fit pages of the demo's printings; validation and
 held-out pages of the demo's and the hard collection's, on seeds of their own (the held-out
 ones are never used to fit or choose anything).
 
@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir_utils import data, page_builder, pages, paths
-from cbir_utils import index as index_mod
+from cbir_utils import paths
+from cbir_utils.engine import index as index_mod
+from cbir_utils.engine import pages
 from cbir_utils.paths import DEMO_DIR, HARD_DIR, OUTPUTS_DIR
+from cbir_utils.sources import data, page_builder
 
 FIT_SEEDS = range(100, 115)
 VAL_SEEDS = range(200, 206)

@@ -3,7 +3,7 @@
 Synthetic 1280-d descriptors: the clustered mixture of ``synthetic.synthetic_vectors``
 (cosine statistics of real demo descriptors) plus planted near-duplicate groups: 10 % of
 the images get 1 to 3 reprints (cosine about 0.9-0.98 with their original). Pairs at or
-above ``--threshold`` are found with :func:`cbir_utils.search.pairs_above`:
+above ``--threshold`` are found with :func:`cbir_utils.engine.search.pairs_above`:
 
 * ``exact``: chunked matrix products (every pair scored; the reference);
 * ``ivf``: candidates from a FAISS IVF index (each image's ``k_max`` nearest in its
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from synthetic import synthetic_vectors  # noqa: E402
 
-from cbir_utils import search  # noqa: E402
+from cbir_utils.engine import search  # noqa: E402
 from cbir_utils.io import save_csv, save_figure  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR  # noqa: E402
 

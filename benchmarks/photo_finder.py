@@ -1,9 +1,9 @@
-"""Fit and measure the photograph finder (cbir_utils.photo) on simulated pages.
+"""Fit and measure the photograph finder (cbir_utils.sources.photo) on simulated pages.
 
 Pages are made from the demo's photographs only (none of the check or hard collections'):
-a press printing (cbir_utils.demo.press_reprint), the page around it for half of them
-(cbir_utils.degrade.page_context: text columns, a caption), then archive degradations
-(cbir_utils.degrade.degrade). Every block inside the photograph's box is "photograph".
+a press printing (cbir_utils.sources.demo.press_reprint), the page around it for half of them
+(cbir_utils.sources.degrade.page_context: text columns, a caption), then archive degradations
+(cbir_utils.sources.degrade.degrade). Every block inside the photograph's box is "photograph".
 
     python benchmarks/photo_finder.py --fit     # fit on seeds 0.., print WEIGHTS
     python benchmarks/photo_finder.py --check   # measure on other seeds; fail under targets
@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from cbir_utils import degrade, demo, photo
+from cbir_utils.sources import degrade, demo, photo
 
 TARGETS = {"iou50": 0.55, "false_crop": 0.05}
 """--check: share of page scans whose photograph is found at IoU >= 0.5, and share of

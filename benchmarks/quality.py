@@ -11,7 +11,7 @@ Rows (``family`` column):
   pretrained average-pool features, cosine; and the fine-tuned class logits (a checkpoint
   trained with the study's recipe). Besides the common columns, ``study_P/R/F1`` are the
   study's own figures: top 9 results with cosine >= 0.88
-  (:func:`cbir_utils.metrics.topk_precision_recall_f1`). The study used ResNet-152; here the
+  (:func:`cbir_utils.evaluation.metrics.topk_precision_recall_f1`). The study used ResNet-152; here the
   backbone is ``efficientnet_lite0`` (the offline weights).
 * ``hash``: perceptual hashes (``imagehash``: PHash, DHash, WHash; similarity
   1 - Hamming distance / bits), and the CNN method of the peer tool ``imagededup``
@@ -66,21 +66,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbir_utils import (  # noqa: E402
-    data,
-    features,
-    models,
-    pipeline,
-    retrieval,
-    training,
-)
-from cbir_utils import descriptors as D  # noqa: E402
-from cbir_utils import metrics as M  # noqa: E402
-from cbir_utils import verify as V  # noqa: E402
 from cbir_utils.config import BACKBONE as DEFAULT_NETWORK  # noqa: E402
 from cbir_utils.config import PipelineConfig  # noqa: E402
+from cbir_utils.engine import descriptors as D  # noqa: E402
+from cbir_utils.engine import features, models, pipeline  # noqa: E402
+from cbir_utils.engine import verify as V  # noqa: E402
+from cbir_utils.evaluation import metrics as M  # noqa: E402
+from cbir_utils.evaluation import retrieval  # noqa: E402
 from cbir_utils.io import atomic_write_text, save_csv, save_json  # noqa: E402
+from cbir_utils.learning import training  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
+from cbir_utils.sources import data  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 STUDY_THRESHOLD = 0.88
@@ -844,7 +840,7 @@ def default_pipeline(backbone: str, image_size: int, descreen: float) -> Pipelin
 STUDY_RECIPE = dict(lr=1e-3, stages=(30, 50, 50))
 """Notebook 02's optimiser schedule: the study's, value for value (Adam, lr 0.001, 130 epochs
 in stages of 30, 50, 50; batch 32, one learning rate). For the frozen SSCD it trains the
-projection head and classifier (:mod:`cbir_utils.head`)."""
+projection head and classifier (:mod:`cbir_utils.learning.head`)."""
 
 
 def finetune_recipe(backbone: str, image_size: int, descreen: float) -> training.TrainConfig:
@@ -940,11 +936,11 @@ def run_backbones(
     for name, root in collections.items():
         if not resolve(root).exists():
             if name == "demo":
-                from cbir_utils.demo import build_demo_collection
+                from cbir_utils.sources.demo import build_demo_collection
 
                 build_demo_collection(resolve(root), progress=progress)
             else:
-                from cbir_utils.demo import build_check_collection
+                from cbir_utils.sources.demo import build_check_collection
 
                 build_check_collection(resolve(root), progress=progress)
         rows += _backbone_rows(

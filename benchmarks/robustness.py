@@ -1,6 +1,6 @@
 """Robustness benchmark: the default pipeline on the demo, check and hard collections.
 
-Each collection (built if missing: ``cbir_utils.demo``) is ranked by the notebooks' whole
+Each collection (built if missing: ``cbir_utils.sources.demo``) is ranked by the notebooks' whole
 pipeline (SSCD at 288 px, three scales, whitening, αDBA/αQE, SIFT re-ranking, graph) with
 the steps this benchmark decides on, side by side:
 
@@ -30,12 +30,15 @@ from pathlib import Path
 import pandas as pd
 import quality
 
-from cbir_utils import data, demo, models, pipeline, retrieval, training
-from cbir_utils import fast_finetune as F
-from cbir_utils import verify as V
 from cbir_utils.config import BACKBONE, PipelineConfig
+from cbir_utils.engine import models, pipeline
+from cbir_utils.engine import verify as V
+from cbir_utils.evaluation import retrieval
 from cbir_utils.io import atomic_write_text, save_csv
+from cbir_utils.learning import fast_finetune as F
+from cbir_utils.learning import training
 from cbir_utils.paths import OUTPUTS_DIR, resolve
+from cbir_utils.sources import data, demo
 
 COLLECTIONS = {
     "demo": ("data/demo", demo.build_demo_collection),

@@ -1,10 +1,10 @@
 """The default retrieval pipeline at scale: 100k and 1M descriptors, one query at a time.
 
-What :class:`cbir_utils.pipeline.FittedPipeline` costs on a collection far larger than the
+What :class:`cbir_utils.engine.pipeline.FittedPipeline` costs on a collection far larger than the
 demo: synthetic SSCD-sized descriptors (512-d, ``synthetic.synthetic_vectors``,
 clustered like real collections), the notebooks' default post-processing (PCA-whitening to
 64 dimensions learned on a 100k sample, αDBA and αQE with one neighbour), and the top-k
-lists from ``cbir_utils.search`` (exact below 50k, HNSW above). Measured per size:
+lists from ``cbir_utils.engine.search`` (exact below 50k, HNSW above). Measured per size:
 
 * fitting time (whitening, the αDBA database, its search indexes) and peak memory;
 * the **descriptor stage** of a new query (whitening, αDBA-like and αQE neighbours, top
@@ -14,7 +14,7 @@ lists from ``cbir_utils.search`` (exact below 50k, HNSW above). Measured per siz
   query's top 50 candidates, measured on real demo printings (features of the collection
   read from the on-disk cache, as a saved index does), and the verification graph's cost
   at indexing time (``N x 50`` verifications) extrapolated from it: on one machine, and
-  per task of a graph-shard array (``index --graph-shards M``, :mod:`cbir_utils.graph_shards`:
+  per task of a graph-shard array (``index --graph-shards M``, :mod:`cbir_utils.engine.graph_shards`:
   each task also loads the index and builds its search index, the fitting time here).
 
 Usage::
@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from synthetic import synthetic_vectors  # noqa: E402
 
-from cbir_utils import pipeline, search  # noqa: E402
-from cbir_utils import verify as V  # noqa: E402
 from cbir_utils.config import PipelineConfig  # noqa: E402
+from cbir_utils.engine import pipeline, search  # noqa: E402
+from cbir_utils.engine import verify as V  # noqa: E402
 from cbir_utils.io import atomic_write_text, markdown_table, save_csv  # noqa: E402
 from cbir_utils.paths import DEMO_DIR, OUTPUTS_DIR  # noqa: E402
 
@@ -104,10 +104,10 @@ def descriptor_stage(n: int, dim: int, n_queries: int, single: int, k: int, seed
 
 def rerank_stage(n_queries: int, top_n: int = 50) -> dict:
     """Verification of a query's top ``top_n`` on real demo printings, features cached."""
-    from cbir_utils import data
+    from cbir_utils.sources import data
 
     if not DEMO_DIR.exists():
-        from cbir_utils.demo import build_demo_collection
+        from cbir_utils.sources.demo import build_demo_collection
 
         build_demo_collection(DEMO_DIR, progress=False)
     col = data.load_collection(DEMO_DIR, validate="none", progress=False)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from synthetic import synthetic_vectors  # noqa: E402
 
-from cbir_utils import search  # noqa: E402
+from cbir_utils.engine import search  # noqa: E402
 from cbir_utils.io import save_csv, save_figure  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR  # noqa: E402
 

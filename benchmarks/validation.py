@@ -23,9 +23,9 @@ import platform
 import tempfile
 import time
 
-from cbir_utils import data
 from cbir_utils.io import save_json
 from cbir_utils.paths import OUTPUTS_DIR, resolve
+from cbir_utils.sources import data
 
 
 def _best(source, repeats: int, **kw) -> tuple[float, data.Collection]:

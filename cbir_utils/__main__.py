@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from cbir_utils.cli import main
 
 sys.exit(main())

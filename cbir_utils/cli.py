@@ -26,8 +26,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import config
-from .errors import InputError, MissingFilesError
+from cbir_utils import config
+from cbir_utils.errors import InputError, MissingFilesError
 
 # Defaults shared with notebook 01's parameters cell (tests/test_cli.py checks they agree);
 # the pipeline's (IMAGE_SIZE, SCALES, WHITEN_DIM...) are PipelineConfig's (cbir_utils.config).
@@ -92,7 +92,7 @@ def _non_negative_int(text: str) -> int:
 
 def _image_files(targets: Sequence[str]) -> list[Path]:
     """Image files named, or found recursively in named folders (sorted)."""
-    from .data import IMAGE_EXTENSIONS
+    from cbir_utils.sources.data import IMAGE_EXTENSIONS
 
     out: list[Path] = []
     for t in targets:
@@ -116,7 +116,7 @@ def _image_files(targets: Sequence[str]) -> list[Path]:
 
 
 def _open_index(name: str):
-    from .index import Index, resolve_index
+    from cbir_utils.engine.index import Index, resolve_index
 
     folder = resolve_index(name)
     return Index.load(folder), folder
@@ -129,10 +129,10 @@ def _say_left_out(args, n: int) -> None:
 
 
 def _run_dir(kind: str, index, args, params: dict) -> Path:
-    from . import runs
+    from cbir_utils import runs
 
     if args.out:  # the user's folder: its files are replaced, params.json says by what
-        from .io import save_json
+        from cbir_utils.io import save_json
 
         out = Path(args.out).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def _run_dir(kind: str, index, args, params: dict) -> Path:
 
 
 def _split(index, args):
-    from .data import split_for
+    from cbir_utils.sources.data import split_for
 
     split, _ = split_for(
         index.collection(),
@@ -181,11 +181,11 @@ def _add_output_args(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def cmd_index(args) -> int:
-    from . import pages
-    from .data import load_collection
-    from .index import model_settings
-    from .io import folder_lock
-    from .paths import OUTPUTS_DIR, ensure_outside
+    from cbir_utils.engine import pages
+    from cbir_utils.engine.index import model_settings
+    from cbir_utils.io import folder_lock
+    from cbir_utils.paths import OUTPUTS_DIR, ensure_outside
+    from cbir_utils.sources.data import load_collection
 
     sharded = args.num_shards > 1 or args.merge
     graph_job = args.graph_shard >= 0 or args.merge_graph
@@ -231,9 +231,9 @@ def cmd_index(args) -> int:
 
 def _index_into(args, col, name, folder, meta, ckpt, opts, config) -> int:
     """Build the index in ``folder``, or bring the one there up to date (its lock held)."""
-    from . import features
-    from .data import save_skipped
-    from .index import Index
+    from cbir_utils.engine import features
+    from cbir_utils.engine.index import Index
+    from cbir_utils.sources.data import save_skipped
 
     stats = features.ExtractStats()
     store = _local_store()
@@ -289,7 +289,7 @@ def _index_into(args, col, name, folder, meta, ckpt, opts, config) -> int:
 
 def _index_config(args, meta: dict):
     """The retrieval pipeline of ``index``: its options (notebook 01's defaults)."""
-    from .index import pipeline_config
+    from cbir_utils.engine.index import pipeline_config
 
     top_n = args.rerank_top_n
     return pipeline_config(
@@ -300,8 +300,8 @@ def _index_config(args, meta: dict):
 
 
 def _local_store():
-    from . import verify
-    from .index import _local_cache
+    from cbir_utils.engine import verify
+    from cbir_utils.engine.index import _local_cache
 
     return verify.LocalFeatureStore(cache_dir=_local_cache())
 
@@ -309,10 +309,10 @@ def _local_store():
 def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
     from dataclasses import replace
 
-    from . import features
-    from .data import save_skipped
-    from .index import Index, load_model, shard_scales
-    from .models import preprocess_from_meta
+    from cbir_utils.engine import features
+    from cbir_utils.engine.index import Index, load_model, shard_scales
+    from cbir_utils.engine.models import preprocess_from_meta
+    from cbir_utils.sources.data import save_skipped
 
     shards_dir = folder.with_name(folder.name + ".shards")
     paths = col.items["path"].tolist()
@@ -375,9 +375,9 @@ def _index_sharded(args, col, name, folder, meta, ckpt, opts, config) -> int:
 
 def _index_graph(args, folder: Path, name: str) -> int:
     """A graph shard (``--graph-shard K``) or the gathering of them (``--merge-graph``)."""
-    from . import graph_shards
-    from .index import Index
-    from .io import folder_lock
+    from cbir_utils.engine import graph_shards
+    from cbir_utils.engine.index import Index
+    from cbir_utils.io import folder_lock
 
     m = args.graph_shards
     if m < 1:
@@ -408,7 +408,7 @@ def _index_graph(args, folder: Path, name: str) -> int:
 
 
 def cmd_add(args) -> int:
-    from . import features
+    from cbir_utils.engine import features
 
     index, folder = _open_index(args.index)
     files = _image_files(args.images)
@@ -437,10 +437,11 @@ def cmd_add(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from . import pages, review
-    from .index import parse_box
-    from .models import file_digest
-    from .paths import region_name
+    from cbir_utils.engine import pages
+    from cbir_utils.engine.index import parse_box
+    from cbir_utils.engine.models import file_digest
+    from cbir_utils.evidence import review
+    from cbir_utils.paths import region_name
 
     index, folder = _open_index(args.index)
     files = _image_files([args.query])
@@ -480,7 +481,7 @@ def cmd_search(args) -> int:
     table = review.attach(table.assign(_q=table["query"].map(names)), decisions, "_q")
     table = table.drop(columns="_q")
     if args.html:
-        from . import contact_sheet
+        from cbir_utils.evidence import contact_sheet
 
         shown, left = review.about(decisions, [*index.relpaths, *names.values()])
         page = contact_sheet.search_results_html(
@@ -492,7 +493,7 @@ def cmd_search(args) -> int:
         _say(args, f"Review page written: {page} (judge the candidates, then export verdicts.csv)")
         _say_left_out(args, left)
     if args.out:
-        from .io import save_csv
+        from cbir_utils.io import save_csv
 
         save_csv(Path(args.out).expanduser(), table)
         _say(
@@ -500,7 +501,7 @@ def cmd_search(args) -> int:
             f"{len(files)} quer{'y' if len(files) == 1 else 'ies'}; top {args.top_k} written to {args.out}",
         )
     elif not args.html:
-        from .io import csv_text
+        from cbir_utils.io import csv_text
 
         sys.stdout.write(csv_text(table))
     return 0
@@ -510,7 +511,8 @@ def cmd_search(args) -> int:
 
 
 def _threshold(args, index, desc) -> tuple[float | None, str]:
-    from . import groups, retrieval
+    from cbir_utils.evaluation import retrieval
+    from cbir_utils.evidence import groups
 
     if args.threshold is not None:
         return args.threshold, "given"
@@ -534,8 +536,9 @@ def _threshold(args, index, desc) -> tuple[float | None, str]:
 
 
 def cmd_groups(args) -> int:
-    from . import circulation, contact_sheet, groups, provenance, review
-    from .io import save_csv, save_json
+    from cbir_utils.evidence import circulation, contact_sheet, groups, review
+    from cbir_utils.io import save_csv, save_json
+    from cbir_utils.sources import provenance
 
     index, folder = _open_index(args.index)
     import matplotlib.pyplot as plt
@@ -618,7 +621,7 @@ def _verdict_split(index, folder, args):
     """A split whose scenes are the confirmed groups of the index's verdicts (all queries)."""
     import pandas as pd
 
-    from . import groups, review
+    from cbir_utils.evidence import groups, review
 
     decisions = review.history(folder)
     if not len(decisions):
@@ -641,8 +644,9 @@ def _verdict_split(index, folder, args):
 
 
 def cmd_evaluate(args) -> int:
-    from . import retrieval, search
-    from .io import save_csv, save_json
+    from cbir_utils.engine import search
+    from cbir_utils.evaluation import retrieval
+    from cbir_utils.io import save_csv, save_json
 
     index, folder = _open_index(args.index)
     if args.verdicts:
@@ -694,7 +698,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_verdicts(args) -> int:
-    from . import review
+    from cbir_utils.evidence import review
 
     index, folder = _open_index(args.index)
     if args.action == "import":
@@ -704,7 +708,7 @@ def cmd_verdicts(args) -> int:
         _say(args, report.summary())
         return 0
     cur = review.current_verdicts(review.history(folder))
-    from .io import csv_text
+    from cbir_utils.io import csv_text
 
     sys.stdout.write(csv_text(cur))
     _say(args, f"{len(cur)} pair(s) judged: " + ", ".join(
@@ -716,8 +720,8 @@ def cmd_verdicts(args) -> int:
 
 
 def cmd_map(args) -> int:
-    from . import layout
-    from .io import save_csv
+    from cbir_utils.evidence import layout
+    from cbir_utils.io import save_csv
 
     index, _ = _open_index(args.index)
     params = {"INDEX": index.name, "METHOD": args.method, "SEED": args.seed}
@@ -742,12 +746,12 @@ def cmd_map(args) -> int:
 
 def cmd_explain(args) -> int:
     try:
-        from . import verify
+        from cbir_utils.engine import verify
     except ImportError as err:  # pragma: no cover - verify ships with the package
-        raise InputError(f"`explain` needs cbir_utils.verify (OpenCV): {err}") from err
+        raise InputError(f"`explain` needs cbir_utils.engine.verify (OpenCV): {err}") from err
     for p in (args.image_a, args.image_b):
         if not Path(p).is_file():
-            from .errors import MissingFilesError
+            from cbir_utils.errors import MissingFilesError
 
             raise MissingFilesError(f"No such image: {p}")
     match = verify.match_pair(args.image_a, args.image_b, method=args.method)
@@ -828,9 +832,9 @@ def _add_rerank_arg(p: argparse.ArgumentParser, note: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m cbir_utils``."""
-    from . import __version__
-    from .config import GROUP_METHODS as METHODS
-    from .groups import DEFAULT_K, DEFAULT_METHOD, FALLBACK_THRESHOLD
+    from cbir_utils import __version__
+    from cbir_utils.config import GROUP_METHODS as METHODS
+    from cbir_utils.evidence.groups import DEFAULT_K, DEFAULT_METHOD, FALLBACK_THRESHOLD
 
     parser = argparse.ArgumentParser(
         prog="python -m cbir_utils",
@@ -1114,7 +1118,7 @@ def merge_command(argv: Sequence[str] | None, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cbir_utils`` and ``cbir``; returns the exit status."""
-    from .errors import cli_main
+    from cbir_utils.errors import cli_main
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

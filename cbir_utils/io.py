@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from cbir_utils.errors import InputError
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl

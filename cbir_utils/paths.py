@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import InputError
+from cbir_utils.errors import InputError
 
 
 def _project_root() -> Path:

@@ -7,6 +7,7 @@ at once with one message naming the parameter, not an hour later inside the libr
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
@@ -21,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import PARAM_SPECS, Param, coerce_param
-from .errors import SettingsError, install_notebook_handler
-from .io import atomic_create_text, save_json
-from .paths import output_dir, resolve
+from cbir_utils.config import PARAM_SPECS, Param, coerce_param
+from cbir_utils.engine import models
+from cbir_utils.errors import SettingsError, install_notebook_handler
+from cbir_utils.io import atomic_create_text, save_json
+from cbir_utils.paths import NOTEBOOKS_DIR, output_dir, resolve
 
 PACKAGES = (
     "torch", "torchvision", "numpy", "pillow", "pandas", "scikit-learn", "scikit-image",
@@ -64,11 +66,8 @@ def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
         notebook: A notebook name (``"01_pretrained_retrieval"``, looked up in
             ``notebooks/``) or the path of an ``.ipynb`` file.
     """
-    import ast
 
     import nbformat
-
-    from .paths import NOTEBOOKS_DIR
 
     path = Path(notebook)
     if path.suffix != ".ipynb":
@@ -237,7 +236,6 @@ def _cross_check(p: dict[str, Any], check_paths: bool) -> list[str]:
         )
     weights = p.get("WEIGHTS")
     backbone = p.get("BACKBONE", "")
-    from . import models
 
     if backbone in models.BACKBONES and models.family_of(backbone) in models.FILE_FAMILIES:
         try:  # the SSCD model files: installed package or a local file
@@ -286,8 +284,6 @@ def check_weights_file(backbone: str, weights: str | os.PathLike) -> Path:
             weights of another backbone.
     """
     import torch
-
-    from . import models
 
     path = resolve(weights)
     if not path.is_file():

@@ -52,7 +52,7 @@ def tiny_collection(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0():
     """EfficientNet-Lite0 with its offline ImageNet weights."""
-    from cbir_utils import models
+    from cbir_utils.engine import models
 
     return models.build_model("efficientnet_lite0", "imagenet").eval()
 

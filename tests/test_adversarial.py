@@ -20,10 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cbir_utils import cli, iiif, paths, review
+from cbir_utils import cli, paths
+from cbir_utils.engine.index import Index
 from cbir_utils.errors import CollectionError, InputError
-from cbir_utils.index import Index
+from cbir_utils.evidence import review
 from cbir_utils.io import neutralise, read_csv, restore, save_csv
+from cbir_utils.sources import iiif
 
 FORMULA = '=HYPERLINK("http://evil.example/x","click")'
 HOSTILE = [FORMULA, "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\r=CR", "'=already", "''-two"]
@@ -129,7 +131,7 @@ def test_verdicts_round_trip_and_their_exports_are_safe(hostile, capsys, monkeyp
 
 def test_the_review_pages_export_is_spreadsheet_safe():
     """The page's JavaScript guards cells as :func:`cbir_utils.io.neutralise` does."""
-    from cbir_utils import contact_sheet
+    from cbir_utils.evidence import contact_sheet
 
     js = contact_sheet._VERDICT_JS
     assert "function cell" in js and '"\'" + v' in js
@@ -335,8 +337,8 @@ def test_a_hostile_reviewer_name_cannot_break_the_review_page(tmp_path, tiny_col
     runs (the imported decision is shown, the buttons work), nothing injected runs."""
     from test_review import _driver, _pressed, _ready
 
-    from cbir_utils import contact_sheet as cs
-    from cbir_utils import groups
+    from cbir_utils.evidence import contact_sheet as cs
+    from cbir_utils.evidence import groups
 
     imgs = sorted(tiny_collection.rglob("*.jpg"))[:2]
     names = [p.relative_to(tiny_collection).as_posix() for p in imgs]
@@ -485,7 +487,7 @@ def test_two_runs_never_write_one_index_at_once(hostile, tmp_path, monkeypatch):
         files.append(tmp_path / f"v{k}.csv")
         save_csv(files[-1], pd.DataFrame({"query": [meta["path"][0]],
                  "candidate": [meta["path"][2 + k]], "verdict": ["same_photo"]}))  # fmt: skip
-    code = "import sys; from cbir_utils import review; review.import_verdicts(sys.argv[1], sys.argv[2])"
+    code = "import sys; from cbir_utils.evidence import review; review.import_verdicts(sys.argv[1], sys.argv[2])"
     runs = [subprocess.Popen([sys.executable, "-c", code, str(f), str(folder)],
                              cwd=paths.PROJECT_ROOT) for f in files]  # fmt: skip
     assert [r.wait(60) for r in runs] == [0, 0]

@@ -7,7 +7,7 @@ import pytest
 from conftest import source_photo
 from PIL import Image, ImageOps
 
-from cbir_utils import augment
+from cbir_utils.sources import augment
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_long_side_shrinks_large_inputs():
 
 
 def test_registered_for_training():
-    from cbir_utils import training
+    from cbir_utils.learning import training
 
     assert "press" in training.AUGMENTATIONS
     assert isinstance(training.AUGMENTATIONS["press"], augment.PressAugment)

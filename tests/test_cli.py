@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from cbir_utils import cli, paths
-from cbir_utils.index import Index
+from cbir_utils.engine.index import Index
 
 SIZE = ["--image-size", "128", "--batch-size", "8"]
 
@@ -103,7 +103,7 @@ def test_a_folder_of_queries_is_decoded_and_hashed_once_each(local, capsys, tmp_
     local features, its name), and nothing of the queries enters the local-feature cache."""
     import PIL.Image
 
-    from cbir_utils import features, models
+    from cbir_utils.engine import features, models
 
     out, _, query, _ = local
     folder = tmp_path / "queries"
@@ -142,7 +142,7 @@ def test_a_folder_of_queries_is_decoded_and_hashed_once_each(local, capsys, tmp_
 def test_search_reranks_by_verified_local_features(local, capsys):
     """--rerank-top-n verifies the best candidates: the query's three sister printings get
     inliers and the bonus on top of their cosine; look-alikes keep their cosine."""
-    from cbir_utils import verify
+    from cbir_utils.engine import verify
 
     query = str(local[2])
     assert cli.main(["search", "tiny", query, "--top-k", "5", "--rerank-top-n", "0", "-q"]) == 0
@@ -228,9 +228,9 @@ def test_add_and_update(local, tiny_collection, tmp_path, capsys):
 
 
 def test_shards_merge_to_the_same_index(tiny_collection, tmp_path, capsys, monkeypatch):
-    from cbir_utils import verify
-    from cbir_utils.index import _local_cache
-    from cbir_utils.models import file_digest
+    from cbir_utils.engine import verify
+    from cbir_utils.engine.index import _local_cache
+    from cbir_utils.engine.models import file_digest
 
     monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")  # caches start empty
     folder = tmp_path / "sharded"
@@ -269,8 +269,8 @@ def test_graph_shards_gather_the_one_machine_graph(tiny_collection, tmp_path, ca
     """The verification graph made by graph shards (a SLURM array) and gathered is the
     graph one machine makes from the same vectors; a search before the gathering says how
     to gather; a missing shard is named; a rerun computes nothing again."""
-    from cbir_utils import graph_shards, pipeline, verify
-    from cbir_utils.index import _local_cache
+    from cbir_utils.engine import graph_shards, pipeline, verify
+    from cbir_utils.engine.index import _local_cache
 
     monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")
     monkeypatch.setattr(graph_shards, "CHUNK", 3)  # several parts per graph shard
@@ -311,7 +311,8 @@ def test_shard_jobs_check_only_their_own_images(
 ):
     """Each shard job decodes only its own files; an unusable one is left out of the merged
     index and listed in its skipped.csv, as a one-machine run does."""
-    from cbir_utils import data, features
+    from cbir_utils.engine import features
+    from cbir_utils.sources import data
 
     col = tmp_path / "collection"
     shutil.copytree(tiny_collection, col)
@@ -419,7 +420,7 @@ def test_defaults_are_the_notebooks(tmp_path):
     assert parser.parse_args(["evaluate", "i"]).ks == params["KS"]
     import inspect
 
-    from cbir_utils.index import model_settings
+    from cbir_utils.engine.index import model_settings
 
     sig = inspect.signature(model_settings).parameters
     for name in ("backbone", "weights", "pooling", "image_size", "resize", "grayscale", "descreen"):
@@ -451,7 +452,7 @@ def test_pipeline_options_are_checked_as_the_notebooks_parameters(tmp_path, caps
 
 def test_groups_without_labels_use_the_backbones_measured_threshold(local, tmp_path, capsys):
     """An unlabelled folder: SSCD's fallback threshold (0.47), not the old lite0 one."""
-    from cbir_utils import groups
+    from cbir_utils.evidence import groups
     from tests.conftest import SOURCES, reprint, source_photo
 
     flat = tmp_path / "unlabelled"

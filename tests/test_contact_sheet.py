@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir_utils import contact_sheet as cs
-from cbir_utils import groups
+from cbir_utils.evidence import contact_sheet as cs
+from cbir_utils.evidence import groups
 from cbir_utils.paths import PROJECT_ROOT
 
 

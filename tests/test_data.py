@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cbir_utils import data
+from cbir_utils.sources import data
 
 
 def test_folder_collection(tiny_collection):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir_utils import degrade
+from cbir_utils.sources import degrade
 from tests.conftest import source_photo
 
 
@@ -61,7 +61,7 @@ def test_page_context_keeps_the_photo_at_its_box_among_text(small):
 
 
 def test_hard_printing_is_deterministic_and_records_what_it_did():
-    from cbir_utils import demo
+    from cbir_utils.sources import demo
 
     base = source_photo("coffee").resize((200, 133))
     kinds = set()
@@ -80,7 +80,7 @@ def test_hard_printing_is_deterministic_and_records_what_it_did():
 
 
 def test_hard_pool_cuts_each_photo_into_its_bands():
-    from cbir_utils import demo
+    from cbir_utils.sources import demo
 
     keys = [f"debian:plasma-workspace-wallpapers:{n}" for n in demo.HARD_PACKAGES[
         "plasma-workspace-wallpapers"]]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Tests of the demo collection builder (cbir_utils.demo)."""
+"""Tests of the demo collection builder (cbir_utils.sources.demo)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from cbir_utils import demo
+from cbir_utils.sources import demo
 
 N_SMALL = 8
 

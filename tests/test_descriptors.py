@@ -8,10 +8,10 @@ import torch
 from conftest import source_photo
 from PIL import Image
 
-from cbir_utils import descriptors as D
-from cbir_utils import features, models
-from cbir_utils.data import Preprocess
-from cbir_utils.demo import halftone
+from cbir_utils.engine import descriptors as D
+from cbir_utils.engine import features, models
+from cbir_utils.sources.data import Preprocess
+from cbir_utils.sources.demo import halftone
 
 
 def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

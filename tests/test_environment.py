@@ -78,5 +78,5 @@ def test_setup_installs_augraphy_beside_the_headless_opencv():
 
     import cv2
 
-    # the version without importing it: cbir_utils.degrade imports it first (numba as Python)
+    # the version without importing it: cbir_utils.sources.degrade imports it first (numba as Python)
     assert version("augraphy") == "8.2.6" and hasattr(cv2, "imdecode")

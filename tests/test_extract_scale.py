@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from cbir_utils import data, features, models
-from cbir_utils.index import read_shards
+from cbir_utils.engine import features, models
+from cbir_utils.engine.index import read_shards
+from cbir_utils.sources import data
 
 SIZE = 96  # small inputs keep these tests fast; the pipeline is the same at any size
 META = models.model_meta("efficientnet_lite0", "imagenet", "avg", SIZE)

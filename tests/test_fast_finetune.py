@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cbir_utils import data, fast_finetune, features, models, retrieval
-from cbir_utils.fast_finetune import FastConfig, Projection, fit_projection
+from cbir_utils.engine import features, models
+from cbir_utils.evaluation import retrieval
+from cbir_utils.learning import fast_finetune
+from cbir_utils.learning.fast_finetune import FastConfig, Projection, fit_projection
+from cbir_utils.sources import data
 
 # the small ImageNet network of the tests (FastConfig's defaults are notebook 02's SSCD)
 LITE = dict(backbone="efficientnet_lite0", weights="imagenet", pooling="avg", descreen=0.0,
@@ -84,7 +87,7 @@ def test_config_validation_and_round_trip():
         FastConfig(shrinkages=(1.5,))
     c = FastConfig(dims=(32, 0), image_size=96)
     assert FastConfig.from_dict(c.to_dict()) == c
-    from cbir_utils.training import TrainConfig
+    from cbir_utils.learning.training import TrainConfig
 
     t = TrainConfig(backbone="efficientnet_lite0", image_size=160, stages=(1,), num_workers=0)
     f = FastConfig.from_train_config(t)
@@ -169,7 +172,7 @@ def test_cross_validation_prefers_the_projection_that_generalises():
 
 
 def test_query_map_matches_the_metrics_module(rng):
-    from cbir_utils import metrics
+    from cbir_utils.evaluation import metrics
 
     x = unit(rng.standard_normal((30, 5))).astype(np.float32)
     y = np.array([f"s{i % 7}" for i in range(30)], dtype=object)
@@ -185,8 +188,8 @@ def test_query_map_matches_the_metrics_module(rng):
 def test_reprint_augmentation_becomes_extra_views():
     """``augment="press"`` in notebook 02 gives the frozen path REPRINT_VIEWS reprints per
     image; each view of an image is the same every time (so it is cached), views differ."""
-    from cbir_utils.fast_finetune import REPRINT_VIEWS, ReprintedPreprocess
-    from cbir_utils.training import TrainConfig
+    from cbir_utils.learning.fast_finetune import REPRINT_VIEWS, ReprintedPreprocess
+    from cbir_utils.learning.training import TrainConfig
     from tests.conftest import source_photo
 
     press = TrainConfig(backbone="sscd", augment="press", image_size=96)
@@ -206,7 +209,7 @@ def test_reprint_augmentation_becomes_extra_views():
 def test_trained_head_learns_from_an_uninformed_start(tiny_split, lite0):
     """The study's recipe on a frozen trunk: from the identity projection and random scene
     centres, the head's validation loss falls and its accuracy rises far above chance."""
-    from cbir_utils.head import HeadNet, train_head
+    from cbir_utils.learning.head import HeadNet, train_head
 
     col, split = tiny_split
     pre = models.preprocess_for("efficientnet_lite0", 64, "letterbox")
@@ -239,7 +242,7 @@ def test_trained_head_learns_from_an_uninformed_start(tiny_split, lite0):
 
 
 def test_fast_finetune_trains_the_head_and_writes_its_curves(tmp_path, tiny_split):
-    from cbir_utils import plots
+    from cbir_utils.evidence import plots
 
     col, split = tiny_split
     cfg = FastConfig(**{**LITE, "head_views": 2, "stages": (2, 3)}, image_size=64,
@@ -258,7 +261,7 @@ def test_fast_finetune_trains_the_head_and_writes_its_curves(tmp_path, tiny_spli
 
 
 def test_the_frozen_path_takes_the_study_schedule():
-    from cbir_utils.training import TrainConfig
+    from cbir_utils.learning.training import TrainConfig
 
     study = FastConfig.from_train_config(TrainConfig(backbone="sscd", augment="press"))
     assert study.stages == (30, 50, 50) and study.lr == 1e-3

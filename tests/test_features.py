@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import ImageOps
 
-from cbir_utils import data, features, models, retrieval
+from cbir_utils.engine import features, models
+from cbir_utils.evaluation import retrieval
+from cbir_utils.sources import data
 
 META = models.model_meta("efficientnet_lite0", "imagenet", "avg", 160)
 

@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir_utils import data, features, groups, models, retrieval
+from cbir_utils.engine import features, models
+from cbir_utils.evaluation import retrieval
+from cbir_utils.evidence import groups
+from cbir_utils.sources import data
 
 
 def unit_angles(degrees) -> np.ndarray:

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir_utils import data, iiif, paths
+from cbir_utils import paths
+from cbir_utils.sources import data, iiif
 
-pytestmark = pytest.mark.filterwarnings("ignore::cbir_utils.data.SkippedFilesWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::cbir_utils.sources.data.SkippedFilesWarning")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def test_url_list_and_manifest_file(server, outputs, tmp_path):
 
 def test_index_command_with_a_manifest_url(server, outputs, capsys):
     from cbir_utils import cli
-    from cbir_utils.index import Index
+    from cbir_utils.engine.index import Index
 
     base = server["base"]
     assert cli.main(["index", f"{base}/v3/manifest.json", "--name", "iiif", "-q",

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from cbir_utils import data, features
-from cbir_utils import index as I
+from cbir_utils.engine import features
+from cbir_utils.engine import index as I
+from cbir_utils.sources import data
 
 SIZE = 128
 

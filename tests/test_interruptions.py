@@ -20,8 +20,10 @@ import torch
 import yaml
 from robust_helpers import compare, single_thread, snapshot
 
-from cbir_utils import data, features, models, training
+from cbir_utils.engine import features, models
+from cbir_utils.learning import training
 from cbir_utils.paths import NOTEBOOK_02, NOTEBOOKS_DIR
+from cbir_utils.sources import data
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the reference uses 1 too
 METRICS = ["epoch", "stage", "split", "loss", "accuracy", "precision", "recall", "f1", "lr"]
@@ -124,7 +126,8 @@ def test_notebook_02_killed_mid_training_resumes_to_the_same_result(tmp_path, ti
 EXTRACT = textwrap.dedent(
     """
     import os, signal, sys
-    from cbir_utils import data, features, models
+    from cbir_utils.engine import features, models
+    from cbir_utils.sources import data
     root, cache = sys.argv[1], sys.argv[2]
     col = data.load_collection(root, progress=False)
     model = models.build_model("efficientnet_lite0", "imagenet").eval()

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from cbir_utils import data, layout
+from cbir_utils.evidence import layout
+from cbir_utils.sources import data
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Tests of cbir_utils.metrics: hand-computed cases (arithmetic in comments) and sklearn checks."""
+"""Tests of cbir_utils.evaluation.metrics: hand-computed cases (arithmetic in comments) and sklearn checks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
-from cbir_utils import metrics as M
-from cbir_utils.metrics import (
+from cbir_utils.evaluation import metrics as M
+from cbir_utils.evaluation.metrics import (
     PairwiseResult,
     average_precision,
     best_threshold,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cbir_utils import models
+from cbir_utils.engine import models
 
 
 def test_torchvision_imports_on_cpu_torch():
@@ -36,7 +36,7 @@ def test_lite0_offline_weights_and_descriptor(lite0):
     d = lite0.descriptor(x)
     assert d.shape == (2, 1280)
     # pretrained: the ImageNet head gives confident, non-uniform logits on a real photo
-    from cbir_utils.data import Preprocess
+    from cbir_utils.sources.data import Preprocess
     from tests.conftest import source_photo
 
     prep = Preprocess(224, grayscale=False, **models.normalisation_for("efficientnet_lite0"))

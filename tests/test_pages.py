@@ -16,8 +16,11 @@ import pytest
 from conftest import SOURCES, source_photo
 from PIL import Image
 
-from cbir_utils import cli, contact_sheet, data, features, iiif, models, page_builder, pages, paths
-from cbir_utils.index import Index
+from cbir_utils import cli, paths
+from cbir_utils.engine import features, models, pages
+from cbir_utils.engine.index import Index
+from cbir_utils.evidence import contact_sheet
+from cbir_utils.sources import data, iiif, page_builder
 
 
 def _iou(a, b) -> float:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir_utils import data, degrade, models, photo
+from cbir_utils.engine import models
+from cbir_utils.sources import data, degrade, photo
 from tests.conftest import SOURCES, source_photo
 
 

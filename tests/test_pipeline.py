@@ -10,11 +10,13 @@ import pytest
 from conftest import source_photo
 from PIL import Image
 
-from cbir_utils import data, models, pipeline, retrieval
-from cbir_utils import descriptors as D
-from cbir_utils import verify as V
 from cbir_utils.config import PipelineConfig, config_from_params
-from cbir_utils.demo import halftone
+from cbir_utils.engine import descriptors as D
+from cbir_utils.engine import models, pipeline
+from cbir_utils.engine import verify as V
+from cbir_utils.evaluation import retrieval
+from cbir_utils.sources import data
+from cbir_utils.sources.demo import halftone
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def _dense(ranking, n: int, which: str = "scores") -> np.ndarray:
 
 def _dense_evaluation(scores: np.ndarray, split) -> dict:
     """mAP, pairwise F1 and the threshold of a full score matrix, by the metrics' matrix API."""
-    from cbir_utils import metrics as M
+    from cbir_utils.evaluation import metrics as M
 
     scenes = split["scene"].to_numpy(dtype=object)
     n = len(scenes)
@@ -216,7 +218,8 @@ def test_backbone_pick_uses_validation_then_micro_ap_then_speed():
 
 def test_paper_profile_is_the_studys_method():
     """The paper profile switches every added step off: plain cosine, the study's recipe."""
-    from cbir_utils import runs, training
+    from cbir_utils import runs
+    from cbir_utils.learning import training
 
     for nb in ("01_pretrained_retrieval", "03_finetuned_retrieval"):
         params = runs.check_params(
@@ -262,7 +265,8 @@ def test_config_from_params_takes_the_network_from_the_checkpoint():
 def test_notebook_02_defaults_are_the_benchmarks_recipe():
     """Notebook 02's defaults are the benchmark's recipe for the default backbone
     (``finetune_recipe``: the kept "press" augmentation, the study's schedule)."""
-    from cbir_utils import runs, training
+    from cbir_utils import runs
+    from cbir_utils.learning import training
 
     quality = _quality()
 
@@ -412,7 +416,7 @@ def test_sparse_ranking_equals_the_dense_one(coll_split):
 def test_large_collection_path_hnsw_and_whitening_sample(monkeypatch):
     """What a large collection takes (HNSW neighbours for αDBA/αQE and the top-k, whitening
     on a sample) ranks like the exact path."""
-    from cbir_utils import search
+    from cbir_utils.engine import search
 
     _quality()  # puts benchmarks/ on the path
     from synthetic import synthetic_vectors

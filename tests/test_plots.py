@@ -1,4 +1,4 @@
-"""Tests of cbir_utils.plots: every figure is built from tiny inputs and saved as a PNG."""
+"""Tests of cbir_utils.evidence.plots: every figure is built from tiny inputs and saved as a PNG."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cbir_utils import plots  # noqa: E402
-from cbir_utils.metrics import pr_curve as metrics_pr_curve  # noqa: E402
+from cbir_utils.evaluation.metrics import pr_curve as metrics_pr_curve  # noqa: E402
+from cbir_utils.evidence import plots  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

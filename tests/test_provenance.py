@@ -12,10 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir_utils import circulation, cli, data, groups, paths, provenance, retrieval, review
-from cbir_utils.index import Index
+from cbir_utils import cli, paths
+from cbir_utils.engine.index import Index
+from cbir_utils.evaluation import retrieval
+from cbir_utils.evidence import circulation, groups, review
+from cbir_utils.sources import data, provenance
 
-pytestmark = pytest.mark.filterwarnings("ignore::cbir_utils.provenance.MetadataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::cbir_utils.sources.provenance.MetadataWarning")
 SIZE = ["--image-size", "128", "--batch-size", "8"]
 
 

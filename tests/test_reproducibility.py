@@ -10,7 +10,11 @@ import pytest
 import torch
 from robust_helpers import single_thread
 
-from cbir_utils import data, features, models, retrieval, runs, training
+from cbir_utils import runs
+from cbir_utils.engine import features, models
+from cbir_utils.evaluation import retrieval
+from cbir_utils.learning import training
+from cbir_utils.sources import data
 
 METRICS = ["epoch", "stage", "split", "loss", "accuracy", "precision", "recall", "f1", "lr"]
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir_utils import contact_sheet as cs
-from cbir_utils import groups, review
 from cbir_utils.errors import CollectionError
+from cbir_utils.evidence import contact_sheet as cs
+from cbir_utils.evidence import groups, review
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir_utils import data, retrieval
 from cbir_utils.errors import CollectionError, MissingFilesError
+from cbir_utils.evaluation import retrieval
 from cbir_utils.io import save_csv
+from cbir_utils.sources import data
 
 
 def _img(path, value: int = 128, size=(12, 10)) -> None:

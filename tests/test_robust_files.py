@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 from robust_helpers import single_thread
 
-from cbir_utils import data, features
+from cbir_utils.engine import features
 from cbir_utils.errors import CollectionError, ImageDecodeError
+from cbir_utils.sources import data
 
 
 def _jpeg_bytes(seed: int = 0, size=(160, 120)) -> bytes:

@@ -8,8 +8,8 @@ import torch
 from PIL import Image, features
 from robust_helpers import single_thread
 
-from cbir_utils import data
-from cbir_utils import features as feats
+from cbir_utils.engine import features as feats
+from cbir_utils.sources import data
 
 RED = (230, 20, 20)
 

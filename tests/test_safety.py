@@ -18,8 +18,12 @@ import pandas as pd
 import pytest
 from robust_helpers import compare, single_thread, snapshot
 
-from cbir_utils import data, features, io, models, paths, retrieval, runs, training
+from cbir_utils import io, paths, runs
+from cbir_utils.engine import features, models
 from cbir_utils.errors import SettingsError
+from cbir_utils.evaluation import retrieval
+from cbir_utils.learning import training
+from cbir_utils.sources import data
 
 
 @pytest.fixture()
@@ -223,7 +227,8 @@ def test_user_files_are_loaded_without_running_code(tmp_path):
 
     import torch
 
-    from cbir_utils import models, runs
+    from cbir_utils import runs
+    from cbir_utils.engine import models
     from cbir_utils.errors import SettingsError
 
     marker = "/tmp/cbir_pwned_by_pickle"

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from cbir_utils import search
+from cbir_utils.engine import search
 from cbir_utils.paths import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
@@ -185,7 +185,7 @@ def test_pairs_cap_warns_and_keeps_best(rng):
 
 
 def test_ranked_lists_match_the_full_ranking(clustered, monkeypatch):
-    from cbir_utils import retrieval
+    from cbir_utils.evaluation import retrieval
 
     x, q = clustered[:400], np.arange(0, 400, 7)
     idx, val = retrieval.ranked_lists(x, q, 10)

@@ -9,9 +9,12 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
-from cbir_utils import data, errors, models, runs, training
+from cbir_utils import errors, runs
+from cbir_utils.engine import models
 from cbir_utils.errors import MissingFilesError, SettingsError
+from cbir_utils.learning import training
 from cbir_utils.paths import NOTEBOOKS_DIR
+from cbir_utils.sources import data
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("0*.ipynb"))
 
@@ -160,18 +163,18 @@ NOTEBOOK_CELLS = [
         "IMAGE_SIZE must be an integer >= 32",
     ),
     (
-        "from cbir_utils import data\ndata.open_collection('/no/such/folder')",
+        "from cbir_utils.sources import data\ndata.open_collection('/no/such/folder')",
         "MissingFilesError",
         "DATA_DIR '/no/such/folder' does not exist",
     ),
     (
-        "from cbir_utils import models\nmodels.build_model('resnet151')",
+        "from cbir_utils.engine import models\nmodels.build_model('resnet151')",
         "InputError",  # a ValueError: the package's own errors are CbirError subclasses
         "Unknown backbone 'resnet151'",
     ),
     (
         "import torch\n"
-        "from cbir_utils import models\n"
+        "from cbir_utils.engine import models\n"
         "from cbir_utils._compat import import_torchvision\n"
         "tv = import_torchvision()\n"
         "torch.hub.set_dir(TMP)\n"

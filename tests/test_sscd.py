@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from cbir_utils import features, models, runs
+from cbir_utils import runs
+from cbir_utils.engine import features, models
 from cbir_utils.errors import SettingsError
 from tests.conftest import SOURCES, source_photo
 
@@ -151,7 +152,7 @@ def test_sscd_input_pixels_are_gray_with_a_mean_colour_letterbox():
 
 def _tiny_split(collection):
     """Printings 0 and 1 of each scene train, printing 2 validates (no held-out scene)."""
-    from cbir_utils import data
+    from cbir_utils.sources import data
 
     rel = collection.items["relpath"].astype(str)
     k = rel.str.extract(r"_(\d+)\.jpg$")[0].astype(int)
@@ -169,7 +170,8 @@ def _tiny_split(collection):
 def test_finetuning_a_frozen_sscd_classifies_well_above_chance(tiny_collection, tmp_path):
     """Notebook 02's path for an ONNX backbone: a projection head and a classifier trained
     over its descriptors with the study's 130 epochs."""
-    from cbir_utils import data, training
+    from cbir_utils.learning import training
+    from cbir_utils.sources import data
 
     collection = data.open_collection(tiny_collection, build_demo=False)
     split = _tiny_split(collection)

@@ -1,4 +1,4 @@
-"""Tests of cbir_utils.training on a tiny synthetic collection (resnet18, random init, 64 px)."""
+"""Tests of cbir_utils.learning.training on a tiny synthetic collection (resnet18, random init, 64 px)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from cbir_utils import config, training
-from cbir_utils.data import Preprocess, load_collection, load_image
+from cbir_utils import config
+from cbir_utils.engine.models import load_checkpoint, preprocess_from_meta
 from cbir_utils.errors import SettingsError
-from cbir_utils.models import load_checkpoint, preprocess_from_meta
-from cbir_utils.training import (
-    HISTORY_COLUMNS,
-    TrainConfig,
-    predict,
-    train,
-)
+from cbir_utils.learning import training
+from cbir_utils.learning.training import HISTORY_COLUMNS, TrainConfig, predict, train
+from cbir_utils.sources.data import Preprocess, load_collection, load_image
 
 SCENES = ("alpha", "beta", "gamma", "delta")
 # Per scene: 2 train, 1 val, 1 test image.

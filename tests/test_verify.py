@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from cbir_utils import verify
-from cbir_utils.demo import halftone
+from cbir_utils.engine import verify
+from cbir_utils.sources.demo import halftone
 
 matplotlib.use("Agg")
 

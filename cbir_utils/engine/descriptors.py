@@ -1,0 +1,273 @@
+"""Post-processing of global descriptors: multi-scale, PCA-whitening, query expansion.
+
+The standard recipe of CNN image retrieval (Radenović, Tolias and Chum), on top of the pooled,
+L2-normalised descriptors of :mod:`cbir_utils.engine.features`:
+
+* :func:`extract_multiscale`: descriptors at several input sizes, summed and re-normalised
+  (a print seen at several scales; also blurs the halftone screen at the small scales).
+* :func:`fit_whitening` / :class:`Whitening`: PCA-whitening learned, without labels, on the
+  collection's own descriptors (centring, decorrelation, optional dimension reduction).
+* :func:`neighbour_mean`: αQE (a query) and αDBA (the database itself): a descriptor is
+  replaced by the weighted mean of itself and its nearest neighbours (weights
+  ``cosine ** alpha``), which pulls the printings of one scene together.
+
+All functions are pure: arrays in, new arrays out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from cbir_utils.engine import features
+from cbir_utils.engine.search import exact_search
+from cbir_utils.errors import InputError
+from cbir_utils.sources.data import Preprocess
+
+
+def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation (``float32``)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def _check_desc(x: np.ndarray, name: str = "descriptors") -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or not len(x):
+        raise InputError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}.")
+    if not np.isfinite(x).all():
+        raise InputError(f"{name} contains NaN or infinite values.")
+    return x
+
+
+# --------------------------------------------------------------------------- multi-scale
+
+
+def scaled_sizes(image_size: int, scales: Sequence[float]) -> list[int]:
+    """Input sizes of a multi-scale extraction (each at least 32 px, duplicates removed)."""
+    if not scales or any(s <= 0 for s in scales):
+        raise InputError(f"scales must be positive numbers, got {scales!r}.")
+    out: list[int] = []
+    for s in scales:
+        size = max(32, round(image_size * float(s)))
+        if size not in out:
+            out.append(size)
+    return out
+
+
+def extract_multiscale(
+    model,
+    paths: Sequence[str | os.PathLike],
+    preprocess: Preprocess,
+    scales: Sequence[float] = (1.0,),
+    cache_dir: str | os.PathLike | None = None,
+    model_meta: dict | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """Descriptors at several input sizes, summed and L2-normalised.
+
+    Each scale ``s`` runs the extraction with ``image_size = round(s * preprocess.image_size)``
+    (the descreen radius is relative to the image, so it is unchanged). With ``cache_dir``
+    and ``model_meta`` every scale goes through :func:`features.extract_cached`.
+
+    Args:
+        model: A :class:`models.RetrievalNet`.
+        paths: Image files, or decoded images (PIL; with ``keys=`` their files' digests
+            when cached): an image is then decoded once for all the scales.
+        preprocess: The base preprocessing (scale 1).
+        scales: Relative input sizes, e.g. ``(1.0, 0.707)``; ``(1.0,)`` is single-scale.
+        cache_dir: Optional descriptor cache folder.
+        model_meta: The model's meta (needed with ``cache_dir``).
+        **kwargs: Passed to the extraction (``mirror``, ``batch_size``, ``num_workers``...).
+
+    Returns:
+        ``float32`` ``(len(paths), D)`` unit-norm rows.
+    """
+
+    stats = kwargs.pop("stats", None)  # counted per image: computed at some scale, or cached
+    keys = kwargs.pop("keys", None)  # the files' digests, when known (images may be decoded)
+    per_scale = []
+    total = None
+    for size in scaled_sizes(preprocess.image_size, scales):
+        pre = replace(preprocess, image_size=size)
+        if cache_dir is not None:
+            if model_meta is None:
+                raise InputError("model_meta is needed to cache descriptors (cache_dir given).")
+            meta = {**model_meta, "image_size": size}
+            st = features.ExtractStats()
+            v = features.extract_cached(
+                model, paths, pre, cache_dir, meta, stats=st, keys=keys, **kwargs
+            )
+            per_scale.append(st)
+        else:
+            v = features.extract(model, paths, pre, **kwargs)
+        v = np.asarray(v, dtype=np.float32)
+        total = v.copy() if total is None else total + v
+    if stats is not None:
+        if per_scale:
+            stats.computed += max(st.computed for st in per_scale)
+            stats.cached += min(st.cached for st in per_scale)
+            stats.keys += per_scale[0].keys
+        else:
+            stats.computed += len(paths)
+    return l2n(total)
+
+
+# --------------------------------------------------------------------------- whitening
+
+
+@dataclass
+class Whitening:
+    """A learned PCA-whitening: ``l2n((x - mean) @ projection)``.
+
+    Attributes:
+        mean: ``(D,)`` mean of the training descriptors.
+        projection: ``(D, d)`` principal directions scaled by ``eigenvalue ** -power``.
+        eigenvalues: ``(d,)`` kept eigenvalues, largest first.
+        power: 0.5 = full whitening, 0 = PCA rotation only.
+    """
+
+    mean: np.ndarray
+    projection: np.ndarray
+    eigenvalues: np.ndarray
+    power: float
+
+    @property
+    def dim(self) -> int:
+        """Output dimension."""
+        return int(self.projection.shape[1])
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Whiten descriptors ``(N, D)`` to unit-norm ``(N, d)``."""
+        x = _check_desc(x)
+        if x.shape[1] != len(self.mean):
+            raise InputError(
+                f"Descriptors have dimension {x.shape[1]}, the whitening expects {len(self.mean)}."
+            )
+        return l2n((x - self.mean) @ self.projection)
+
+    __call__ = apply
+
+    def to_dict(self) -> dict:
+        """The arrays by name (for ``np.savez``)."""
+        return {
+            "mean": self.mean,
+            "projection": self.projection,
+            "eigenvalues": self.eigenvalues,
+            "power": np.float32(self.power),
+        }
+
+
+def fit_whitening(
+    x: np.ndarray, dim: int | None = None, power: float = 0.5, shrinkage: float = 0.1
+) -> Whitening:
+    """Learn a PCA-whitening on descriptors, without labels.
+
+    With fewer images than dimensions (a small collection), the covariance has many zero
+    eigenvalues; ``dim`` is capped at ``N - 1`` and the eigenvalues are shrunk towards their
+    mean (``(1 - shrinkage) * λ + shrinkage * mean(λ)``) so that noise directions are not
+    blown up.
+
+    Args:
+        x: Training descriptors ``(N, D)`` (e.g. the whole collection's).
+        dim: Dimensions kept (largest variance first); ``None`` keeps all that exist.
+        power: Exponent of the eigenvalue scaling: 0.5 whitens fully, 0 only rotates.
+        shrinkage: In [0, 1]: regularisation of the eigenvalues.
+
+    Returns:
+        A :class:`Whitening`.
+    """
+    x = _check_desc(x)
+    if len(x) < 2:
+        raise InputError("Need at least 2 descriptors to learn a whitening.")
+    if not 0.0 <= shrinkage <= 1.0:
+        raise InputError(f"shrinkage must be in [0, 1], got {shrinkage!r}.")
+    if power < 0:
+        raise InputError(f"power must be >= 0, got {power!r}.")
+    n, d_in = x.shape
+    max_dim = min(d_in, n - 1)
+    if dim is None:
+        dim = max_dim
+    if int(dim) < 1:
+        raise InputError(f"dim must be a positive integer, got {dim!r}.")
+    dim = min(int(dim), max_dim)
+    mean = x.mean(axis=0, dtype=np.float64)
+    xc = (x - mean).astype(np.float64)
+    # SVD of the centred data: right singular vectors = covariance eigenvectors
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    eig = (s**2) / max(n - 1, 1)
+    eig_kept = eig[:dim]
+    reg = (1.0 - shrinkage) * eig_kept + shrinkage * eig_kept.mean()
+    reg = np.maximum(reg, 1e-12)
+    proj = vt[:dim].T / reg**power
+    return Whitening(
+        mean=mean.astype(np.float32),
+        projection=proj.astype(np.float32),
+        eigenvalues=eig_kept.astype(np.float32),
+        power=float(power),
+    )
+
+
+# --------------------------------------------------------------------------- query expansion
+
+
+def neighbour_mean(
+    x: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    alpha: float,
+    exclude: np.ndarray | None = None,
+    searcher=None,
+) -> np.ndarray:
+    """Each row of ``x`` plus its ``k`` nearest rows of ``db``, weighted ``cos ** alpha``.
+
+    The neighbours come from :func:`cbir_utils.engine.search.exact_search` (chunked: memory
+    ``O(len(x) k)``, never ``len(x) x len(db)``), or from ``searcher`` (a
+    :class:`cbir_utils.engine.search.SearchIndex` built on ``db``, e.g. HNSW for millions).
+    ``exclude``: per row, a ``db`` row that is not its neighbour (its own row when ``x``
+    are database descriptors), ``-1`` for none.
+    """
+
+    if k < 0:
+        raise InputError(f"k must be >= 0, got {k!r}.")
+    if alpha < 0:
+        raise InputError(f"alpha must be >= 0, got {alpha!r}.")
+    if k == 0:
+        return l2n(x)
+    nb = searcher.search(x, k, exclude) if searcher is not None else exact_search(x, db, k, exclude)
+    idx, sims = nb.indices, nb.scores.astype(np.float32)
+    ok = idx >= 0
+    w = np.where(ok, np.clip(sims, 0.0, None), 0.0) ** alpha
+    w = np.where(ok, w, 0.0)
+    return l2n(x + np.einsum("nk,nkd->nd", w, db[np.where(ok, idx, 0)]))
+
+
+# --------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Which post-processing the pipeline applies (all off by default).
+
+    Attributes:
+        whiten: Learn a PCA-whitening on the database descriptors and apply it.
+        whiten_dim: Dimensions kept by the whitening (``None``: all available).
+        whiten_power: 0.5 full whitening; smaller is milder.
+        whiten_shrinkage: Eigenvalue shrinkage (see :func:`fit_whitening`).
+        qe_k: Neighbours of αQE (0 = off).
+        qe_alpha: αQE weight exponent.
+        dba_k: Neighbours of αDBA on the database (0 = off).
+        dba_alpha: αDBA weight exponent.
+    """
+
+    whiten: bool = False
+    whiten_dim: int | None = None
+    whiten_power: float = 0.5
+    whiten_shrinkage: float = 0.1
+    qe_k: int = 0
+    qe_alpha: float = 3.0
+    dba_k: int = 0
+    dba_alpha: float = 3.0

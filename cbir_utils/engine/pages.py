@@ -1,0 +1,411 @@
+"""Photographs found on digitised pages: each becomes an item ``<page>#xywh=x,y,w,h``.
+
+Archives and IIIF manifests give whole pages: several photographs among columns of text,
+captions, line drawings and mastheads (``shared/DOMAIN.md``). :func:`find_photos` cuts
+them out before anything is described, as the Library of Congress's Newspaper Navigator did:
+
+1. every block of 8 x 8 pixels of the page at a 1024-pixel long side gets texture features
+   (:func:`features`); a small perceptron (:data:`MODEL`, fitted by ``benchmarks/pages.py
+   --fit`` on pages of the demo's printings, :mod:`cbir_utils.sources.page_builder`) gives it a
+   probability of photograph;
+2. the page is turned upright (:func:`skew`, measured on the blocks that are not photograph)
+   and its blocks classified again;
+3. blocks above :data:`THRESHOLD` form regions, cut where a row or column of them is nearly
+   empty (:data:`XY_EMPTY`), then along gutters of bare paper that cross them whole (a
+   photo-story printed a few pixels apart, :data:`FLAT`);
+4. a region is a photograph when it fills its box (:data:`MIN_FILL`: an oval fills 0.79), is
+   large and compact enough, mostly photograph blocks and clear of the scan's edges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from cbir_utils import paths
+from cbir_utils.engine.features import shard_rows
+from cbir_utils.engine.models import file_digest
+from cbir_utils.errors import ImageDecodeError
+from cbir_utils.io import save_json
+from cbir_utils.paths import region_name
+from cbir_utils.sources import photo
+from cbir_utils.sources.data import Collection, load_image
+
+VERSION = 2
+"""Bump when :func:`find_photos` cuts otherwise for the same settings (cached detections)."""
+SIDE = 1024
+"""Long side (px) a page is analysed at."""
+BLOCK = photo.BLOCK
+MODEL = Path(__file__).with_name("page_detector.npz")
+"""The block classifier: a small perceptron (``mean``, ``scale`` of the features, then layers
+``w0, b0, w1, b1, ...``; ReLU between, a sigmoid last), written by ``benchmarks/pages.py --fit``."""
+THRESHOLD = 0.8
+MIN_AREA = 0.006
+"""Smallest photograph, as a share of the page's area."""
+MIN_FILL = 0.55
+"""Smallest share of its box a region must fill."""
+MIN_SIDE = 0.05
+"""Smallest side of a photograph, as a share of the page's long side."""
+MAX_ASPECT = 3.5
+"""Longest side over shortest: a longer strip is a line of bold text or a rule."""
+OPEN = 3
+"""Side (blocks) of the opening that clears specks and thin bridges of the mask."""
+XY_EMPTY = 0.2
+"""A row or column of a region with at most this share of photograph blocks parts it."""
+FLAT = 0.3
+"""A gutter of paper varies along its length at most this share of a photograph column's median."""
+EDGE = 0.005
+"""A box this close to the scan's edge (share of its long side) is the sheet's border."""
+MIN_MEAN = 0.6
+"""Smallest mean probability of photograph over a box's blocks."""
+
+Box = tuple[int, int, int, int]
+
+
+def features(img: Image.Image) -> np.ndarray:
+    """Block features ``(rows, cols, F)``: :func:`photo.block_features` of 8-pixel blocks, of
+    16- and 32-pixel blocks around them (a text line's alternation shows at the scale of its
+    pitch), and their averages over 3 x 3 and 9 x 9 blocks."""
+    f = photo.block_features(img, side=SIDE)
+    rows, cols = f.shape[:2]
+    coarse = []
+    for k in (2, 4):
+        g = photo.block_features(img, side=SIDE // k)[..., :8]
+        g = np.repeat(np.repeat(g, k, axis=0), k, axis=1)[:rows, :cols]
+        pad = ((0, rows - g.shape[0]), (0, cols - g.shape[1]), (0, 0))
+        coarse.append(np.pad(g, pad, mode="edge"))
+    extra = [
+        ndimage.uniform_filter(f[..., i], size=s, mode="nearest") for s in (3, 9) for i in range(8)
+    ]
+    return np.concatenate([f, *coarse, np.stack(extra, axis=-1)], axis=-1)
+
+
+@lru_cache(maxsize=4)
+def load_model(path: str | os.PathLike = MODEL) -> dict[str, np.ndarray]:
+    """The arrays of a block classifier file (read without pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def detector_id(model: dict[str, np.ndarray] | None = None) -> str:
+    """Identifies the detector (its arrays and settings): the key of cached detections."""
+    m = load_model() if model is None else model
+    settings = (VERSION, SIDE, THRESHOLD, OPEN, XY_EMPTY, FLAT, EDGE)
+    settings += (MIN_AREA, MIN_FILL, MIN_SIDE, MAX_ASPECT, MIN_MEAN)
+    h = hashlib.sha1(repr(settings).encode())
+    for k in sorted(m):
+        h.update(k.encode() + np.ascontiguousarray(m[k]).tobytes())
+    return h.hexdigest()[:12]
+
+
+def probability(img: Image.Image, model: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Probability that each block of the page is photograph ``(rows, cols)``."""
+    m = load_model() if model is None else model
+    f = features(img)
+    x = ((f - m["mean"]) / m["scale"]).reshape(-1, f.shape[-1])
+    n = sum(k.startswith("w") for k in m)
+    for i in range(n):
+        x = x @ m[f"w{i}"] + m[f"b{i}"]
+        if i < n - 1:
+            x = np.maximum(x, 0)
+    return (1.0 / (1.0 + np.exp(-x))).reshape(f.shape[:2])
+
+
+def skew(
+    gray: np.ndarray, text: np.ndarray | None = None, limit: float = 2.0, step: float = 0.1
+) -> float:
+    """The page's skew (degrees, counter-clockwise as PIL rotates): the angle at which its
+    ink's row profile is sharpest (text lines and rules line up).
+
+    ``text``: where the ink counts, a mask of blocks (resized to the page); the rows of a
+    halftone screen would line up at the screen's angle, so photographs are left out."""
+    k = max(1, max(gray.shape) // 1000)
+    g = gray[::k, ::k]
+    ink = g < np.percentile(g, 10)
+    if text is not None:
+        rows = np.minimum(np.arange(g.shape[0]) * text.shape[0] // g.shape[0], text.shape[0] - 1)
+        cols = np.minimum(np.arange(g.shape[1]) * text.shape[1] // g.shape[1], text.shape[1] - 1)
+        ink &= text[np.ix_(rows, cols)]
+    ys, xs = np.nonzero(ink)
+    if not len(ys):  # a blank page: nothing to line up
+        return 0.0
+    best, angle = -1.0, 0.0
+    for a in np.arange(-limit, limit + step / 2, step):
+        rows = np.round(ys - xs * np.tan(np.deg2rad(a))).astype(np.int64)
+        score = float(np.square(np.bincount(rows - rows.min()).astype(np.float64)).sum())
+        if score > best:
+            best, angle = score, float(a)
+    return -angle
+
+
+def _paper(a: np.ndarray, axis: int) -> np.ndarray:
+    """Which columns (``axis=0``) or rows (``axis=1``) of ``a`` are bare paper: as light as
+    the lightest quarter of ``a`` and flat along their length (a photograph's are not)."""
+    mean, std = a.mean(axis=axis), a.std(axis=axis)
+    return (mean >= np.percentile(a, 75)) & (std <= max(4.0, FLAT * float(np.median(std))))
+
+
+def _runs(profile: np.ndarray, lo: int, hi: int, widest: int) -> list[int]:
+    """Centres of runs of ``True`` in ``profile`` inside ``[lo, hi)``, at most ``widest`` long
+    (a gutter between photographs; a wider strip of paper inside one is sky or a wall)."""
+    cuts, start = [], None
+    for i in range(lo, hi):
+        if profile[i] and start is None:
+            start = i
+        elif not profile[i] and start is not None:
+            if i - start <= widest:
+                cuts.append((start + i) // 2)
+            start = None
+    return cuts
+
+
+def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
+    """``box`` trimmed of paper at its edges, and cut along gutters of paper that cross it
+    whole (photographs printed a few pixels apart)."""
+    x, y, w, h = box
+    a = gray[y : y + h, x : x + w]
+    if a.size == 0:
+        return []
+    rows, cols = np.flatnonzero(~_paper(a, 1)), np.flatnonzero(~_paper(a, 0))
+    if not len(rows) or not len(cols):
+        return []
+    x, y = x + int(cols[0]), y + int(rows[0])
+    w, h = int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+    a = gray[y : y + h, x : x + w]
+    for axis, length in ((0, w), (1, h)):  # columns of paper first, then rows
+        cuts = _runs(_paper(a, axis), min_side, length - min_side, max(3, min_side // 4))
+        if cuts:
+            c = cuts[0]
+            parts = (
+                [(x, y, c, h), (x + c, y, w - c, h)]
+                if axis == 0
+                else [(x, y, w, c), (x, y + c, w, h - c)]
+            )
+            return [b for p in parts for b in _split(gray, p, min_side)]
+    return [(x, y, w, h)]
+
+
+def _xy_cut(mask: np.ndarray, sl: tuple[slice, slice]) -> list[tuple[slice, slice]]:
+    """The block region ``sl`` of ``mask`` cut where a whole row or column of it is (nearly)
+    empty, recursively: regions that noise joined come apart."""
+    m = mask[sl]
+    for axis in (0, 1):
+        empty = m.mean(axis=axis) <= XY_EMPTY
+        inner = np.flatnonzero(empty[1:-1]) + 1
+        if len(inner):
+            c = int(inner[0])
+            if axis == 0:
+                a, b = (
+                    (sl[0], slice(sl[1].start, sl[1].start + c)),
+                    (sl[0], slice(sl[1].start + c + 1, sl[1].stop)),
+                )
+            else:
+                a, b = (
+                    (slice(sl[0].start, sl[0].start + c), sl[1]),
+                    (slice(sl[0].start + c + 1, sl[0].stop), sl[1]),
+                )
+            out = []
+            for part in (a, b):
+                sub = mask[part]
+                if sub.any():
+                    r, q = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+                    out += _xy_cut(
+                        mask,
+                        (
+                            slice(part[0].start + r[0], part[0].start + r[-1] + 1),
+                            slice(part[1].start + q[0], part[1].start + q[-1] + 1),
+                        ),
+                    )
+            return out
+    return [sl]
+
+
+def find_photos(
+    img: Image.Image,
+    model: dict[str, np.ndarray] | None = None,
+    threshold: float = THRESHOLD,
+) -> list[Box]:
+    """Pixel boxes ``(x, y, w, h)`` of the photographs on page ``img``, top to bottom.
+
+    The page is first turned upright (:func:`skew`); boxes are in ``img``'s own pixels. An
+    empty list when the page holds none (text, drawings, a masthead only).
+    """
+    gray = img.convert("L")
+    p = probability(gray, model)
+    angle = skew(np.asarray(gray, dtype=np.float32), text=p < 0.5)
+    upright = gray.rotate(-angle, resample=Image.BILINEAR, fillcolor=255) if angle else gray
+    p = probability(upright, model) if angle else p
+    mask = ndimage.binary_opening(p >= threshold, structure=np.ones((OPEN, OPEN)))
+    k = max(img.size) / SIDE * BLOCK  # block -> pixel of the page
+    gray = np.asarray(upright, dtype=np.float32)
+    min_side = int(MIN_SIDE * max(img.size))
+    labels, _ = ndimage.label(mask)
+    boxes: list[Box] = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        for part in _xy_cut(labels == i, sl):
+            if (labels[part] == i).mean() < MIN_FILL:
+                continue
+            x0, y0 = int(part[1].start * k), int(part[0].start * k)
+            x1, y1 = min(img.width, int(part[1].stop * k)), min(img.height, int(part[0].stop * k))
+            for b in _split(gray, (x0, y0, x1 - x0, y1 - y0), min_side):
+                if _plausible(b, p, k, img.size):
+                    boxes.append(_unrotate(b, angle, img.size))
+    return sorted(boxes, key=lambda b: (b[1], b[0]))
+
+
+def _plausible(box: Box, p: np.ndarray, k: float, size: tuple[int, int]) -> bool:
+    """A photograph's size and shape, blocks that are mostly photograph, and clear of the
+    scan's edges (a page's photographs lie inside its margins; the edges hold the scanner's
+    bed and the sheet's border)."""
+    x, y, w, h = box
+    m = EDGE * max(size)
+    if x <= m or y <= m or x + w >= size[0] - m or y + h >= size[1] - m:
+        return False
+    if min(w, h) < MIN_SIDE * max(size) or w * h < MIN_AREA * size[0] * size[1]:
+        return False
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        return False
+    inner = p[int(y / k) : int(np.ceil((y + h) / k)), int(x / k) : int(np.ceil((x + w) / k))]
+    return inner.size > 0 and float(inner.mean()) >= MIN_MEAN
+
+
+def _unrotate(box: Box, angle: float, size: tuple[int, int]) -> Box:
+    """The box, in the upright page, as a box of the page rotated by ``angle`` (its bounds)."""
+    if not angle:
+        return box
+    x0, y0, x1, y1 = photo.rotated_bounds(box, angle, size)
+    x0, y0 = max(0, int(x0)), max(0, int(y0))
+    x1, y1 = min(size[0], int(np.ceil(x1))), min(size[1], int(np.ceil(y1)))
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+# ------------------------------------------------------------------ pages of a collection
+
+NO_PHOTO = "no photograph found on this page; it is not indexed"
+
+
+def _detection(path, cache_dir=None, detect: bool = True) -> dict | None:
+    """``{"boxes": [...], "size": [w, h]}`` of a page file (the size of the page as
+    :func:`cbir_utils.sources.data.load_image` decodes it, which the boxes are in), cached by the
+    file's SHA-1 and :func:`detector_id`; ``None`` when not cached and ``detect`` is off."""
+    folder = Path(cache_dir) if cache_dir is not None else paths.OUTPUTS_DIR / "cache" / "pages"
+    f = folder / detector_id() / f"{file_digest(path)}.json"
+    try:
+        found = json.loads(f.read_text())
+        return {"boxes": [tuple(b) for b in found["boxes"]], "size": tuple(found["size"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet, or a damaged entry: detect again
+    if not detect:
+        return None
+    page = load_image(path)
+    found = {"boxes": find_photos(page), "size": page.size}
+    save_json(f, {"boxes": [list(b) for b in found["boxes"]], "size": list(page.size)})
+    return found
+
+
+def detect_cached(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, detect: bool = True
+) -> list[Box] | None:
+    """:func:`find_photos` of a page file, cached (``outputs/cache/pages/`` by default);
+    ``None`` when not cached and ``detect`` is off."""
+    found = _detection(path, cache_dir, detect)
+    return None if found is None else found["boxes"]
+
+
+def detect_shard(
+    col: Collection, shard: int, num_shards: int, cache_dir=None, progress: bool = True
+) -> int:
+    """Detect the photographs of shard ``shard`` of ``num_shards`` of the pages of ``col``
+    (a SLURM array task; cached per page); returns how many pages of the *other* shards are
+    not detected yet (the descriptors wait for every page's photographs)."""
+    rows = shard_rows(len(col.items), shard, num_shards)
+    page_paths = col.items["path"].tolist()
+    for p in tqdm(
+        page_paths[rows.start : rows.stop], desc="photographs on pages", disable=not progress
+    ):
+        try:
+            detect_cached(p, cache_dir)
+        except ImageDecodeError:
+            pass  # listed in skipped.csv when the collection is expanded
+    return sum(
+        detect_cached(p, cache_dir, detect=False) is None
+        for i, p in enumerate(page_paths) if i not in rows
+    )  # fmt: skip
+
+
+def region_url(iiif_image: str, box: Box, page_size: tuple[int, int]) -> str:
+    """The IIIF Image API URL of ``box`` (pixels of the fetched page of size ``page_size``),
+    from the page's own image URL ``{service}/{region}/{size}/{rotation}/{quality}``.
+
+    Percentages of the full image (``pct:``) when the page was the full image; else pixels
+    of the full image, scaled from the page's region."""
+    parts = str(iiif_image).rsplit("/", 4)
+    if len(parts) != 5:
+        return ""
+    service, region = parts[0], parts[1]
+    x, y, w, h = box
+    W, H = page_size
+    if region == "full":
+        r = f"pct:{100 * x / W:.3f},{100 * y / H:.3f},{100 * w / W:.3f},{100 * h / H:.3f}"
+    else:
+        try:
+            rx, ry, rw, rh = (float(v) for v in region.split(","))
+        except ValueError:
+            return ""
+        sx, sy = rw / W, rh / H
+        r = f"{round(rx + x * sx)},{round(ry + y * sy)},{round(w * sx)},{round(h * sy)}"
+    return f"{service}/{r}/max/0/default.jpg"
+
+
+def expand(
+    col: Collection, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> Collection:
+    """The photographs on the pages of ``col``: one item per photograph found, named
+    ``<page>#xywh=x,y,w,h`` (:func:`cbir_utils.paths.region_name`), with its page's scene and
+    metadata, ``box`` (``x,y,w,h``) and, for IIIF pages, ``iiif_image`` the region's URL.
+
+    A page with no photograph becomes a ``no_photograph`` row of ``skipped``; one that
+    cannot be decoded, a row of its kind. Nothing stops the others.
+    """
+    rows, skipped = [], []
+    records = col.items.to_dict("records")
+    for row in tqdm(records, desc="photographs on pages", disable=not progress):
+        why = {"relpath": row["relpath"], "scene": row["scene"]}
+        try:
+            found = _detection(row["path"], cache_dir)
+        except ImageDecodeError as e:
+            skipped.append({**why, "kind": e.kind, "reason": e.reason})
+            continue
+        if not found["boxes"]:
+            skipped.append({**why, "kind": "no_photograph", "reason": NO_PHOTO})
+        for b in found["boxes"]:
+            item = {**row, "relpath": region_name(row["relpath"], b),
+                    "path": region_name(row["path"], b), "box": ",".join(map(str, b))}  # fmt: skip
+            if str(row.get("iiif_image", "")).startswith("http"):
+                item["iiif_image"] = region_url(row["iiif_image"], b, found["size"])
+            rows.append(item)
+    columns = [*col.items.columns, *([] if "box" in col.items.columns else ["box"])]
+    items = pd.DataFrame(rows, columns=columns).fillna("")
+    extra = pd.DataFrame(skipped, columns=list(col.skipped.columns))
+    return replace(col, items=items, skipped=pd.concat([col.skipped, extra], ignore_index=True))
+
+
+def best_matches(
+    query_desc: np.ndarray, region_desc: np.ndarray, names: Sequence[str]
+) -> tuple[list[str], list[float]]:
+    """For each query descriptor, the most similar photograph found on pages (its name) and
+    the cosine (descriptors L2-normalised)."""
+    scores = np.asarray(query_desc, np.float32) @ np.asarray(region_desc, np.float32).T
+    best = scores.argmax(axis=1)
+    return [str(names[i]) for i in best], [float(scores[q, i]) for q, i in enumerate(best)]
