@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from cbir_utils import paths as project
 from cbir_utils.config import PARAM_SPECS, Param, coerce_param
 from cbir_utils.engine import models
 from cbir_utils.errors import SettingsError, install_notebook_handler
 from cbir_utils.io import atomic_create_text, save_json
-from cbir_utils.paths import NOTEBOOKS_DIR, output_dir, resolve
+from cbir_utils.paths import output_dir, resolve
 
 PACKAGES = (
     "torch", "torchvision", "numpy", "pillow", "pandas", "scikit-learn", "scikit-image",
@@ -71,7 +72,7 @@ def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(notebook)
     if path.suffix != ".ipynb":
-        path = NOTEBOOKS_DIR / f"{notebook}.ipynb"
+        path = project.NOTEBOOKS_DIR / f"{notebook}.ipynb"
     nb = nbformat.read(path, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     return {

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from cbir_utils import cli, paths
+from cbir_utils.cli import common
 from cbir_utils.engine.index import Index
 
 SIZE = ["--image-size", "128", "--batch-size", "8"]
@@ -52,7 +53,7 @@ def test_index_subprocess(session):
     assert "20 descriptors computed" in res.stderr and "Traceback" not in res.stderr
     index = Index.load(out / "index" / "tiny")
     assert len(index) == 20 and index.meta["image_size"] == 128
-    assert index.meta["backbone"] == cli.DEFAULTS["BACKBONE"]
+    assert index.meta["backbone"] == common.DEFAULTS["BACKBONE"]
 
 
 def test_groups_subprocess(session):
@@ -396,9 +397,9 @@ def test_defaults_are_the_notebooks(tmp_path):
     from cbir_utils.runs import notebook_defaults
 
     params = notebook_defaults("01_pretrained_retrieval")
-    for name, value in cli.DEFAULTS.items():
+    for name, value in common.DEFAULTS.items():
         assert params[name] == value, name
-    assert cli.DEFAULTS["BACKBONE"] == "sscd"
+    assert common.DEFAULTS["BACKBONE"] == "sscd"
     parser = cli.build_parser()
     args = parser.parse_args(["index", str(tmp_path)])
     assert (args.pooling, args.image_size, args.resize, args.grayscale, args.descreen) == (
@@ -424,7 +425,7 @@ def test_defaults_are_the_notebooks(tmp_path):
 
     sig = inspect.signature(model_settings).parameters
     for name in ("backbone", "weights", "pooling", "image_size", "resize", "grayscale", "descreen"):
-        assert sig[name].default == cli.DEFAULTS[name.upper()], name
+        assert sig[name].default == common.DEFAULTS[name.upper()], name
 
 
 def test_pipeline_options_are_checked_as_the_notebooks_parameters(tmp_path, capsys):
@@ -447,7 +448,7 @@ def test_pipeline_options_are_checked_as_the_notebooks_parameters(tmp_path, caps
             runs.check_params({option[2:].replace("-", "_").upper(): bad}, check_paths=False)
         assert str(e.value).split(" must be ")[1] in err, (option, err)
     assert set(param_specs()) <= set(runs.PARAM_SPECS)
-    assert cli.DEFAULTS["SCALES"] == list(PipelineConfig().scales)
+    assert common.DEFAULTS["SCALES"] == list(PipelineConfig().scales)
 
 
 def test_groups_without_labels_use_the_backbones_measured_threshold(local, tmp_path, capsys):

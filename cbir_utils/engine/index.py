@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cbir_utils import paths as project
 from cbir_utils.config import BACKBONE, WEIGHTS, PipelineConfig
 from cbir_utils.engine import features, models
 from cbir_utils.engine import pipeline as P
@@ -42,7 +43,7 @@ from cbir_utils.engine.descriptors import l2n, scaled_sizes
 from cbir_utils.engine.models import preprocess_from_meta
 from cbir_utils.errors import InputError, MissingFilesError
 from cbir_utils.io import atomic_write_bytes, csv_text, read_csv, save_json, save_npy
-from cbir_utils.paths import OUTPUTS_DIR, image_file
+from cbir_utils.paths import image_file
 from cbir_utils.sources import provenance
 from cbir_utils.sources.data import (
     SKIPPED_COLUMNS,
@@ -951,7 +952,7 @@ def _config_from_header(header: dict) -> PipelineConfig:
 
 
 def _local_cache() -> Path:
-    return OUTPUTS_DIR / "cache" / "local"
+    return project.OUTPUTS_DIR / "cache" / "local"
 
 
 def _metadata_records(items: pd.DataFrame) -> list[dict] | None:
@@ -968,7 +969,7 @@ def _ordered(items: pd.DataFrame) -> pd.DataFrame:
 
 
 def _default_cache() -> Path:
-    return OUTPUTS_DIR / "cache"
+    return project.OUTPUTS_DIR / "cache"
 
 
 def _array_digest(arr: np.ndarray) -> str:
@@ -998,7 +999,7 @@ def resolve_index(name_or_path: str | os.PathLike) -> Path:
     if (p / INDEX_FILE).is_file():
         return p.resolve()
 
-    named = OUTPUTS_DIR / "index" / str(name_or_path)
+    named = project.OUTPUTS_DIR / "index" / str(name_or_path)
     if (named / INDEX_FILE).is_file():
         return named
     raise MissingFilesError(

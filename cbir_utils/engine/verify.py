@@ -38,7 +38,7 @@ from PIL import Image
 from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
-from cbir_utils.engine.models import file_digest
+from cbir_utils.engine import models
 from cbir_utils.errors import InputError
 from cbir_utils.io import atomic_write_bytes, save_figure
 from cbir_utils.sources.data import load_image
@@ -536,7 +536,7 @@ class LocalFeatureStore:
         if key not in self._store:
             feats, file = None, None
             if self.cache_dir is not None:
-                digest = file_digest(key)
+                digest = models.file_digest(key)
                 file = self.cache_dir / digest[:2] / f"{digest}.npz"
                 feats = _read_features(file, key)
             if feats is None:

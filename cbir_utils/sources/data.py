@@ -34,9 +34,10 @@ import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from cbir_utils import paths as project
 from cbir_utils.errors import CollectionError, ImageDecodeError, InputError, MissingFilesError
 from cbir_utils.io import atomic_write_text, read_csv, save_csv, save_json
-from cbir_utils.paths import OUTPUTS_DIR, PROJECT_ROOT, resolve, split_region
+from cbir_utils.paths import resolve, split_region
 from cbir_utils.sources import iiif, provenance
 from cbir_utils.sources.demo import build_demo_collection
 from cbir_utils.sources.iiif import is_iiif_source
@@ -1057,7 +1058,7 @@ def split_for(
     path = (
         resolve(split_file)
         if split_file
-        else OUTPUTS_DIR / "splits" / f"{collection.root.name}-seed{seed}.csv"
+        else project.OUTPUTS_DIR / "splits" / f"{collection.root.name}-seed{seed}.csv"
     )
     if not split_file and path.exists() and not _same_labels(path, collection):
         # other labels for the same files (e.g. scenes from review verdicts): their own split
@@ -1107,7 +1108,7 @@ def open_collection(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SkippedFilesWarning)
             collection = load_collection(
-                iiif_src, validate=validate, cache_dir=OUTPUTS_DIR / "cache" / "validation",
+                iiif_src, validate=validate, cache_dir=project.OUTPUTS_DIR / "cache" / "validation",
                 progress=progress,
             )  # fmt: skip
         for w in caught:
@@ -1119,11 +1120,11 @@ def open_collection(
     if not root.exists():
         raise MissingFilesError(
             f"DATA_DIR {str(data_dir)!r} does not exist (looked for {root}; relative paths are "
-            f"taken from the project root {PROJECT_ROOT}). Point DATA_DIR to a folder with "
+            f"taken from the project root {project.PROJECT_ROOT}). Point DATA_DIR to a folder with "
             "one sub-folder per scene or to a CSV manifest, or set BUILD_DEMO=True to build "
             "the demo collection there."
         )
-    cache_dir = OUTPUTS_DIR / "cache" / "validation"
+    cache_dir = project.OUTPUTS_DIR / "cache" / "validation"
     base = root.parent if root.is_file() else root
     if cache and (cache_dir.resolve() == base or base in cache_dir.resolve().parents):
         cache = False  # outputs inside the collection: write nothing there

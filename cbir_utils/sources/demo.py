@@ -38,9 +38,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
+from cbir_utils import paths as project
 from cbir_utils.errors import InputError, ToolError
 from cbir_utils.io import atomic_write_bytes
-from cbir_utils.paths import CHECK_DIR, DEMO_DIR, HARD_DIR, OUTPUTS_DIR
 from cbir_utils.sources import degrade
 
 BUILDER_VERSION = 1
@@ -305,7 +305,7 @@ def fetch_check_photos(
             (the message says what to do).
     """
 
-    cache = Path(cache_dir) if cache_dir is not None else OUTPUTS_DIR / "cache" / "debian"
+    cache = Path(cache_dir) if cache_dir is not None else project.OUTPUTS_DIR / "cache" / "debian"
     out: dict[str, Path] = {}
     for pkg, names in packages.items():
         root = cache / pkg
@@ -968,7 +968,9 @@ def build_demo_collection(
 
     if kind not in COLLECTION_KINDS:
         raise InputError(f"kind must be one of {COLLECTION_KINDS}, got {kind!r}")
-    default_dir = {"demo": DEMO_DIR, "check": CHECK_DIR, "hard": HARD_DIR}[kind]
+    default_dir = {"demo": project.DEMO_DIR, "check": project.CHECK_DIR, "hard": project.HARD_DIR}[
+        kind
+    ]
     out = Path(out_dir) if out_dir is not None else default_dir
     out = out.expanduser().resolve()
     manifest = out / "manifest.csv"
@@ -1173,17 +1175,17 @@ def build_hard_collection(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m cbir_utils.sources.demo [--check] [--out DIR] [--seed N] [--n-scenes N]``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=None, help=f"output folder (default {DEMO_DIR})")
+    ap.add_argument("--out", default=None, help=f"output folder (default {project.DEMO_DIR})")
     ap.add_argument(
         "--check",
         action="store_true",
         help=f"build the independent check collection (Debian's wallpaper photos; default "
-        f"folder {CHECK_DIR}) instead of the demo",
+        f"folder {project.CHECK_DIR}) instead of the demo",
     )
     ap.add_argument(
         "--hard",
         action="store_true",
-        help=f"build the hard collection (archive-scan degradations; default folder {HARD_DIR})",
+        help=f"build the hard collection (archive-scan degradations; default folder {project.HARD_DIR})",
     )
     ap.add_argument(
         "--seed",

@@ -37,9 +37,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cbir_utils import __version__
+from cbir_utils import paths as project
 from cbir_utils.errors import CollectionError, InputError, MissingFilesError
 from cbir_utils.io import atomic_write_bytes, save_csv
-from cbir_utils.paths import OUTPUTS_DIR
 from cbir_utils.sources.provenance import is_http
 
 MANIFEST_FILE = "manifest.csv"
@@ -378,7 +378,7 @@ def _slug(text: str, n: int = 40) -> str:
 def cache_folder(source: str, root: str | os.PathLike | None = None) -> Path:
     """Where a IIIF source's images and manifest CSV are kept (under ``outputs/cache/iiif``)."""
 
-    base = Path(root) if root is not None else OUTPUTS_DIR / "cache" / "iiif"
+    base = Path(root) if root is not None else project.OUTPUTS_DIR / "cache" / "iiif"
     s = str(source).strip()
     parsed = urlparse(s)
     label = f"{parsed.hostname or ''}-{parsed.path}" if parsed.scheme else Path(s).stem
