@@ -27,7 +27,7 @@ PROFILE ?= demo
 NOTEBOOKS := 01_pretrained_retrieval 02_finetune_classification 03_finetuned_retrieval
 STAMP := .venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup demo paper test lint format notebooks benchmark benchmark-train
+.PHONY: help setup demo paper test lint format notebooks benchmark
 
 help:
 	@echo "make demo    - set up the environment, build the demo collection, run notebooks 01-03"
@@ -81,7 +81,4 @@ test: lint
 	$(PYTHON) -m pytest -q
 
 benchmark: setup
-	$(PYTHON) benchmarks/quality.py
-
-benchmark-train: setup
-	$(PYTHON) benchmarks/quality.py train
+	$(PYTHON) benchmarks/robustness.py --check

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import sys
 import time
@@ -46,6 +47,84 @@ from cbir_utils.io import save_csv, save_figure  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR  # noqa: E402
 
 TARGET_MS, TARGET_RECALL = 10.0, 0.95
+
+
+# ---------------------------------------------------------------------- the methods compared
+# The package searches exactly or with HNSW (cbir_utils.engine.search); FAISS's flat and
+# inverted-file indexes, measured against them here, live only in this benchmark.
+
+
+def default_nlist(n: int) -> int:
+    """Inverted lists for ``n`` vectors: about ``sqrt(n)``, a power of two, 16 to 4096."""
+    return int(min(4096, max(16, 2 ** round(math.log2(math.sqrt(max(n, 1)))))))
+
+
+class FaissIndex:
+    """A FAISS ``flat`` or inverted-file index (``ivf``, ``ivfsq8``, ``ivfpq`` re-ranked
+    exactly) with the package's search interface (``search(q, k, **params)``)."""
+
+    def __init__(self, vectors, method: str, pq_m: int = 64, rerank: float = 4.0, seed=0):
+        import faiss
+
+        t0 = time.perf_counter()
+        self.method, self._vectors = method, np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = self._vectors.shape
+        self.params: dict = {}
+        if method == "flat":
+            self._index = faiss.IndexFlatIP(d)
+        else:
+            nl = min(default_nlist(n), n)
+            quantizer = faiss.IndexFlatIP(d)
+            if method == "ivf":
+                self._index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
+            elif method == "ivfsq8":
+                qt = faiss.ScalarQuantizer.QT_8bit
+                self._index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, d, nl, qt, faiss.METRIC_INNER_PRODUCT
+                )
+            else:
+                self._index = faiss.IndexIVFPQ(
+                    quantizer, d, nl, pq_m, 8, faiss.METRIC_INNER_PRODUCT
+                )
+            self._index.cp.seed, self._index.cp.niter = seed, 10
+            n_train = min(n, 64 * nl)
+            self._index.cp.max_points_per_centroid = max(1, -(-n_train // nl))
+            sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
+            self._index.train(self._vectors[sample])
+            self.params = {"nlist": nl, "nprobe": min(nl, max(8, nl // 64))}
+            if method == "ivfpq":
+                self.params.update(pq_m=pq_m, rerank=rerank)
+        self._index.add(self._vectors)
+        self.build_seconds = time.perf_counter() - t0
+
+    def memory_bytes(self) -> int:
+        import faiss
+
+        n, d = self._vectors.shape
+        if self.method == "flat":
+            return n * d * 4
+        inv = faiss.extract_index_ivf(self._index).invlists
+        code = sum(inv.list_size(i) for i in range(inv.nlist)) * (inv.code_size + 8)
+        return code + inv.nlist * d * 4 + (n * d * 4 if self.method == "ivfpq" else 0)
+
+    def search(self, q, k: int, **params):
+        import faiss
+
+        p = {**self.params, **params}
+        if self.method != "flat":
+            faiss.extract_index_ivf(self._index).nprobe = int(p["nprobe"])
+        if self.method != "ivfpq":
+            val, idx = self._index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+            return search.Neighbours(idx.astype(np.int64), val)
+        _, cand = self._index.search(
+            np.ascontiguousarray(q, dtype=np.float32), int(p["rerank"] * k)
+        )
+        safe = np.where(cand < 0, 0, cand)
+        s = np.einsum("qd,qkd->qk", q, self._vectors[safe.ravel()].reshape(*cand.shape, -1))
+        s = np.where(cand < 0, -np.inf, s)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        idx = np.take_along_axis(cand, top, 1)
+        return search.Neighbours(idx.astype(np.int64), np.take_along_axis(s, top, 1))
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
@@ -102,10 +181,15 @@ def run_size(kind: str, n: int, args, rows: list[dict]) -> None:
             continue
         gc.collect()
         m0 = rss_mib()
-        params = {"pq_m": args.pq_m} if method == "ivfpq" else {}
         if method == "hnsw":
             params = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
-        index = search.build_index(db, method, threads=args.threads, **params)
+            index = search.build_index(db, method, threads=args.threads, **params)
+        else:
+            if args.threads:
+                import faiss
+
+                faiss.omp_set_num_threads(args.threads)
+            index = FaissIndex(db, method, pq_m=args.pq_m)
         mem = index.memory_bytes() / 2**20
         grown = rss_mib() - m0
         print(

@@ -384,7 +384,6 @@ PARAM_SPECS: dict[str, Param] = {
     "N_TIMELINES": Param("int", low=0),
     "MAP_METHOD": Param("str", choices=LAYOUTS),
     "USE_CHECKPOINT": Param("str", choices=("best", "last")),
-    "RUN_BENCHMARK": Param("bool"),
     "PAGE_DEMO": Param("int", low=0, help="pages composed from the collection's printings"),
     "PAGES": Param(
         "bool",

@@ -23,7 +23,6 @@ from cbir_utils.evaluation.metrics import (
     rank,
     recall_at_k,
     retrieval_metrics,
-    topk_precision_recall_f1,
 )
 
 # Two queries, three candidates, all valid. Used by several hand-computed tests.
@@ -211,7 +210,6 @@ def test_all_irrelevant_database() -> None:
     assert (r.precision, r.recall, r.f1, r.tp, r.fp, r.fn) == (0.0, 0.0, 0.0, 0, 4, 0)
     with pytest.raises(ValueError, match="no relevant"):
         best_threshold(SCORES, relevant)
-    assert math.isnan(topk_precision_recall_f1(SCORES, relevant, k=2).precision)
 
 
 def test_map_matches_sklearn_per_query_on_random_data() -> None:
@@ -319,36 +317,6 @@ def test_micro_ap_consistent_with_pr_curve_random() -> None:
     recall = np.r_[0.0, curve["recall"].to_numpy()]
     ap = float((np.diff(recall) * curve["precision"].to_numpy()).sum())  # sum dR * P
     assert micro_ap(scores, relevant) == pytest.approx(ap)
-
-
-# --------------------------------------------------------------------------- top-k table
-
-
-def test_topk_precision_recall_f1_hand_computed() -> None:
-    res = topk_precision_recall_f1(SCORES, RELEVANT, k=2)
-    # q0 top2: 0.9T 0.5F -> P 1/2, R 1/2 (2 relevant), F1 1/2
-    # q1 top2: 0.8F 0.6T -> P 1/2, R 1/1, F1 2*(1/2)/(3/2) = 2/3
-    assert res.precision == pytest.approx(0.5)
-    assert res.recall == pytest.approx(0.75)
-    assert res.f1 == pytest.approx((0.5 + 2 / 3) / 2)  # mean of per-query F1 = 7/12
-    # threshold 0.7 within the top 2: q0 keeps 0.9T -> P 1, R 1/2, F1 2/3
-    # q1 keeps 0.8F -> P 0, R 0, F1 0
-    res = topk_precision_recall_f1(SCORES, RELEVANT, k=2, threshold=0.7)
-    assert (res.precision, res.recall, res.f1) == pytest.approx((0.5, 0.25, 1 / 3))
-    assert res.per_query["n_retrieved"].tolist() == [1, 1]
-    # nothing retrieved (threshold above all scores): precision 0 by convention
-    res = topk_precision_recall_f1(SCORES, RELEVANT, k=2, threshold=2.0)
-    assert (res.precision, res.recall, res.f1) == (0.0, 0.0, 0.0)
-
-
-def test_topk_k_larger_than_database_and_no_relevant_query() -> None:
-    scores = np.vstack([SCORES, [[0.3, 0.2, 0.1]]])
-    relevant = np.vstack([RELEVANT, [[False, False, False]]])
-    res = topk_precision_recall_f1(scores, relevant, k=100)
-    # all 3 retrieved: q0 P 2/3 R 1 F1 0.8 ; q1 P 1/3 R 1 F1 0.5 ; q2 excluded
-    assert res.n_queries == 2 and res.n_queries_without_relevant == 1
-    assert (res.precision, res.recall, res.f1) == pytest.approx((0.5, 1.0, 0.65))
-    json.dumps(res.to_dict(), allow_nan=False)
 
 
 # --------------------------------------------------------------------------- classification

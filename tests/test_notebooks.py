@@ -131,7 +131,7 @@ def test_notebooks_02_and_03(outputs):
     test_metrics = json.loads((d02 / "test_metrics.json").read_text())
     assert 0.0 <= test_metrics["accuracy"] <= 1.0 and test_metrics["n_test"] > 0
 
-    # the default recipe: reprint augmentation (benchmarks/quality.py's kept recipe)
+    # the default recipe: reprint augmentation (TrainConfig's default)
     cfg = torch.load(d02 / "checkpoints" / "last.pt", weights_only=False)["meta"]["train_config"]
     assert (cfg["augment"], cfg["pooling"], cfg["image_size"]) == ("press", "gem", 96)
 

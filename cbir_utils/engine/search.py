@@ -1,14 +1,12 @@
 """Nearest-neighbour search over unit-norm descriptors, from a few hundred to millions of images.
 
 Descriptors are L2-normalised, so the inner product is the cosine similarity and "nearest"
-means "highest inner product". Two families of methods:
+means "highest inner product". Two methods:
 
 * ``exact``: chunked matrix products in numpy (BLAS), never an ``N x N`` matrix; the
   database may be a memory map. Exact, and the right choice for small collections.
-* FAISS (``faiss-cpu``): ``flat`` (exact, FAISS's BLAS), ``ivf`` (inverted lists of full
-  vectors: exact scores, approximate candidates), ``ivfsq8`` (the same with 8-bit codes:
-  a quarter of the memory), ``ivfpq`` (product-quantised codes, re-ranked exactly) and
-  ``hnsw`` (a graph).
+* ``hnsw``: FAISS's graph index (``faiss-cpu``), for millions of images. The inverted-file
+  indexes it was measured against live in ``benchmarks/search.py``.
 
 :func:`build_index` with ``method="auto"`` picks ``exact`` below :data:`EXACT_MAX` images
 and ``hnsw`` above (:data:`AUTO_ANN`), as measured by ``benchmarks/search.py`` on 1280-d
@@ -31,7 +29,7 @@ from tqdm.auto import tqdm
 
 from cbir_utils.errors import InputError
 
-METHODS = ("exact", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
+METHODS = ("exact", "hnsw")
 EXACT_MAX = 50_000
 """``method="auto"`` searches exactly below this many database vectors, with HNSW above.
 
@@ -190,21 +188,6 @@ def exact_search(
     return Neighbours(idx, val)
 
 
-def default_nlist(n: int) -> int:
-    """Inverted lists for ``n`` vectors: about ``sqrt(n)``, a power of two, 16 to 4096.
-
-    About 1000 vectors per list at a million; measured with ``benchmarks/search.py``.
-    """
-    if n < 1:
-        return 1
-    return int(min(4096, max(16, 2 ** round(math.log2(math.sqrt(n))))))
-
-
-def default_nprobe(nlist: int) -> int:
-    """Lists probed per query: 1/64 of them, at least 8 (recall@100 >= 0.95 on clustered data)."""
-    return int(min(nlist, max(8, nlist // 64)))
-
-
 EF_MIN = 64
 """Smallest HNSW search breadth: what a search for one or two neighbours (αDBA, αQE) uses.
 Measured at a million 64-d vectors (``benchmarks/scale.py``'s): the nearest neighbour is
@@ -251,18 +234,8 @@ class SearchIndex:
         """Memory the index itself holds (exact: the vectors it searches)."""
         if self._index is None:
             return int(self._vectors.nbytes)
-        import faiss
-
-        if self.method == "hnsw":
-            links = self._index.hnsw.neighbors.size() * 4 + self._index.hnsw.offsets.size() * 8
-            return int(self.n * self.dim * 4 + links)
-        if self.method == "flat":
-            return int(self.n * self.dim * 4)
-        ivf = faiss.extract_index_ivf(self._index)
-        inv = ivf.invlists
-        code = sum(inv.list_size(i) for i in range(inv.nlist)) * (inv.code_size + 8)
-        extra = self.n * self.dim * 4 if self.method == "ivfpq" else 0  # exact re-ranking
-        return int(code + ivf.quantizer.ntotal * self.dim * 4 + extra)
+        links = self._index.hnsw.neighbors.size() * 4 + self._index.hnsw.offsets.size() * 8
+        return int(self.n * self.dim * 4 + links)
 
     def search(
         self,
@@ -273,14 +246,11 @@ class SearchIndex:
     ) -> Neighbours:
         """Top-``k`` neighbours of ``queries`` (see :func:`exact_search` for ``exclude``).
 
-        ``params`` override search-time parameters: ``nprobe`` (IVF methods), ``ef``
-        (HNSW), ``rerank`` (IVF-PQ candidates re-ranked exactly, as a multiple of ``k``).
+        ``params`` override search-time parameters: ``ef`` (HNSW).
         """
         k = _check_k(k)
         if self._index is None:
             return exact_search(queries, self._vectors, k, exclude)
-        import faiss
-
         q = np.ascontiguousarray(_as_vectors(queries, "queries"), dtype=np.float32)
         p = {**self.params, **params}
         excl = None
@@ -290,16 +260,9 @@ class SearchIndex:
                 raise InputError(f"exclude has {len(excl)} entries for {len(q)} queries.")
         extra = int(excl is not None and bool((excl >= 0).any()))
         kk = min(k + extra, self.n)
-        if self.method in ("ivf", "ivfsq8", "ivfpq"):
-            faiss.extract_index_ivf(self._index).nprobe = int(p["nprobe"])
-        if self.method == "hnsw":  # breadth in proportion to k (``ef`` is for the top 100)
+        if "ef" in p:  # HNSW: breadth in proportion to k (``ef`` is for the top 100)
             self._index.hnsw.efSearch = int(max(kk, EF_MIN, round(p["ef"] * min(1.0, kk / 100))))
-        if self.method == "ivfpq":
-            kr = min(self.n, max(kk, int(p["rerank"] * kk)))
-            _, cand = self._index.search(q, kr)
-            val, idx = _rerank(q, self._vectors, cand, kk)
-        else:
-            val, idx = self._index.search(q, kk)
+        val, idx = self._index.search(q, kk)
         idx = idx.astype(np.int64)
         val = np.where(idx < 0, -np.inf, val).astype(np.float32)
         if extra:
@@ -311,28 +274,13 @@ class SearchIndex:
         return Neighbours(out.indices[:, :kout], out.scores[:, :kout])
 
 
-def _rerank(q: np.ndarray, vectors: np.ndarray, cand: np.ndarray, k: int):
-    """Exact scores of candidate rows; the best ``k`` of each query."""
-    safe = np.where(cand < 0, 0, cand)
-    s = np.einsum("qd,qkd->qk", q, np.asarray(vectors[safe.ravel()]).reshape(*cand.shape, -1))
-    s = np.where(cand < 0, -np.inf, s).astype(np.float32)
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(s, top, 1), np.take_along_axis(cand, top, 1)
-
-
 def build_index(
     vectors: np.ndarray,
     method: str = "auto",
     *,
-    nlist: int | None = None,
-    nprobe: int | None = None,
-    train_size: int | None = None,
-    pq_m: int = 64,
-    rerank: float = 4.0,
     hnsw_m: int = 32,
     ef_construction: int = 64,
     ef: int | None = None,
-    seed: int = 0,
     threads: int | None = None,
 ) -> SearchIndex:
     """Build a search index over unit-norm ``vectors``.
@@ -341,16 +289,9 @@ def build_index(
         vectors: ``(N, D)`` float32 (may be a memory map for ``exact``).
         method: ``auto`` (``exact`` below :data:`EXACT_MAX`, else :data:`AUTO_ANN`) or one of
             :data:`METHODS`.
-        nlist: Inverted lists (IVF methods); default :func:`default_nlist`.
-        nprobe: Lists searched per query; default :func:`default_nprobe`.
-        train_size: Vectors sampled to train the coarse quantizer (k-means); default
-            ``64 * nlist`` (at most all).
-        pq_m: PQ sub-quantizers (``ivfpq``; must divide ``D``), 8 bits each.
-        rerank: ``ivfpq`` re-ranks ``rerank * k`` candidates with the exact vectors.
         hnsw_m: HNSW links per node.
         ef_construction: HNSW build breadth.
         ef: HNSW search breadth; default :func:`default_ef`.
-        seed: Seed of the training sample and k-means.
         threads: FAISS OpenMP threads (``None``: all cores).
 
     Raises:
@@ -368,48 +309,13 @@ def build_index(
 
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
-    d = x.shape[1]
     xf = np.ascontiguousarray(x, dtype=np.float32)
-    params: dict = {}
-    if method == "flat":
-        index = faiss.IndexFlatIP(d)
-        index.add(xf)
-    elif method == "hnsw":
-        index = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(ef_construction)
-        index.add(xf)
-        ef = int(ef or default_ef(len(x)))
-        params = {"m": int(hnsw_m), "ef_construction": int(ef_construction), "ef": ef}
-    else:
-        nl = int(nlist or default_nlist(len(x)))
-        nl = max(1, min(nl, len(x)))
-        quantizer = faiss.IndexFlatIP(d)
-        if method == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
-        elif method == "ivfsq8":
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer, d, nl, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-            )
-        else:
-            if d % pq_m:
-                raise InputError(f"pq_m={pq_m} must divide the dimension {d}.")
-            index = faiss.IndexIVFPQ(quantizer, d, nl, int(pq_m), 8, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = int(seed)
-        index.cp.niter = 10
-        n_train = int(min(len(x), train_size or 64 * nl))
-        index.cp.max_points_per_centroid = max(1, -(-n_train // nl))
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(len(x), size=n_train, replace=False))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            index.train(np.ascontiguousarray(xf[sample]))
-        index.add(xf)
-        params = {"nlist": nl, "nprobe": int(nprobe or default_nprobe(nl)), "train_size": n_train}
-        if method == "ivfpq":
-            params.update(pq_m=int(pq_m), rerank=float(rerank))
-        index.nprobe = params["nprobe"]
-    keep = x if method in ("ivfpq",) else xf
-    return SearchIndex(method, keep, index, params, time.perf_counter() - t0)
+    index = faiss.IndexHNSWFlat(xf.shape[1], int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = int(ef_construction)
+    index.add(xf)
+    ef = int(ef or default_ef(len(x)))
+    params = {"m": int(hnsw_m), "ef_construction": int(ef_construction), "ef": ef}
+    return SearchIndex(method, xf, index, params, time.perf_counter() - t0)
 
 
 def knn(desc: np.ndarray, k: int, method: str = "auto", **index_params) -> Neighbours:

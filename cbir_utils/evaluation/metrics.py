@@ -46,7 +46,6 @@ from cbir_utils.errors import InputError
 __all__ = [
     "PairwiseResult",
     "RetrievalMetrics",
-    "TopKResult",
     "average_precision",
     "best_threshold",
     "classification_metrics",
@@ -58,7 +57,6 @@ __all__ = [
     "rank",
     "recall_at_k",
     "retrieval_metrics",
-    "topk_precision_recall_f1",
 ]
 
 
@@ -571,119 +569,6 @@ def best_threshold(
 
 
 # --------------------------------------------------------------------------- top-k table
-
-
-@dataclass
-class TopKResult:
-    """Per-query top-k precision/recall/F1 averaged over queries with a relevant candidate.
-
-    Attributes:
-        k: Results kept per query.
-        threshold: Score threshold applied within the top k, or None.
-        precision: Mean per-query precision.
-        recall: Mean per-query recall.
-        f1: Mean per-query F1 (not the F1 of the mean precision and recall).
-        n_queries: Queries averaged (with at least one relevant candidate).
-        n_queries_without_relevant: Queries left out.
-        per_query: ``query, n_retrieved, n_relevant_retrieved, n_relevant, precision, recall,
-            f1`` for every query (NaN metrics for queries without relevant candidates).
-    """
-
-    k: int
-    threshold: float | None
-    precision: float
-    recall: float
-    f1: float
-    n_queries: int
-    n_queries_without_relevant: int
-    per_query: pd.DataFrame = field(repr=False)
-
-    def to_dict(self) -> dict[str, float | int | None]:
-        """Flat JSON-serialisable summary (without ``per_query``); NaN becomes None."""
-        return {
-            "k": self.k,
-            "threshold": self.threshold,
-            "precision": _nan_to_none(self.precision),
-            "recall": _nan_to_none(self.recall),
-            "f1": _nan_to_none(self.f1),
-            "n_queries": self.n_queries,
-            "n_queries_without_relevant": self.n_queries_without_relevant,
-        }
-
-
-def topk_precision_recall_f1(
-    scores: np.ndarray,
-    relevant: np.ndarray,
-    k: int,
-    threshold: float | None = None,
-    mask: np.ndarray | None = None,
-    n_relevant: np.ndarray | None = None,
-) -> TopKResult:
-    """The original study's retrieval table: top k results per query, optionally thresholded.
-
-    For each query, retrieved = its top ``k`` valid candidates (see ``rank``), keeping only
-    those with ``score >= threshold`` when a threshold is given. Then
-    precision = relevant retrieved / retrieved (0.0 if nothing is retrieved),
-    recall = relevant retrieved / n_relevant (all valid relevant candidates, not capped at k),
-    F1 = 2PR / (P + R) (0.0 if P + R = 0). The three are averaged over the queries with at
-    least one relevant candidate; the others are counted in ``n_queries_without_relevant``.
-
-    Args:
-        scores: ``(n_queries, n_db)`` similarities.
-        relevant: Bool matrix, True = same scene.
-        k: Results per query (>= 1); larger than the database means all candidates.
-        threshold: Optional minimum score for a result to count as retrieved.
-        mask: Optional bool matrix, False = not a candidate.
-        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
-
-    Returns:
-        A ``TopKResult``.
-    """
-    s, rel, valid = _prepare(scores, relevant, mask)
-    k = _check_k(k)
-    totals = _totals(rel, valid, n_relevant)
-    records = []
-    for i, (idx, ranked) in enumerate(_ranked_rows(s, rel, valid)):
-        top = idx[:k]
-        hit = ranked[:k]
-        if threshold is not None:
-            keep = s[i, top] >= threshold
-            top, hit = top[keep], hit[keep]
-        n_rel = int(totals[i])
-        n_hit = int(hit.sum())
-        if n_rel:
-            p = _safe_div(n_hit, top.size)
-            r = n_hit / n_rel
-            f = _f1(p, r)
-        else:
-            p = r = f = math.nan
-        records.append(
-            {
-                "query": i,
-                "n_retrieved": int(top.size),
-                "n_relevant_retrieved": n_hit,
-                "n_relevant": n_rel,
-                "precision": p,
-                "recall": r,
-                "f1": f,
-            }
-        )
-    per_query = pd.DataFrame.from_records(records)
-    evaluated = per_query[per_query["n_relevant"] > 0]
-
-    def mean(col: str) -> float:
-        return float(evaluated[col].mean()) if len(evaluated) else math.nan
-
-    return TopKResult(
-        k=k,
-        threshold=None if threshold is None else float(threshold),
-        precision=mean("precision"),
-        recall=mean("recall"),
-        f1=mean("f1"),
-        n_queries=len(evaluated),
-        n_queries_without_relevant=len(per_query) - len(evaluated),
-        per_query=per_query,
-    )
 
 
 # --------------------------------------------------------------------------- classification

@@ -23,7 +23,7 @@ The result is a checkpoint like :func:`training.train`'s (``checkpoints/best.pt`
 readable by :func:`cbir_utils.engine.models.load_checkpoint` alone: the pretrained backbone, the
 projection (``meta["proj_dim"]``) and a classifier head (cosine to each training scene's
 mean projected descriptor), so notebook 03 evaluates it unchanged (descriptors and
-logits). Compare with the full recipe with ``benchmarks/finetune.py``.
+logits).
 """
 
 from __future__ import annotations
