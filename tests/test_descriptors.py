@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from PIL import Image
 
 from cbir_utils.engine import descriptors as D
 from cbir_utils.engine import features, models
+from cbir_utils.sources import data
 from cbir_utils.sources.data import Preprocess
 from cbir_utils.sources.demo import halftone
 
@@ -157,6 +160,42 @@ def test_multiscale_is_the_normalised_sum_of_scales(lite0, photos):
     assert D.scaled_sizes(224, (1.0, 0.707, 0.1)) == [224, 158, 32]
     with pytest.raises(ValueError, match="scales"):
         D.scaled_sizes(224, ())
+
+
+def test_multiscale_decodes_and_finds_the_photograph_once_per_image(
+    lite0, photos, tmp_path, monkeypatch
+):
+    """Three scales: each image decoded and its photograph looked for once (not per scale),
+    the vectors those of each scale extracted alone, and each scale's cache the one a
+    single-scale extraction writes and reads."""
+    from cbir_utils.sources import photo
+
+    paths = [photos["astronaut"], photos["coffee"], photos["halftone"]]
+    pre = replace(_pre(96, 3.0), find_photo=True)
+    decodes, finds = [], []
+    real_load, real_box = data.load_image, photo.photo_box
+    monkeypatch.setattr(data, "load_image", lambda p, *a, **k: decodes.append(p) or real_load(p))
+    monkeypatch.setattr(photo, "photo_box", lambda im, *a: finds.append(1) or real_box(im, *a))
+    meta = models.model_meta("efficientnet_lite0", "imagenet", "avg", 96)
+    scales = (0.75, 1.0, 1.25)
+    opts = dict(num_workers=0, progress=False)
+    got = D.extract_multiscale(lite0, paths, pre, scales, tmp_path, meta, **opts)
+    assert len(decodes) == len(finds) == len(paths)
+    alone = [
+        features.extract(lite0, paths, replace(pre, image_size=s), **opts) for s in (72, 96, 120)
+    ]
+    want = sum(alone)
+    np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
+    for size, v in zip((72, 96, 120), alone):  # each scale's own cache, as one scale alone uses
+        st = features.ExtractStats()
+        cached = features.extract_cached(
+            lite0, paths, replace(pre, image_size=size), tmp_path, {**meta, "image_size": size},
+            stats=st, **opts,
+        )  # fmt: skip
+        assert st.computed == 0 and np.allclose(cached, v, atol=1e-6)
+    decodes.clear()
+    again = D.extract_multiscale(lite0, paths, pre, scales, tmp_path, meta, **opts)
+    assert decodes == [] and np.array_equal(again, got)  # all cached: nothing decoded
 
 
 def test_mirror_invariance_with_gem(photos):

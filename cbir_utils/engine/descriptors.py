@@ -69,9 +69,10 @@ def extract_multiscale(
 ) -> np.ndarray:
     """Descriptors at several input sizes, summed and L2-normalised.
 
-    Each scale ``s`` runs the extraction with ``image_size = round(s * preprocess.image_size)``
-    (the descreen radius is relative to the image, so it is unchanged). With ``cache_dir``
-    and ``model_meta`` every scale goes through :func:`features.extract_cached`.
+    Each scale ``s`` runs the network at ``image_size = round(s * preprocess.image_size)``;
+    an image is decoded, cut to its photograph, grayed and descreened once for all the scales
+    (:class:`features.Sizes`; the descreen radius is relative to the image). With
+    ``cache_dir`` and ``model_meta`` each scale has its cache (:func:`features.extract_cached`).
 
     Args:
         model: A :class:`models.RetrievalNet`.
@@ -87,32 +88,23 @@ def extract_multiscale(
         ``float32`` ``(len(paths), D)`` unit-norm rows.
     """
 
-    stats = kwargs.pop("stats", None)  # counted per image: computed at some scale, or cached
+    stats = kwargs.pop("stats", None)
     keys = kwargs.pop("keys", None)  # the files' digests, when known (images may be decoded)
-    per_scale = []
-    total = None
-    for size in scaled_sizes(preprocess.image_size, scales):
-        pre = replace(preprocess, image_size=size)
-        if cache_dir is not None:
-            if model_meta is None:
-                raise InputError("model_meta is needed to cache descriptors (cache_dir given).")
-            meta = {**model_meta, "image_size": size}
-            st = features.ExtractStats()
-            v = features.extract_cached(
-                model, paths, pre, cache_dir, meta, stats=st, keys=keys, **kwargs
-            )
-            per_scale.append(st)
-        else:
-            v = features.extract(model, paths, pre, **kwargs)
-        v = np.asarray(v, dtype=np.float32)
-        total = v.copy() if total is None else total + v
-    if stats is not None:
-        if per_scale:
-            stats.computed += max(st.computed for st in per_scale)
-            stats.cached += min(st.cached for st in per_scale)
-            stats.keys += per_scale[0].keys
-        else:
+    pres = [replace(preprocess, image_size=s) for s in scaled_sizes(preprocess.image_size, scales)]
+    sizes = features.Sizes(pres) if len(pres) > 1 else pres[0]  # decoded once for all sizes
+    if cache_dir is not None:
+        if model_meta is None:
+            raise InputError("model_meta is needed to cache descriptors (cache_dir given).")
+        meta = {**model_meta, "image_size": pres[0].image_size} if len(pres) == 1 else model_meta
+        st = stats if stats is not None else features.ExtractStats()
+        v = features.extract_cached(
+            model, paths, sizes, cache_dir, meta, stats=st, keys=keys, **kwargs
+        )
+    else:
+        v = features.extract(model, paths, sizes, **kwargs)
+        if stats is not None:
             stats.computed += len(paths)
+    total = sum(np.asarray(x, dtype=np.float32) for x in (v if len(pres) > 1 else [v]))
     return l2n(total)
 
 

@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,22 @@ class ExtractStats:
     computed: int = 0
     cached: int = 0
     keys: list[str] = field(default_factory=list)
+
+
+class Sizes:
+    """Preprocessings that differ only in their input size, applied to one decoded image: it
+    is cut to its photograph, grayed and descreened once (:meth:`Preprocess.base`), then
+    resized to each size (cirtorch's multi-scale extraction). Yields a tensor per size."""
+
+    def __init__(self, preprocesses: Sequence[Preprocess]) -> None:
+        self.preprocesses = list(preprocesses)
+        first = self.preprocesses[0]
+        if any(replace(p, image_size=first.image_size) != first for p in self.preprocesses):
+            raise InputError("Sizes takes preprocessings that differ in image_size only.")
+
+    def __call__(self, im) -> list[torch.Tensor]:
+        base = self.preprocesses[0].base(im)
+        return [p.to_tensor(p.sized(base)) for p in self.preprocesses]
 
 
 def _forward(model: RetrievalNet, x: torch.Tensor, output: str, mirror: bool) -> torch.Tensor:
@@ -188,16 +204,18 @@ def iter_vectors(
 
 
 def _run(loader, model, device, channels_last, use_amp, amp_dtype, output, mirror, bar):
-    for x, _, _ in loader:
-        with torch.inference_mode():
-            x = x.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                y = _forward(model, x, output, mirror)
-            v = l2_normalise(y.float()).cpu().numpy().astype(np.float32, copy=False)
-        bar.update(len(v))
-        yield v
+    for batch, _, _ in loader:
+        vs = []
+        for x in batch if isinstance(batch, list) else [batch]:  # a tensor per size (Sizes)
+            with torch.inference_mode():
+                x = x.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    y = _forward(model, x, output, mirror)
+                vs.append(l2_normalise(y.float()).cpu().numpy().astype(np.float32, copy=False))
+        bar.update(len(vs[0]))
+        yield vs if isinstance(batch, list) else vs[0]
 
 
 class NpyRowWriter:
@@ -258,7 +276,7 @@ class NpyRowWriter:
 def extract(
     model: RetrievalNet,
     paths: Sequence[str | os.PathLike],
-    preprocess: Preprocess,
+    preprocess: Preprocess | Sizes,
     batch_size: int = 32,
     output: str = "descriptor",
     mirror: bool = False,
@@ -297,7 +315,8 @@ def extract(
             wait for each other whenever another process takes a core).
 
     Returns:
-        ``float32`` array ``(len(paths), D)`` with unit-norm rows.
+        ``float32`` array ``(len(paths), D)`` with unit-norm rows; with :class:`Sizes`, a
+        list of them, one per size (each image decoded once).
     """
     dim = output_dim(model, output)
     opts = dict(
@@ -311,6 +330,14 @@ def extract(
         amp=amp,
         threads=threads,
     )
+    if isinstance(preprocess, Sizes):
+        if out is not None:
+            raise InputError("out= streams one size; give one Preprocess, not Sizes.")
+        chunks = list(iter_vectors(model, paths, preprocess, **opts))
+        return [
+            np.concatenate([c[i] for c in chunks]) if chunks else np.zeros((0, dim), np.float32)
+            for i in range(len(preprocess.preprocesses))
+        ]
     if out is None:
         chunks = list(iter_vectors(model, paths, preprocess, **opts))
         if not chunks:
@@ -427,7 +454,7 @@ class DescriptorCache:
 def extract_cached(
     model: RetrievalNet,
     paths: Sequence[str | os.PathLike],
-    preprocess: Preprocess,
+    preprocess: Preprocess | Sizes,
     cache_dir: str | os.PathLike,
     model_meta: dict,
     output: str = "descriptor",
@@ -445,7 +472,9 @@ def extract_cached(
     the preprocessing, the output kind and mirroring; within it, each image is keyed
     by the SHA-1 of its bytes, so renamed files are not recomputed and changed files are.
     New vectors are committed every ``chunk_size`` images: an interrupted call loses at most
-    one chunk, and calling again computes only what is missing.
+    one chunk, and calling again computes only what is missing. With :class:`Sizes`, each
+    size has its cache (``model_meta`` with that ``image_size``), an image missing from any
+    is decoded once for all, and a list of arrays (one per size) is returned.
 
     Args:
         chunk_size: Images per committed cache part.
@@ -459,18 +488,16 @@ def extract_cached(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    key_meta = {
-        "model": model_meta,
-        "preprocess": preprocess.to_dict(),
-        "output": output,
-        "mirror": mirror,
-    }
-    cache = DescriptorCache(cache_dir, identity(key_meta), key_meta)
+    several = isinstance(preprocess, Sizes)
+    caches = []
+    for pre in preprocess.preprocesses if several else [preprocess]:
+        meta = {**model_meta, "image_size": pre.image_size} if several else model_meta
+        key_meta = {"model": meta, "preprocess": pre.to_dict(), "output": output, "mirror": mirror}
+        caches.append(DescriptorCache(cache_dir, identity(key_meta), key_meta))
     keys = list(keys) if keys is not None else [file_digest(p) for p in paths]
     if len(keys) != len(paths):
         raise InputError(f"{len(keys)} keys for {len(paths)} images.")
-    rows = cache.lookup(keys)
-    todo = np.flatnonzero(rows < 0)
+    todo = np.flatnonzero(np.any([c.lookup(keys) < 0 for c in caches], axis=0))
     if len(todo):
         todo_keys = [keys[i] for i in todo]
         done, pending = 0, []
@@ -478,11 +505,12 @@ def extract_cached(
             model, [paths[i] for i in todo], preprocess, output=output, mirror=mirror, **kwargs
         )
         for v in batches:
-            pending.append(v)
-            n_pending = sum(len(p) for p in pending)
+            pending.append(v if several else [v])
+            n_pending = sum(len(p[0]) for p in pending)
             if n_pending >= chunk_size or done + n_pending == len(todo):
-                block = np.concatenate(pending)
-                cache.add(todo_keys[done : done + len(block)], block)
+                for i, cache in enumerate(caches):
+                    block = np.concatenate([p[i] for p in pending])
+                    cache.add(todo_keys[done : done + len(block)], block)
                 done += len(block)
                 pending = []
                 if stats is not None:
@@ -493,8 +521,10 @@ def extract_cached(
         stats.cached += len(paths) - len(todo)
         stats.keys = keys
     if not paths:
-        return np.zeros((0, 0), dtype=np.float32)
-    return cache.get(keys)
+        empty = np.zeros((0, 0), dtype=np.float32)
+        return [empty] * len(caches) if several else empty
+    out = [cache.get(keys) for cache in caches]
+    return out if several else out[0]
 
 
 # --------------------------------------------------------------------------- shards

@@ -864,6 +864,11 @@ class Preprocess:
 
     def prepare(self, im: Image.Image) -> Image.Image:
         """Tone, descreen and resize a PIL image (letterbox: long side = ``image_size``, unpadded)."""
+        return self.sized(self.base(im))
+
+    def base(self, im: Image.Image) -> Image.Image:
+        """What does not depend on the input size: the photograph cut out, gray, descreened
+        (the blur radius is relative to the image)."""
         if self.find_photo:
             im = crop_photo(im)
         if self.grayscale:
@@ -871,6 +876,10 @@ class Preprocess:
         if self.descreen > 0:
             radius = self.descreen * max(im.size) / 1000.0
             im = im.filter(ImageFilter.GaussianBlur(radius))
+        return im
+
+    def sized(self, im: Image.Image) -> Image.Image:
+        """A :meth:`base` image resized to the input size (RGB)."""
         s = int(self.image_size)
         w, h = im.size
         if self.resize == "center_crop":
