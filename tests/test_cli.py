@@ -88,6 +88,25 @@ def test_search_a_new_image(local, capsys):
     assert table["scene"][0] == "scene_camera" and table["candidate"][0].startswith("scene_camera/")
 
 
+def test_index_profile_sets_the_defaults_and_options_win(local, tiny_collection, capsys):
+    """`index --profile fast` takes notebooks/params/fast.yaml's values (one scale, no
+    graph) as its defaults; an option given on the command line wins; a search of that
+    index still verifies its candidates; an unknown profile is one error line."""
+    out = local[0]
+    args = ["index", str(tiny_collection), *SIZE, "-q", "--profile", "fast"]
+    assert cli.main([*args, "--name", "fast"]) == 0
+    fast = Index.load(out / "index" / "fast").config
+    assert fast.scales == (1.0,) and not fast.graph and fast.rerank
+    assert cli.main([*args, "--name", "fast2", "--scales", "0.5,1.0", "--graph"]) == 0
+    mine = Index.load(out / "index" / "fast2").config
+    assert mine.scales == (0.5, 1.0) and mine.graph
+    assert cli.main(["search", "fast", str(local[2]), "--top-k", "3", "-q"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert table["scene"][0] == "scene_camera" and (table["inliers"] >= 0).all()
+    assert cli.main(["index", str(tiny_collection), "--profile", "nope"]) == 2
+    assert "No profile 'nope'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("k", [19, 20, 50])
 def test_search_returns_every_indexed_image_once(local, capsys, k):
     """A new image searched with --top-k at least N - 1 gets min(k, N) rows, each indexed

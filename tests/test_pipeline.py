@@ -248,6 +248,15 @@ def test_paper_profile_is_the_studys_method():
             ), f.name
 
 
+def test_fast_profile_is_the_defaults_at_one_scale_without_the_graph():
+    from cbir_utils import runs
+
+    params = runs.check_params(
+        {**_notebook_defaults("01_pretrained_retrieval"), **_profile("fast")}, check_paths=False
+    )
+    assert config_from_params(params) == replace(PipelineConfig(), scales=(1.0,), graph=False)
+
+
 def test_config_from_params_takes_the_network_from_the_checkpoint():
     meta = {"image_size": 96, "resize": "center_crop", "grayscale": False, "pooling": "gem"}
     cfg = config_from_params({"IMAGE_SIZE": 128, "DESCREEN": 2.0, "RERANK": True}, meta)

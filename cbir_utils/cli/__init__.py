@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cbir_utils import __version__
-from cbir_utils.cli import evaluating, exploring, grouping, indexing, searching
-from cbir_utils.errors import cli_main
+from cbir_utils.cli import common, evaluating, exploring, grouping, indexing, searching
+from cbir_utils.errors import InputError, cli_main
 
 EPILOG = """examples:
   python -m cbir_utils index data/demo                       # -> outputs/index/demo/
@@ -44,10 +44,9 @@ An INDEX argument is an index folder, or the name of one under outputs/index/.
 Run `python -m cbir_utils <command> --help` for a command's options."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m cbir_utils``."""
-    """The argument parser of ``python -m cbir_utils``."""
-
+def build_parser(profile: str = "") -> argparse.ArgumentParser:
+    """The argument parser of ``python -m cbir_utils``; ``profile``: a profile of
+    ``notebooks/params/`` whose values are the defaults of ``index`` (:func:`common.profile`)."""
     parser = argparse.ArgumentParser(
         prog="python -m cbir_utils",
         description="Find the reprints of press photographs: index a collection, search it "
@@ -58,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cbir_utils {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    shared = argparse.ArgumentParser(add_help=False)  # the options of every command
+    shared.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
         help="no progress bars or messages",
     )  # fmt: skip
@@ -74,15 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
         exploring.map_parser,
         exploring.explain_parser,
     ):
-        add(sub, common, fmt)
+        add(sub, shared, fmt)
+    index = sub.choices["index"]
+    index.set_defaults(**common.profile(profile, {a.dest for a in index._actions}))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cbir_utils`` and ``cbir``; returns the exit status."""
-
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--profile", default="")
+    profile = first.parse_known_args(argv)[0].profile if "index" in argv else ""
+    try:
+        parser = build_parser(profile)
+    except InputError as err:  # an unknown profile, or a wrong value in it: one line, as below
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     args.argv = argv
     if getattr(args, "checkpoint", ""):

@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cbir_utils import config, runs
+import yaml
+
+from cbir_utils import config, paths, runs
 from cbir_utils.engine import verify
 from cbir_utils.engine.index import Index, _local_cache, resolve_index
 from cbir_utils.errors import InputError, MissingFilesError
@@ -183,3 +185,20 @@ def add_rerank_arg(p: argparse.ArgumentParser, note: str) -> None:
 
 def local_store():
     return verify.LocalFeatureStore(cache_dir=_local_cache())
+
+
+def profile(name: str, options: set[str]) -> dict:
+    """The values of the profile ``notebooks/params/<name>.yaml`` that are among ``options``
+    (a command's), checked as the notebooks' parameters are; ``{}`` for no name."""
+    if not name:
+        return {}
+    folder = paths.NOTEBOOKS_DIR / "params"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise InputError(f"No profile {name!r} in {folder}; choose one of {names}.")
+    out = {}
+    for key, value in (yaml.safe_load(path.read_text()) or {}).items():
+        if key.lower() in options and key in config.PARAM_SPECS:
+            out[key.lower()] = config.coerce_param(key, value, config.PARAM_SPECS[key])
+    return out

@@ -43,6 +43,12 @@ def index_parser(sub, common, fmt) -> None:
     )
     p.add_argument("--name", default="", help="index name (default: the collection folder's name)")
     p.add_argument("--out", default="", help="index folder (default outputs/index/<name>/)")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="a profile of notebooks/params/ (e.g. fast: the peer tool's indexing speed, see "
+        "the README): its values become this command's defaults; options given here win",
+    )
     m = p.add_argument_group("model (as notebook 01)")
     m.add_argument(
         "--backbone",
