@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cbir_utils import __version__
 from cbir_utils.cli import common, evaluating, exploring, grouping, indexing, searching
-from cbir_utils.errors import InputError, cli_main
+from cbir_utils.errors import cli_main
 
 EPILOG = """examples:
   python -m cbir_utils index data/demo                       # -> outputs/index/demo/
@@ -82,19 +82,17 @@ def build_parser(profile: str = "") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cbir_utils`` and ``cbir``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(_run, argv)  # a user error (an unknown profile too) is one line, exit 2
+
+
+def _run(argv: list[str]) -> int:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--profile", default="")
-    profile = first.parse_known_args(argv)[0].profile if "index" in argv else ""
-    try:
-        parser = build_parser(profile)
-    except InputError as err:  # an unknown profile, or a wrong value in it: one line, as below
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
+    args = build_parser(first.parse_known_args(argv)[0].profile).parse_args(argv)
     args.argv = argv
     if getattr(args, "checkpoint", ""):
         args.checkpoint = str(Path(args.checkpoint).expanduser())
-    return cli_main(args.func, args)
+    return args.func(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

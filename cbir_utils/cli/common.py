@@ -61,7 +61,6 @@ def non_negative_int(text: str) -> int:
 
 def image_files(targets: Sequence[str]) -> list[Path]:
     """Image files named, or found recursively in named folders (sorted)."""
-
     out: list[Path] = []
     for t in targets:
         p = Path(t).expanduser()

@@ -96,9 +96,8 @@ def extract_multiscale(
         if model_meta is None:
             raise InputError("model_meta is needed to cache descriptors (cache_dir given).")
         meta = {**model_meta, "image_size": pres[0].image_size} if len(pres) == 1 else model_meta
-        st = stats if stats is not None else features.ExtractStats()
         v = features.extract_cached(
-            model, paths, sizes, cache_dir, meta, stats=st, keys=keys, **kwargs
+            model, paths, sizes, cache_dir, meta, stats=stats, keys=keys, **kwargs
         )
     else:
         v = features.extract(model, paths, sizes, **kwargs)
