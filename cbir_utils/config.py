@@ -114,6 +114,9 @@ class PipelineConfig:
         "e.g. 0.75,1,1.25"))  # fmt: skip
     whiten_dim: int = setting(64, Param("int", low=0, help="PCA-whitening learned on the "
                                "collection, dimensions kept; 0 = off"))  # fmt: skip
+    whiten_shrinkage: float = setting(0.7, Param("float", low=0.0, high=1.0, help="how far "
+        "the whitening's eigenvalues are shrunk towards their mean: 0 whitens fully, 1 only "
+        "projects"))  # fmt: skip
     dba_k: int = setting(1, Param("int", low=0, help="database-side augmentation (αDBA) "
                           "neighbours; 0 = off"))  # fmt: skip
     qe_k: int = setting(1, Param("int", low=0, help="query expansion (αQE) neighbours; 0 = off"))
@@ -146,8 +149,9 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineConfig:
-        """Read back :meth:`to_dict` (fields it lacks keep their default)."""
-        return cls(**{**d, "scales": tuple(d.get("scales", cls.scales))})
+        """Read back :meth:`to_dict` (fields it lacks keep their default, but for those of
+        :data:`_BEFORE`: what a configuration saved before them was made with)."""
+        return cls(**{**_BEFORE, **d, "scales": tuple(d.get("scales", cls.scales))})
 
 
 def check_settings(obj: Any) -> None:
@@ -181,6 +185,8 @@ def defaults() -> dict:
     return out
 
 
+_BEFORE = {"whiten_shrinkage": 0.1}
+"""Settings added later, at the value every configuration saved before them had."""
 _FROM_META = ("image_size", "resize", "grayscale", "pooling")
 
 

@@ -37,6 +37,25 @@ def test_whitening_decorrelates_to_unit_variance(rng):
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
+def test_whitening_shrinkage_runs_from_full_whitening_to_a_plain_projection(rng):
+    # shrinkage 1: every kept direction scaled alike, so the output is the PCA projection
+    # of the centred descriptors, normalised; in between, the weakest direction's weight
+    # relative to the strongest falls as shrinkage rises
+    a = rng.normal(size=(400, 3)) * [5.0, 1.0, 0.2]
+    x = a.astype(np.float32)
+    flat = D.fit_whitening(x, shrinkage=1.0)
+    pca = (x - flat.mean) @ (flat.projection / np.linalg.norm(flat.projection, axis=0))
+    assert np.allclose(flat.apply(x), pca / np.linalg.norm(pca, axis=1, keepdims=True), atol=1e-5)
+
+    def weak_over_strong(shrinkage):
+        norms = np.linalg.norm(D.fit_whitening(x, shrinkage=shrinkage).projection, axis=0)
+        return norms[-1] / norms[0]
+
+    ratios = [weak_over_strong(s) for s in (0.0, 0.1, 0.7, 1.0)]
+    assert ratios[0] == pytest.approx(25.0, rel=0.1)  # 1 / sqrt(0.04 / 25): full whitening
+    assert ratios[0] > ratios[1] > ratios[2] > ratios[3] == pytest.approx(1.0)
+
+
 def test_whitening_caps_dimension_with_few_images(rng):
     x = _unit_rows(rng, 10, 64)
     w = D.fit_whitening(x, dim=32)

@@ -299,7 +299,11 @@ def _dense_reference(desc, paths, cfg, store):
     reference the sparse ranking must equal (dense is fine in a test, never in the library)."""
     post = pipeline.post_processing(cfg)
     n = len(desc)
-    w = D.fit_whitening(desc, post.whiten_dim) if post.whiten else None
+    w = (
+        D.fit_whitening(desc, post.whiten_dim, shrinkage=post.whiten_shrinkage)
+        if post.whiten
+        else None
+    )
     white = w.apply(desc) if w is not None else D.l2n(desc)
 
     def nmean(x, db, k, alpha, exclude):
@@ -426,3 +430,12 @@ def test_indexing_check_fails_under_the_peers_throughput():
     assert indexing.check(1.0) == "" and indexing.check(1.3) == ""
     assert "0.27" in indexing.check(0.27)
     assert "not measured" in indexing.check(None)
+
+
+def test_a_pipeline_saved_before_whitening_shrinkage_keeps_the_shrinkage_it_was_made_with():
+    saved = PipelineConfig().to_dict()
+    del saved["whiten_shrinkage"]  # as an index's header written before the setting
+    assert PipelineConfig.from_dict(saved).whiten_shrinkage == 0.1
+    assert PipelineConfig().whiten_shrinkage == 0.7
+    again = PipelineConfig(whiten_shrinkage=0.3).to_dict()
+    assert PipelineConfig.from_dict(again).whiten_shrinkage == 0.3

@@ -246,7 +246,6 @@ class PostProcess:
     Attributes:
         whiten: Learn a PCA-whitening on the database descriptors and apply it.
         whiten_dim: Dimensions kept by the whitening (``None``: all available).
-        whiten_power: 0.5 full whitening; smaller is milder.
         whiten_shrinkage: Eigenvalue shrinkage (see :func:`fit_whitening`).
         qe_k: Neighbours of αQE (0 = off).
         qe_alpha: αQE weight exponent.
@@ -256,7 +255,6 @@ class PostProcess:
 
     whiten: bool = False
     whiten_dim: int | None = None
-    whiten_power: float = 0.5
     whiten_shrinkage: float = 0.1
     qe_k: int = 0
     qe_alpha: float = 3.0

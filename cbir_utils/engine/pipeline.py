@@ -55,6 +55,7 @@ def post_processing(config: PipelineConfig) -> D.PostProcess:
     return D.PostProcess(
         whiten=config.whiten_dim > 0,
         whiten_dim=config.whiten_dim or None,
+        whiten_shrinkage=config.whiten_shrinkage,
         dba_k=config.dba_k,
         qe_k=config.qe_k,
     )
@@ -203,7 +204,9 @@ class FittedPipeline:
             rows = np.arange(len(desc))
             if len(desc) > WHITEN_SAMPLE:
                 rows = np.sort(np.random.default_rng(0).choice(len(desc), WHITEN_SAMPLE, False))
-            whitening = D.fit_whitening(desc[rows], post.whiten_dim)
+            whitening = D.fit_whitening(
+                desc[rows], post.whiten_dim, shrinkage=post.whiten_shrinkage
+            )
         white = whitening.apply(desc) if whitening is not None else D.l2n(desc)
         fitted = cls(config, whitening, white, white, paths, method=method)
         if post.dba_k:
