@@ -12,7 +12,7 @@ from PIL import Image
 
 from cbir_utils.config import PipelineConfig, config_from_params
 from cbir_utils.engine import descriptors as D
-from cbir_utils.engine import models, pipeline
+from cbir_utils.engine import index, models, pipeline
 from cbir_utils.engine import verify as V
 from cbir_utils.evaluation import retrieval
 from cbir_utils.sources import data
@@ -439,3 +439,8 @@ def test_a_pipeline_saved_before_whitening_shrinkage_keeps_the_shrinkage_it_was_
     assert PipelineConfig().whiten_shrinkage == 0.7
     again = PipelineConfig(whiten_shrinkage=0.3).to_dict()
     assert PipelineConfig.from_dict(again).whiten_shrinkage == 0.3
+    # a new index's pipeline has today's defaults, not those of configurations saved before
+    meta = models.model_meta("sscd", "default", "avg", 288)
+    fresh, default = index.pipeline_config(meta), PipelineConfig()
+    assert (fresh.whiten_dim, fresh.whiten_shrinkage) == (default.whiten_dim, 0.7)
+    assert index.pipeline_config(meta, scales=[1.0]).scales == (1.0,)

@@ -882,7 +882,7 @@ def pipeline_config(meta: dict, mirror: bool = False, **settings) -> PipelineCon
     }
     if not fields.get("rerank", True):
         fields["graph"] = False
-    return PipelineConfig.from_dict(fields)
+    return PipelineConfig(**fields)
 
 
 def shard_scales(shards_dir: Path, image_size: int, scales) -> list[tuple[int, Path]]:
