@@ -204,6 +204,13 @@ def test_reprint_augmentation_becomes_extra_views():
     assert torch.equal(v0(im), ReprintedPreprocess(pre, 0)(im))  # reproducible
     assert not torch.equal(v0(im), v1(im)) and not torch.equal(v0(im), pre(im))
     assert v0.to_dict() != v1.to_dict() != pre.to_dict()  # cached apart
+    # notebook 02's default: a share of the views degraded further as archive scans
+    assert FastConfig().archive_p == f.archive_p == 0.3
+    archive = ReprintedPreprocess(pre, 0, archive_p=1.0)
+    assert torch.equal(archive(im), ReprintedPreprocess(pre, 0, archive_p=1.0)(im))
+    assert not torch.equal(archive(im), v0(im)) and archive.to_dict() != v0.to_dict()
+    with pytest.raises(ValueError, match="archive_p"):
+        FastConfig(archive_p=1.5)
 
 
 def test_trained_head_learns_from_an_uninformed_start(tiny_split, lite0):

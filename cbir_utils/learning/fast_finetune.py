@@ -68,10 +68,6 @@ and validation scenes with SSCD at 288 px: cv mAP 0.989 without reprints, 1.000 
 the pipeline 0.973 without, 0.982 with 2, 0.973 with 4)."""
 HEAD_VIEWS = 6
 """Simulated reprints of each training image in the pool the trained head draws from."""
-ARCHIVE_P = 0.0
-"""Share of those reprints degraded further as archive scans are (:func:`degrade.degrade`).
-Measured at 0.5 (``benchmarks/robustness.py``): hard validation mAP 0.479 -> 0.494 but demo
-validation 1.000 -> 0.994, so off."""
 
 
 class ReprintedPreprocess:
@@ -79,23 +75,27 @@ class ReprintedPreprocess:
 
     View ``view`` of an image is one :class:`~cbir_utils.sources.augment.PressAugment` reprint,
     seeded by ``(seed, view, the image's pixels)``, so the same image always gives the same
-    view (and its vector is cached like any other). Picklable for DataLoader workers.
+    view (and its vector is cached like any other). A share ``archive_p`` of the views is
+    degraded further as archive scans are (:func:`degrade.degrade`). Picklable.
     """
 
-    def __init__(self, preprocess: Preprocess, view: int, seed: int = 0) -> None:
+    def __init__(
+        self, preprocess: Preprocess, view: int, seed: int = 0, archive_p: float = 0.0
+    ) -> None:
         self.preprocess, self.view, self.seed = preprocess, int(view), int(seed)
+        self.archive_p = float(archive_p)
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
         small = im.convert("L").resize((32, 32))
         rng = np.random.default_rng([self.seed, self.view, zlib.crc32(small.tobytes())])
         printed = press_augment(im.convert("RGB"), rng)
-        if rng.random() < ARCHIVE_P:
+        if rng.random() < self.archive_p:
             printed = degrade.degrade(printed, rng)[0].convert("RGB")
         return self.preprocess(printed)
 
     def to_dict(self) -> dict:
         """The cache key: the preprocessing plus the view, its seed and the archive share."""
-        key = {"reprint_view": self.view, "seed": self.seed, "archive_p": ARCHIVE_P,
+        key = {"reprint_view": self.view, "seed": self.seed, "archive_p": self.archive_p,
                "degrade_version": degrade.VERSION}  # fmt: skip
         return {**self.preprocess.to_dict(), **key}
 
@@ -119,6 +119,8 @@ class FastConfig:
         head_views: Simulated reprints of each training image in the trained head's pool
             (at least ``reprint_views``; the first ``reprint_views`` also serve the
             closed-form fit).
+        archive_p: Share of those reprints degraded further as archive scans are (dithers,
+            ink, rollers, fading...: :mod:`cbir_utils.sources.degrade`).
         stages, lr: The trained head's epochs per stage and Adam's learning rate (the
             study's 30, 50, 50 and 0.001); ``()`` keeps the closed-form projection alone.
         folds: Scene folds of the cross-validation that chooses the candidate.
@@ -139,6 +141,7 @@ class FastConfig:
     shrinkages: tuple[float, ...] = setting((0.05, 0.25, 0.5), Param("floats", low=0, high=1))
     reprint_views: int = setting(REPRINT_VIEWS, Param("int", low=0))
     head_views: int = setting(HEAD_VIEWS, Param("int", low=0))
+    archive_p: float = setting(0.3, Param("float", low=0.0, high=1.0))
     stages: tuple[int, ...] = setting((30, 50, 50), Param("ints", low=1, empty=True))
     lr: float = setting(1e-3, Param("float", low=0.0, low_open=True))
     folds: int = setting(5, Param("int", low=2))
@@ -531,10 +534,10 @@ def fast_finetune(
     reprints = []
     n_views = max(config.reprint_views, config.head_views if config.stages else 0)
     for view in range(n_views):
-        reprint = ReprintedPreprocess(pre, view, config.seed)
-        # with ARCHIVE_P, Augraphy runs in the transform: in this process (its numba code,
+        reprint = ReprintedPreprocess(pre, view, config.seed, config.archive_p)
+        # with archive_p, Augraphy runs in the transform: in this process (its numba code,
         # compiled then, hung in forked DataLoader workers)
-        run = {**opts, "num_workers": 0} if ARCHIVE_P > 0 else opts
+        run = {**opts, "num_workers": 0} if config.archive_p > 0 else opts
         reprints.append(features.extract_cached(model, paths, reprint, cache_dir, meta, **run))
     views += reprints[: config.reprint_views]
     embed_s = time.perf_counter() - t0
