@@ -380,6 +380,10 @@ def test_shard_jobs_check_only_their_own_images(
         (["search", "tiny", "{query}", "--box", "1,2,3"], "four numbers"),
         (["index", "/no/such/folder"], "not found"),
         (["index", "{collection}", "--name", "tiny", "--pooling", "gem"], "other model settings"),
+        (
+            ["index", "{collection}", "--name", "tiny", *SIZE, "--whiten-shrinkage", "0.1"],
+            "whiten_shrinkage 0.7 there, 0.1 asked",
+        ),  # fmt: skip
         (["evaluate", "{unlabelled}"], "no scene labels"),
         (["index", "{collection}", "--out", "{collection}/scene_camera/idx"], "inside the input"),
     ],

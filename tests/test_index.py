@@ -192,3 +192,27 @@ def test_from_vectors_and_settings(tiny_collection, settings):
         I.model_settings(resize="stretch")
     with pytest.raises(FileNotFoundError, match="Checkpoint"):
         I.model_settings(checkpoint=tiny_collection / "none.pt")
+
+
+def test_an_index_saved_before_the_whitening_shrinkage_is_not_fitted_again(
+    built, tmp_path, monkeypatch
+):
+    """An index written before ``whiten_shrinkage`` existed keeps ranking as it was made
+    (0.1), from its saved pipeline: upgrading must not refit it (at a million images the
+    verification graph takes hours)."""
+    index, _, _ = built
+    index.fitted(progress=False)
+    index.save(tmp_path / "idx")
+    for name, key in (("index.json", "pipeline"), ("pipeline.json", "config")):
+        f = tmp_path / "idx" / name
+        saved = json.loads(f.read_text())
+        del saved[key]["whiten_shrinkage"]  # as written before the setting
+        f.write_text(json.dumps(saved))
+    back = I.Index.load(tmp_path / "idx")
+    assert back.config.whiten_shrinkage == 0.1
+
+    def refit(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(I.P.FittedPipeline, "fit", refit)
+    assert back.fitted(progress=False).config == back.config

@@ -184,8 +184,12 @@ def _index_into(args, col, name, folder, meta, ckpt, opts, config) -> int:
     if (folder / "index.json").exists() and not args.rebuild:
         index = Index.load(folder)
         if not index.same_settings(meta, args.mirror, "descriptor") or index.config != config:
+            made, asked = index.config.to_dict(), config.to_dict()
+            differ = [f"{k} {made.get(k)!r} there, {v!r} asked" for k, v in asked.items()
+                      if made.get(k) != v]  # fmt: skip
             raise InputError(
-                f"The index in {folder} was built with other model settings; pass --rebuild to "
+                f"The index in {folder} was built with other model settings"
+                f"{' (' + '; '.join(differ) + ')' if differ else ''}; pass --rebuild to "
                 "replace it, or --name/--out for a new index."
             )
         report = index.update(col, cache_dir=args.cache_dir, stats=stats, **opts)

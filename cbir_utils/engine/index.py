@@ -726,9 +726,11 @@ class Index(ItemTable):
         if saved is not None and saved.is_file():
             try:
                 head = json.loads(saved.read_text(encoding="utf-8"))
-                if (
+                made = head.get("config")  # read as the header: a setting added since is at
+                if (  # the value it was made with
                     head.get("vectors_digest") == digest
-                    and head.get("config") == self.config.to_dict()
+                    and isinstance(made, dict)
+                    and PipelineConfig.from_dict(made) == self.config
                 ):
                     loaded = P.FittedPipeline.load(self.folder, self.items["path"].tolist())
             except (ValueError, InputError) as err:  # derived data: fitted again, nothing lost
