@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cbir_utils.config import PipelineConfig
 from cbir_utils.engine import features
 from cbir_utils.engine.search import exact_search
 from cbir_utils.errors import InputError
@@ -255,7 +256,7 @@ class PostProcess:
 
     whiten: bool = False
     whiten_dim: int | None = None
-    whiten_shrinkage: float = 0.1
+    whiten_shrinkage: float = PipelineConfig.whiten_shrinkage
     qe_k: int = 0
     qe_alpha: float = 3.0
     dba_k: int = 0
