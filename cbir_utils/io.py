@@ -157,6 +157,11 @@ _FORMULA = re.compile(r"'*[=+\-@\t\r]")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
+def differing(saved: dict, new: dict) -> list[str]:
+    """The keys whose values differ between a saved record and a new one, sorted."""
+    return sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+
+
 def neutralise(value: Any) -> Any:
     """A text cell a spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``,
     ``@``, tab or carriage return, as OWASP lists) gets a leading apostrophe; so does one

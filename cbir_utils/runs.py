@@ -26,7 +26,7 @@ from cbir_utils import paths as project
 from cbir_utils.config import PARAM_SPECS, Param, coerce_param
 from cbir_utils.engine import models
 from cbir_utils.errors import SettingsError, install_notebook_handler
-from cbir_utils.io import atomic_create_text, save_json
+from cbir_utils.io import atomic_create_text, differing, save_json
 from cbir_utils.paths import output_dir, resolve
 
 PACKAGES = (
@@ -123,7 +123,7 @@ def start_run(
     if not atomic_create_text(pfile, text):
         saved, new = json.loads(pfile.read_text(encoding="utf-8")), json.loads(text)
         if saved != new:
-            diff = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+            diff = differing(saved, new)
             shown = "; ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
             raise SettingsError(
                 f"{out} holds a run with other parameters (differing: {', '.join(diff)}; "

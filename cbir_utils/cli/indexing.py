@@ -25,7 +25,7 @@ from cbir_utils.engine import features, graph_shards, pages
 from cbir_utils.engine.index import Index, load_model, model_settings, pipeline_config, shard_scales
 from cbir_utils.engine.models import preprocess_from_meta
 from cbir_utils.errors import InputError
-from cbir_utils.io import folder_lock
+from cbir_utils.io import differing, folder_lock
 from cbir_utils.paths import ensure_outside
 from cbir_utils.sources.data import load_collection, save_skipped
 
@@ -185,8 +185,8 @@ def _index_into(args, col, name, folder, meta, ckpt, opts, config) -> int:
         index = Index.load(folder)
         if not index.same_settings(meta, args.mirror, "descriptor") or index.config != config:
             made, asked = index.config.to_dict(), config.to_dict()
-            differ = [f"{k} {made.get(k)!r} there, {v!r} asked" for k, v in asked.items()
-                      if made.get(k) != v]  # fmt: skip
+            differ = [f"{k} {made.get(k)!r} there, {asked.get(k)!r} asked"
+                      for k in differing(made, asked)]  # fmt: skip
             raise InputError(
                 f"The index in {folder} was built with other model settings"
                 f"{' (' + '; '.join(differ) + ')' if differ else ''}; pass --rebuild to "

@@ -43,7 +43,7 @@ from cbir_utils.engine.models import (
     l2_normalise,
 )
 from cbir_utils.errors import InputError
-from cbir_utils.io import atomic_write_text, read_csv, save_csv, save_json, save_npy
+from cbir_utils.io import atomic_write_text, differing, read_csv, save_csv, save_json, save_npy
 from cbir_utils.sources.data import ImageDataset, Preprocess, check_image
 
 OUTPUTS = ("descriptor", "logits")
@@ -700,9 +700,7 @@ def extract_shard(
     if meta_path.exists():
         saved = json.loads(meta_path.read_text())
         if saved != meta_shard:
-            diff = sorted(
-                k for k in set(saved) | set(meta_shard) if saved.get(k) != meta_shard.get(k)
-            )
+            diff = differing(saved, meta_shard)
             raise InputError(
                 f"{folder} holds a shard of another extraction (differing: {', '.join(diff)}). "
                 "Use another output folder; nothing was overwritten."
