@@ -124,9 +124,10 @@ class PipelineConfig:
     rerank_top_n: int = setting(50, Param("int", low=1, help="candidates per query verified "
                                  "by local features"))  # fmt: skip
     rerank_weight: float = 1.0
-    graph: bool = setting(True, Param("bool", help="verify every image against its best "
+    graph: bool = setting(False, Param("bool", help="verify every image against its best "
         "candidates at indexing time, so printings verified through a third image rise too "
-        "(the slow part); needs rerank"))  # fmt: skip
+        "(hours per million images; no gain measured on the three collections); needs "
+        "rerank"))  # fmt: skip
     hop_weight: float = 0.25
 
     def __post_init__(self) -> None:

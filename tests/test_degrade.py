@@ -79,15 +79,87 @@ def test_hard_printing_is_deterministic_and_records_what_it_did():
     assert kinds == {True, False}  # some printings kept their page, some did not
 
 
-def test_hard_pool_cuts_each_photo_into_its_bands():
-    from cbir_utils.sources import demo
+def _rcc(files: dict[str, bytes], compress: set[str]) -> bytes:
+    """A Qt resource bundle (format version 2) holding ``files``, written as Qt's rcc does."""
+    import struct
+    import zlib
 
-    keys = [f"debian:plasma-workspace-wallpapers:{n}" for n in demo.HARD_PACKAGES[
+    tree: dict = {}
+    for path, raw in files.items():
+        *dirs, leaf = path.split("/")
+        node = tree
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[leaf] = raw
+    names, data, nodes = b"", b"", []
+
+    def name_at(name: str) -> int:
+        nonlocal names
+        at, enc = len(names), name.encode("utf-16-be")
+        names += struct.pack(">HI", len(name), 0) + enc
+        return at
+
+    nodes.append(None)  # the root, filled last
+    queue = [(0, "", tree)]
+    while queue:  # breadth first: a directory's children take consecutive indexes
+        i, name, node = queue.pop(0)
+        first = len(nodes)
+        kids = sorted(node.items())
+        nodes.extend([None] * len(kids))
+        nodes[i] = struct.pack(">IHII", name_at(name) if i else 0, 2, len(kids), first) + bytes(8)
+        for j, (kid, val) in enumerate(kids):
+            if isinstance(val, dict):
+                queue.append((first + j, kid, val))
+                continue
+            path = kid
+            flags, blob = (1, struct.pack(">I", len(val)) + zlib.compress(val)) if (
+                path in compress) else (0, val)  # fmt: skip
+            nodes[first + j] = struct.pack(">IHHHI", name_at(kid), flags, 0, 0, len(data))
+            nodes[first + j] += bytes(8)
+            data += struct.pack(">I", len(blob)) + blob
+    tree_b = b"".join(nodes)
+    head = 24
+    return (b"qres" + struct.pack(">IIIII", 2, head, head + len(tree_b),
+            head + len(tree_b) + len(data), 0) + tree_b + data + names)  # fmt: skip
+
+
+def test_qt_resource_bundle_read_and_hard_photos_unpacked(tmp_path):
+    """The hard collection's GCompris photos come out of a Qt resource bundle: plain and
+    zlib-compressed files are read, photos matching the pattern and the README (their
+    licences) are unpacked once, and each photo is one scene named after it."""
+    from cbir_utils.errors import InputError
+    from cbir_utils.sources import demo, qt_resources
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.jpg")
+    photo = (tmp_path / "p.jpg").read_bytes()
+    files = {
+        "gc/act/resource/france/eiffelTower.webp": photo,
+        "gc/act/resource/egypt/redPyramid.webp": photo[::-1],
+        "gc/act/resource/README": b"Copyright: someone\nLicense: CC0-1.0\n",
+        "gc/act/act.qml": b"Item {}",
+    }
+    bundle = tmp_path / "pkg" / "x" / "usr" / "share" / "act.rcc"
+    bundle.parent.mkdir(parents=True)
+    bundle.write_bytes(_rcc(files, compress={"redPyramid.webp", "act.qml"}))
+    assert qt_resources.read_bundle(bundle) == dict(sorted(files.items()))
+    (tmp_path / "junk.rcc").write_bytes(b"not a bundle at all")
+    with pytest.raises(InputError, match="not a Qt resource bundle"):
+        qt_resources.read_bundle(tmp_path / "junk.rcc")
+
+    found = {"usr/share/act.rcc": bundle}
+    got = demo._bundled_photos("gc-data", tmp_path / "pkg", found, "act.rcc!*.webp")
+    assert sorted(got) == ["debian:gc-data:act.rcc!egypt/redPyramid.webp",
+                           "debian:gc-data:act.rcc!france/eiffelTower.webp"]  # fmt: skip
+    assert got["debian:gc-data:act.rcc!france/eiffelTower.webp"].read_bytes() == photo
+    assert (tmp_path / "pkg" / "rcc" / "act" / "README").read_text().startswith("Copyright")
+    bundle.unlink()  # unpacked once: the bundle is not read again
+    assert demo._bundled_photos("gc-data", tmp_path / "pkg", {}, "act.rcc!*.webp") == got
+
+    wallpapers = [f"debian:plasma-workspace-wallpapers:{n}" for n in demo.HARD_PACKAGES[
         "plasma-workspace-wallpapers"]]  # fmt: skip
-    pool = demo._hard_pool(keys)
-    assert len(pool) == demo.HARD_SCENES == 30 and len({s.slug for s in pool}) == 30
-    grey = [s for s in pool if s.slug.startswith("grey")]
-    assert [s.region for s in grey] == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
+    pool = demo._hard_pool([*got, *wallpapers])
+    assert len(pool) == 13 and all(s.region is None and len(s.sources) == 1 for s in pool)
+    assert {"redpyramid", "eiffeltower", "grey", "summer1am"} <= {s.slug for s in pool}
 
 
 def test_robustness_check_names_each_missed_target():

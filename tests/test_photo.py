@@ -79,3 +79,23 @@ def test_preprocessing_cuts_to_the_photograph_only_when_asked(monkeypatch):
     assert cut.to_dict()["find_photo"] != old
     meta = {"image_size": 64, "find_photo": True, "backbone": "sscd"}
     assert models.preprocess_from_meta(meta).find_photo
+
+
+def test_a_thin_strip_is_never_taken_for_the_photograph(monkeypatch):
+    """A "photograph" found covering under MIN_KEEP of the scan is refused: in scans that
+    keep page text the photograph is most of the scan, so such a strip means washed-out sky
+    or sand taken for paper (as on some of the hard collection's monuments)."""
+    from PIL import Image
+
+    scan = Image.new("L", (320, 256), 200)  # 40 x 32 blocks of 8 px at SIDE 256 (x 1.25)
+    p = np.full((32, 40), 0.05)  # the blocks' probabilities of being photograph
+    p[:6, :] = 0.95  # a strip: 0.19 of the scan
+    monkeypatch.setattr(photo, "photo_probability", lambda im, w=None: p)
+    assert photo.photo_box(scan) is None
+    old = photo.finder_id()
+    monkeypatch.setattr(photo, "MIN_KEEP", 0.1)
+    assert photo.photo_box(scan) == (0, 0, 320, 60)
+    assert photo.finder_id() != old  # the descriptor cache follows the rule
+    p[:20, :] = 0.95  # a photograph of 0.62 of the scan, text under it: cut at any MIN_KEEP
+    monkeypatch.setattr(photo, "MIN_KEEP", 0.25)
+    assert photo.photo_box(scan) == (0, 0, 320, 200)

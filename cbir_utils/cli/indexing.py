@@ -114,8 +114,8 @@ def index_parser(sub, common, fmt) -> None:
         "--graph-shards",
         type=int,
         default=0,
-        help="with --merge: leave the verification graph to this many graph jobs (a SLURM "
-        "array); with --graph-shard/--merge-graph: how many there are",
+        help="with --merge: build the verification graph (as --graph) in this many graph "
+        "jobs (a SLURM array); with --graph-shard/--merge-graph: how many there are",
     )
     u.add_argument(
         "--graph-shard",
@@ -242,7 +242,8 @@ def _index_config(args, meta: dict):
     return pipeline_config(
         meta, args.mirror, scales=tuple(args.scales), whiten_dim=args.whiten_dim,
         whiten_shrinkage=args.whiten_shrinkage, dba_k=args.dba_k, qe_k=args.qe_k, rerank=top_n > 0,
-        rerank_top_n=top_n or DEFAULTS["RERANK_TOP_N"], graph=args.graph and top_n > 0,
+        rerank_top_n=top_n or DEFAULTS["RERANK_TOP_N"],
+        graph=(args.graph or args.graph_shards > 0) and top_n > 0,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import io
 import json
 import math
@@ -41,7 +42,7 @@ from scipy import ndimage
 from cbir_utils import paths as project
 from cbir_utils.errors import InputError, ToolError
 from cbir_utils.io import atomic_write_bytes
-from cbir_utils.sources import degrade
+from cbir_utils.sources import degrade, qt_resources
 
 BUILDER_VERSION = 1
 """Bump when the output of :func:`build_demo_collection` changes for the same parameters."""
@@ -63,8 +64,11 @@ CHECK_SCENES = 52
 CHECK_MULTI_SHOT_SHARE = 0.25
 HARD_SEED = 2
 """Seed of the hard collection."""
-HARD_SCENES = 30
-"""Scenes of the hard collection (all the bands of its 11 photos)."""
+HARD_SCENES = 60
+"""Scenes of the hard collection: all its photographs (49 monuments, 11 wallpapers)."""
+HARD_VERSION = 2
+"""Bump when the hard collection's photographs or scenes change (2: one scene per photograph,
+the monuments added; 1 cut the wallpapers into 30 bands)."""
 
 # The provenance of every printing is invented (marked so in its "provenance" column), so
 # that the reprint lists and circulation timelines have something to show.
@@ -217,9 +221,14 @@ CHECK_BANDS = 2
 """Scenes cut from each check photo: non-overlapping bands along its long side."""
 
 # The hard collection (build_hard_collection): the photographs of KDE Plasma's wallpaper
-# package (GPL-2+, its copyright file kept in the cache), which neither the demo nor the check
-# collection uses, each cut into this many bands (2 for photos with little detail).
+# package (GPL-2+) and those of GCompris's "explore monuments" activity (CC0, CC-BY-SA,
+# public domain: the bundle's README, kept beside them in the cache, names each author and
+# licence), none of which the demo or the check collection uses. One scene per photograph:
+# several of the wallpapers repeat one motif across their width, so bands of them cut apart
+# would be scenes that even a person cannot tell apart. A name with "!" is a pattern of
+# files packed in one of the package's Qt resource bundles.
 HARD_PACKAGES: dict[str, tuple[str, ...]] = {
+    "gcompris-qt-data": ("explore_monuments.rcc!*.webp",),
     "plasma-workspace-wallpapers": tuple(
         f"{name}/contents/images/2560x1600.jpg"
         for name in (
@@ -235,9 +244,8 @@ HARD_PACKAGES: dict[str, tuple[str, ...]] = {
             "Path",
             "summer_1am",
         )
-    )
+    ),
 }
-_HARD_TWO_BANDS = {"ColdRipple", "Grey", "summer_1am"}
 
 
 @dataclass(frozen=True)
@@ -332,10 +340,34 @@ def fetch_check_photos(
             (root / ".complete").write_text(debs[-1].name + "\n")
         found = {f.relative_to(root / "x").as_posix(): f for f in (root / "x").rglob("*")}
         for name in names:
+            if "!" in name:
+                out.update(_bundled_photos(pkg, root, found, name))
+                continue
             hits = [f for rel, f in found.items() if rel.endswith("/" + name) and f.is_file()]
             if hits:
                 out[f"debian:{pkg}:{name}"] = hits[0]
     return out
+
+
+def _bundled_photos(pkg: str, root: Path, found: dict[str, Path], spec: str) -> dict[str, Path]:
+    """Photos packed in a Qt resource bundle of ``pkg`` (``spec`` = ``"<bundle>!<pattern>"``).
+
+    Unpacked once into ``root/rcc/<bundle>/`` with the bundle's README (its licences); a
+    photo's key ends with its path there, e.g. ``explore_monuments.rcc!france/eiffelTower.webp``.
+    """
+    bundle, pattern = spec.split("!", 1)
+    dest = root / "rcc" / Path(bundle).stem
+    if not (dest / ".complete").is_file():
+        hits = [f for rel, f in found.items() if rel.endswith("/" + bundle)]
+        if not hits:
+            return {}
+        for rel, raw in qt_resources.read_bundle(hits[0]).items():
+            short = rel.split("/resource/", 1)[-1]  # GCompris: <activity>/resource/<file>
+            if fnmatch.fnmatch(short, pattern) or short == "README":
+                atomic_write_bytes(dest / short, raw)
+        (dest / ".complete").write_text(hits[0].name + "\n")
+    files = sorted(f for f in dest.rglob(pattern) if f.is_file())
+    return {f"debian:{pkg}:{bundle}!{f.relative_to(dest).as_posix()}": f for f in files}
 
 
 def _check_pool(available: Sequence[str]) -> list[_Scene]:
@@ -351,14 +383,12 @@ def _check_pool(available: Sequence[str]) -> list[_Scene]:
 
 
 def _hard_pool(available: Sequence[str]) -> list[_Scene]:
-    """Scenes of the hard collection: 3 bands of each photo (2 of those with little detail)."""
+    """Scenes of the hard collection: one per photograph, named after it."""
     pool = []
     for key in sorted(available):
-        name = key.rsplit(":", 1)[1].split("/")[0]
-        n = 2 if name in _HARD_TWO_BANDS else 3
-        slug = re.sub(r"[^a-z0-9]+", "", name.lower())
-        for j, suffix in enumerate(_BAND_NAMES[n]):
-            pool.append(_Scene(f"{slug[:14]}{suffix}", (key,), (j / n, 0.0, (j + 1) / n, 1.0)))
+        name = key.split(":", 2)[2]
+        name = Path(name.split("!", 1)[1]).stem if "!" in name else name.split("/")[0]
+        pool.append(_Scene(re.sub(r"[^a-z0-9]+", "", name.lower())[:14], (key,)))
     return pool
 
 
@@ -980,6 +1010,7 @@ def build_demo_collection(
         params["kind"] = kind
     if kind == "hard":
         params["degrade_version"] = degrade.VERSION
+        params["hard_version"] = HARD_VERSION
 
     previous = params_file.is_file() or manifest.is_file()
     if params_file.is_file():

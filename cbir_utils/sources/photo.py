@@ -56,14 +56,20 @@ context."""
 MAX_OUTSIDE = 0.2
 """...and their blocks' mean probability of being photograph is below this (at 0.3 the
 finder cut 0.19 of the simulated photographs without page context)."""
+MIN_KEEP = 0.25
+"""...and the photograph kept is at least this share of the scan: a photograph with the text
+kept beside or under it covers at least half of such a scan (in the hard collection's page
+scans 0.51 to 0.75), while a thin strip "found" in a photograph means washed-out sky or sand
+taken for paper."""
 
 
 def finder_id() -> str:
-    """Identifies the finder's settings (weights, :data:`MIN_CUT`, :data:`MAX_OUTSIDE`): part
+    """Identifies the finder's settings (weights, :data:`MIN_CUT`, :data:`MAX_OUTSIDE`,
+    :data:`MIN_KEEP`): part
     of the descriptor cache key of images described with ``find_photo``, so that a changed
     finder never reuses descriptors of images it would cut otherwise."""
-    blob = np.asarray([*np.ravel(WEIGHTS), MIN_CUT, MAX_OUTSIDE], dtype=np.float64).tobytes()
-    return hashlib.sha1(blob).hexdigest()[:12]
+    blob = np.asarray([*np.ravel(WEIGHTS), MIN_CUT, MAX_OUTSIDE, MIN_KEEP], dtype=np.float64)
+    return hashlib.sha1(blob.tobytes()).hexdigest()[:12]
 
 
 def block_features(img: Image.Image, side: int = SIDE) -> np.ndarray:
@@ -142,7 +148,8 @@ def photo_box(
     t, left, b, r = _best_rectangle(p - 0.5)
     inside = np.zeros(p.shape, dtype=bool)
     inside[t:b, left:r] = True
-    if inside.mean() > 1.0 - MIN_CUT or p[~inside].mean() >= MAX_OUTSIDE:
+    kept = inside.mean()
+    if kept > 1.0 - MIN_CUT or kept < MIN_KEEP or p[~inside].mean() >= MAX_OUTSIDE:
         return None
     k = max(img.size) / SIDE * BLOCK  # block -> pixel of the scan
     return (
