@@ -1,17 +1,18 @@
 """Robustness benchmark: the default pipeline on the demo, check and hard collections.
 
 Each collection (built if missing: ``cbir_utils.sources.demo``) is ranked by the notebooks' whole
-pipeline (SSCD at 288 px, three scales, whitening, αDBA/αQE, SIFT re-ranking) with the
-steps this benchmark decides on, side by side:
+pipeline (SSCD at 288 px, one scale, whitening, αDBA/αQE, SIFT re-ranking) with the steps
+this benchmark decides on, side by side:
 
 * ``pretrained``, by default with the photograph finder (``PipelineConfig.find_photo``: a
   scan that kept page text or a caption band is cut to its photograph), and without it;
-* ``pretrained`` with the verification graph built at indexing (``PipelineConfig.graph``,
-  off by default), and with the fast profile (``notebooks/params/fast.yaml``: one scale),
-  which indexes at the peer tool's speed (``benchmarks/indexing.py``);
+* ``pretrained`` at three scales (0.75, 1, 1.25: ``PipelineConfig.scales``, one by
+  default), with the verification graph built at indexing (``PipelineConfig.graph``, off by
+  default), and with the fast profile (``notebooks/params/fast.yaml``: SSCD's distilled
+  student), which indexes at 3 times the peer tool's speed (``benchmarks/indexing.py``);
 * fine-tuned by notebook 02's recipe (the study's schedule on the frozen SSCD): the head
-  trained with ``cross-entropy`` (the default; with and without the finder) and the
-  ``closed form`` projection it starts from.
+  trained with ``cross-entropy`` (the default; with and without the finder, and at three
+  scales) and the ``closed form`` projection it starts from.
 
 Protocols: ``val`` (validation images of the seen scenes: defaults are chosen on the demo's
 and the hard collection's), ``disjoint`` (held-out scenes, never chosen on), ``study`` and
@@ -52,7 +53,8 @@ PROTOCOLS = ("val", "disjoint", "study", "all")
 PRETRAINED = "pretrained (default)"
 FINETUNED = "fine-tuned: cross-entropy (default)"
 NO_FINDER = " without the photograph finder"
-FAST = "pretrained, fast profile (one scale)"
+FAST = "pretrained, fast profile (SSCD's student)"
+THREE = " at three scales"
 GRAPH = "pretrained with the verification graph"
 README = {("demo", PRETRAINED): 0.997, ("demo", FINETUNED): 0.998,
           ("check", PRETRAINED): 0.970, ("check", FINETUNED): 0.982}  # fmt: skip
@@ -75,6 +77,9 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
     base = PipelineConfig()
     model = models.build_model(BACKBONE, "default").eval()
     meta = models.model_meta(BACKBONE, "default", "avg", base.image_size)
+    fast = "sscd_distilled"  # notebooks/params/fast.yaml's BACKBONE (tested)
+    student = models.build_model(fast, "default").eval()
+    student_meta = models.model_meta(fast, "default", "avg", base.image_size)
     run = F.fast_finetune(_recipe(), col, split, work / f"{name}-ce", cache, progress=False)
     ckpts = {
         FINETUNED: run.checkpoint.with_name("last.pt"),
@@ -84,8 +89,9 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
     variants = [
         (PRETRAINED, model, meta, base, None),
         ("pretrained" + NO_FINDER, model, meta, off, None),
+        ("pretrained" + THREE, model, meta, replace(base, scales=(0.75, 1.0, 1.25)), None),
         (GRAPH, model, meta, replace(base, graph=True), None),
-        (FAST, model, meta, replace(base, scales=(1.0,)), None),
+        (FAST, student, student_meta, base, None),
     ]
     for label, ckpt in ckpts.items():
         m, mm, _ = models.load_checkpoint(ckpt)
@@ -94,6 +100,8 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
         if label == FINETUNED:
             cfg = replace(off, pooling=mm["pooling"])
             variants.append((f"fine-tuned: cross-entropy{NO_FINDER}", m, mm, cfg, ckpt))
+            cfg = replace(base, pooling=mm["pooling"], scales=(0.75, 1.0, 1.25))
+            variants.append((f"fine-tuned: cross-entropy{THREE}", m, mm, cfg, ckpt))
     rows = []
     for label, m, mm, cfg, ckpt in variants:
         desc = pipeline.describe(m, mm, col.paths, cfg, cache, progress=False)

@@ -92,17 +92,18 @@ def test_search_a_new_image(local, capsys):
 
 
 def test_index_profile_sets_the_defaults_and_options_win(local, tiny_collection, capsys):
-    """`index --profile fast` takes notebooks/params/fast.yaml's values (one scale, no
-    graph) as its defaults; an option given on the command line wins; a search of that
+    """`index --profile fast` takes notebooks/params/fast.yaml's values (SSCD's distilled
+    student) as its defaults; an option given on the command line wins; a search of that
     index still verifies its candidates; an unknown profile is one error line."""
     out = local[0]
     args = ["index", str(tiny_collection), *SIZE, "-q", "--profile", "fast"]
     assert cli.main([*args, "--name", "fast"]) == 0
-    fast = Index.load(out / "index" / "fast").config
-    assert fast.scales == (1.0,) and not fast.graph and fast.rerank
+    fast = Index.load(out / "index" / "fast")
+    assert fast.meta["backbone"] == "sscd_distilled" and fast.config.rerank
     assert cli.main([*args, "--name", "fast2", "--scales", "0.5,1.0", "--graph"]) == 0
-    mine = Index.load(out / "index" / "fast2").config
-    assert mine.scales == (0.5, 1.0) and mine.graph
+    mine = Index.load(out / "index" / "fast2")
+    assert mine.config.scales == (0.5, 1.0) and mine.config.graph
+    assert mine.meta["backbone"] == "sscd_distilled"
     assert cli.main(["search", "fast", str(local[2]), "--top-k", "3", "-q"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
     assert table["scene"][0] == "scene_camera" and (table["inliers"] >= 0).all()
@@ -257,7 +258,7 @@ def test_shards_merge_to_the_same_index(tiny_collection, tmp_path, capsys, monke
 
     monkeypatch.setattr(paths, "OUTPUTS_DIR", tmp_path / "outputs")  # caches start empty
     folder = tmp_path / "sharded"
-    args = ["index", str(tiny_collection), "--out", str(folder), *SIZE]
+    args = ["index", str(tiny_collection), "--out", str(folder), *SIZE, "--scales", "0.75,1,1.25"]
     for shard in ("0", "1"):
         capsys.readouterr()
         assert cli.main([*args, "--num-shards", "2", "--shard", shard]) == 0
@@ -273,7 +274,8 @@ def test_shards_merge_to_the_same_index(tiny_collection, tmp_path, capsys, monke
     # each job extracted its slice at the three scales: the same vectors as one machine's
     assert len(list(folder.with_name("sharded.shards").glob("size-*/shard-*"))) == 3 * 2
     single = tmp_path / "single"
-    assert cli.main(["index", str(tiny_collection), "--out", str(single), *SIZE, "-q"]) == 0
+    assert cli.main(["index", str(tiny_collection), "--out", str(single), *SIZE, "-q",
+                     "--scales", "0.75,1,1.25"]) == 0  # fmt: skip
     merged, whole = Index.load(folder), Index.load(single)
     assert merged.relpaths == whole.relpaths and merged.config == whole.config
     assert len(merged.config.scales) == 3
@@ -283,7 +285,7 @@ def test_shards_merge_to_the_same_index(tiny_collection, tmp_path, capsys, monke
     shutil.copytree(tiny_collection, grown)
     shutil.copy(next(grown.rglob("*.jpg")), next(grown.iterdir()) / "new.jpg")
     shutil.copytree(folder.with_name("sharded.shards"), tmp_path / "g.shards")
-    code = cli.main(["index", str(grown), "--out", str(tmp_path / "g"), *SIZE, "--merge", "-q"])
+    code = cli.main(["index", str(grown), "--out", str(tmp_path / "g"), *args[4:], "--merge", "-q"])
     assert code == 2 and not (tmp_path / "g" / "index.json").exists()
     assert "another list of files" in capsys.readouterr().err
 

@@ -83,7 +83,7 @@ def test_new_images_find_their_scene(built, held_out, lite0):
     assert list(table.columns) == [
         "query", "rank", "candidate", "score", "scene", "path", "inliers"
     ]  # fmt: skip
-    assert index.config.scales == (0.75, 1.0, 1.25) and index.config.rerank
+    assert index.config.scales == (1.0,) and index.config.rerank
     top1 = table[table["rank"] == 1].set_index("query")["scene"]
     expected = new.set_index("path")["scene"]
     assert (top1 == expected.loc[top1.index]).all() and len(top1) == len(new)

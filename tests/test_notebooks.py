@@ -73,10 +73,10 @@ def test_notebook_01(outputs):
     assert len(matches) == 2 and matches["found"].str.contains("#xywh=").all()
     assert matches["right"].all(), matches
     assert json.loads((run_dir / "params.json").read_text())["IMAGE_SIZE"] == 96
-    # the defaults run the whole pipeline: multi-scale, whitening, expansion, re-ranking
+    # the defaults run the pipeline: one scale, whitening, expansion, re-ranking
     pipe = json.loads((run_dir / "pipeline.json").read_text())
     assert pipe["config"]["rerank"] and not pipe["config"]["graph"]  # the graph: an option
-    assert pipe["config"]["scales"] == [0.75, 1.0, 1.25] and pipe["config"]["whiten_dim"] == 64
+    assert pipe["config"]["scales"] == [1.0] and pipe["config"]["whiten_dim"] == 64
     assert pipe["seconds"]["rerank"] > 0
     split = pd.read_csv(next((out / "splits").glob("*.csv")))
     assert set(split["split"]) <= {"train", "val", "test", "heldout"}

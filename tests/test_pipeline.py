@@ -180,7 +180,7 @@ def test_notebook_defaults_are_the_benchmarks_best_pipeline():
     backbone, size, descreen = quality.DEFAULT_BACKBONE
     best = quality.default_pipeline(backbone, size, descreen)
     assert best == PipelineConfig.baseline(
-        image_size=size, descreen=descreen, scales=(0.75, 1.0, 1.25), whiten_dim=64,
+        image_size=size, descreen=descreen, scales=(1.0,), whiten_dim=64,
         dba_k=1, qe_k=1, rerank=True, graph=False,
     )  # fmt: skip
     assert best == PipelineConfig()  # its defaults, which the CLI's and the index's take
@@ -249,13 +249,14 @@ def test_paper_profile_is_the_studys_method():
             ), f.name
 
 
-def test_fast_profile_is_the_defaults_at_one_scale_without_the_graph():
+def test_fast_profile_is_the_defaults_with_sscds_student():
     from cbir_utils import runs
 
     params = runs.check_params(
         {**_notebook_defaults("01_pretrained_retrieval"), **_profile("fast")}, check_paths=False
     )
-    assert config_from_params(params) == replace(PipelineConfig(), scales=(1.0,), graph=False)
+    assert config_from_params(params) == PipelineConfig()
+    assert params["BACKBONE"] == "sscd_distilled"
 
 
 def test_config_from_params_takes_the_network_from_the_checkpoint():
