@@ -4,14 +4,15 @@ Measured in one run, one after the other, on the same folder (the demo by defaul
 from cold (no descriptor cache):
 
 * ``cbir index`` (this project's command line, its defaults): decode and check, the
-  photograph finder, SSCD at 288 px at three scales, the local features (SIFT) of every
-  image, whitening and αDBA, write the index folder;
-* ``cbir index --graph`` (the verification graph too: every image verified against its best
+  photograph finder, SSCD at 288 px, the local features (SIFT) of every image, whitening
+  and αDBA, write the index folder;
+* ``cbir index --scales 0.75,1,1.25`` (three scales, the default until 2026-12-06) and
+  ``cbir index --graph`` (the verification graph too: every image verified against its best
   50; off by default);
-* ``cbir index --profile fast`` (``notebooks/params/fast.yaml``: one scale);
-* the same work in-process without the start-up, to show where time goes:
-  descriptors at three scales (:func:`cbir_utils.engine.pipeline.describe`) plus the local features
-  every image needs for re-ranking (:class:`cbir_utils.engine.verify.LocalFeatureStore`);
+* ``cbir index --profile fast`` (``notebooks/params/fast.yaml``: SSCD's distilled student);
+* the defaults' work in-process without the start-up, to show where time goes: the
+  descriptors (:func:`cbir_utils.engine.pipeline.describe`) plus the local features every
+  image needs for re-ranking (:class:`cbir_utils.engine.verify.LocalFeatureStore`);
 * ``immaculate --method sscd`` / ``sscd_distilled`` (Python >= 3.12: pass its executable
   with ``--immaculate``), which embeds the same folder with the same ONNX models and groups
   near duplicates;
@@ -51,9 +52,10 @@ from cbir_utils.io import atomic_write_text, save_csv  # noqa: E402
 from cbir_utils.paths import OUTPUTS_DIR, resolve  # noqa: E402
 from cbir_utils.sources import data  # noqa: E402
 
-CBIR = "cbir index (defaults: 3 scales, SIFT)"
+CBIR = "cbir index (defaults: the photograph finder, 1 scale, SIFT)"
+THREE = "cbir index --scales 0.75,1,1.25 (three scales)"
 GRAPH = "cbir index --graph (defaults and the verification graph)"
-FAST = "cbir index --profile fast (1 scale)"
+FAST = "cbir index --profile fast (SSCD's student)"
 PEER = "immaculate --method sscd"
 
 
@@ -65,13 +67,14 @@ def _timed(cmd: list[str], env: dict | None = None) -> float:
 
 def cbir_index(folder: Path, tmp: Path, *options: str) -> float:
     """Seconds of ``cbir index`` from cold (its own outputs folder, empty cache)."""
-    env = {**os.environ, "CBIR_OUTPUTS_DIR": str(tmp / f"cli_outputs{len(options)}")}
+    cold = tmp / ("cli_outputs" + "".join(c for c in "_".join(options) if c.isalnum() or c == "_"))
+    env = {**os.environ, "CBIR_OUTPUTS_DIR": str(cold)}  # no cache shared between the rows
     cmd = [sys.executable, "-m", "cbir_utils", "index", str(folder), "--name", "bench", "-q"]
     return _timed([*cmd, *options], env)
 
 
 def full_pipeline(folder: Path) -> float:
-    """Seconds of the notebooks' default indexing work: 3-scale descriptors + local features."""
+    """Seconds of the notebooks' default indexing work: descriptors + local features."""
     params = runs.notebook_defaults("01_pretrained_retrieval")
     config = config_from_params(params)
     collection = data.open_collection(folder, build_demo=False)
@@ -129,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_indexing_"))
     load0 = os.getloadavg()[0]
     runs = [(CBIR, lambda: cbir_index(folder, tmp))]
+    runs.append((THREE, lambda: cbir_index(folder, tmp, "--scales", "0.75,1,1.25")))
     runs.append((GRAPH, lambda: cbir_index(folder, tmp, "--graph")))
     runs.append((FAST, lambda: cbir_index(folder, tmp, "--profile", "fast")))
-    runs.append(("in-process: 3-scale descriptors + SIFT features", lambda: full_pipeline(folder)))
+    runs.append(("in-process: descriptors + SIFT features", lambda: full_pipeline(folder)))
     if args.immaculate:
         for method in ("sscd", "sscd_distilled"):
             runs.append(

@@ -2,7 +2,7 @@
 
 Every backbone of :data:`BACKBONE_CANDIDATES` (at its input sizes and descreening),
 pretrained and fine-tuned with notebook 02's recipe (:func:`finetune_recipe`), through the
-whole pipeline (three scales, whitening, αDBA/αQE, SIFT re-ranking, graph), on the demo and
+pipeline (whitening, αDBA/αQE, SIFT re-ranking: :class:`PipelineConfig`'s defaults), on the demo and
 the check collection, scene-disjoint and study protocols. The pick is made on the demo's
 validation queries only (:func:`choose_backbone`) and must be the notebooks' default
 (:data:`DEFAULT_BACKBONE`). Writes ``outputs/benchmarks/backbones.{csv,md}``::
@@ -52,7 +52,7 @@ BACKBONE_CANDIDATES: list[tuple[str, int, float]] = [
     ("resnet152", 224, 3.0),
 ]
 """(backbone, input size, descreen) compared by ``quality.py backbones``, each through the
-notebooks' whole pipeline (three scales, whitening, αDBA/αQE, SIFT re-ranking, graph)."""
+notebooks' pipeline (:class:`PipelineConfig`'s defaults)."""
 
 DEFAULT_BACKBONE = (DEFAULT_NETWORK, PipelineConfig.image_size, PipelineConfig.descreen)
 """The default (``cbir_utils.config``: the notebooks', CLI's and index's), which is what
@@ -156,7 +156,7 @@ def run_backbones(
 
     Fine-tuned = notebook 02's default recipe for that backbone (:func:`finetune_recipe`:
     trained end to end for PyTorch backbones, a learned projection for the frozen ONNX ones).
-    ``s_per_image`` is the uncached extraction at all three scales, per image, in this run.
+    ``s_per_image`` is the uncached extraction at the pipeline's scales, per image, in this run.
     Writes ``backbones.csv`` and ``backbones.md``. Returns the table and the validated pick.
     """
     out_dir = Path(out_dir)

@@ -46,8 +46,8 @@ def index_parser(sub, common, fmt) -> None:
     p.add_argument(
         "--profile",
         default="",
-        help="a profile of notebooks/params/ (e.g. fast: the peer tool's indexing speed, see "
-        "the README): its values become this command's defaults; options given here win",
+        help="a profile of notebooks/params/ (e.g. fast: SSCD's distilled student, 1.7 times the "
+        "peer tool's indexing speed): its values become this command's defaults; options given here win",
     )
     m = p.add_argument_group("model (as notebook 01)")
     m.add_argument(
