@@ -18,7 +18,7 @@ Protocols: ``val`` (validation images of the seen scenes: defaults are chosen on
 and the hard collection's), ``disjoint`` (held-out scenes, never chosen on), ``study`` and
 ``all`` (every image a query). The fine-tuned rows add the classifier's test accuracy.
 
-    .venv/bin/python benchmarks/robustness.py            # ~20 min on an idle 2-core CPU
+    .venv/bin/python benchmarks/robustness.py            # ~7 min on an idle 2-core CPU (caches warm)
     .venv/bin/python benchmarks/robustness.py --check    # exit 1 when a target is missed
 
 Writes ``outputs/benchmarks/robustness.{csv,md}``.
