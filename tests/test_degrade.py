@@ -154,6 +154,8 @@ def test_qt_resource_bundle_read_and_hard_photos_unpacked(tmp_path):
     assert (tmp_path / "pkg" / "rcc" / "act" / "README").read_text().startswith("Copyright")
     bundle.unlink()  # unpacked once: the bundle is not read again
     assert demo._bundled_photos("gc-data", tmp_path / "pkg", {}, "act.rcc!*.webp") == got
+    # another pattern is unpacked from the bundle, never served from an earlier unpacking
+    assert demo._bundled_photos("gc-data", tmp_path / "pkg", {}, "act.rcc!egypt/*") == {}
 
     wallpapers = [f"debian:plasma-workspace-wallpapers:{n}" for n in demo.HARD_PACKAGES[
         "plasma-workspace-wallpapers"]]  # fmt: skip

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import hashlib
 import io
 import json
 import math
@@ -357,7 +358,8 @@ def _bundled_photos(pkg: str, root: Path, found: dict[str, Path], spec: str) -> 
     """
     bundle, pattern = spec.split("!", 1)
     dest = root / "rcc" / Path(bundle).stem
-    if not (dest / ".complete").is_file():
+    done = dest / f".complete-{hashlib.sha1(pattern.encode()).hexdigest()[:8]}"  # per pattern
+    if not done.is_file():
         hits = [f for rel, f in found.items() if rel.endswith("/" + bundle)]
         if not hits:
             return {}
@@ -365,7 +367,7 @@ def _bundled_photos(pkg: str, root: Path, found: dict[str, Path], spec: str) -> 
             short = rel.split("/resource/", 1)[-1]  # GCompris: <activity>/resource/<file>
             if fnmatch.fnmatch(short, pattern) or short == "README":
                 atomic_write_bytes(dest / short, raw)
-        (dest / ".complete").write_text(hits[0].name + "\n")
+        done.write_text(hits[0].name + "\n")
     files = sorted(f for f in dest.rglob(pattern) if f.is_file())
     return {f"debian:{pkg}:{bundle}!{f.relative_to(dest).as_posix()}": f for f in files}
 

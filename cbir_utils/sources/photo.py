@@ -65,9 +65,9 @@ taken for paper."""
 
 def finder_id() -> str:
     """Identifies the finder's settings (weights, :data:`MIN_CUT`, :data:`MAX_OUTSIDE`,
-    :data:`MIN_KEEP`): part
-    of the descriptor cache key of images described with ``find_photo``, so that a changed
-    finder never reuses descriptors of images it would cut otherwise."""
+    :data:`MIN_KEEP`): part of the descriptor cache key of images described with
+    ``find_photo``, so that a changed finder never reuses descriptors of images it would cut
+    otherwise."""
     blob = np.asarray([*np.ravel(WEIGHTS), MIN_CUT, MAX_OUTSIDE, MIN_KEEP], dtype=np.float64)
     return hashlib.sha1(blob.tobytes()).hexdigest()[:12]
 
