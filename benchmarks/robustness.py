@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 import quality
 
+from cbir_utils.cli.common import profile
 from cbir_utils.config import BACKBONE, PipelineConfig
 from cbir_utils.engine import models, pipeline
 from cbir_utils.engine import verify as V
@@ -55,6 +56,7 @@ FINETUNED = "fine-tuned: cross-entropy (default)"
 NO_FINDER = " without the photograph finder"
 FAST = "pretrained, fast profile (SSCD's student)"
 THREE = " at three scales"
+THREE_SCALES = (0.75, 1.0, 1.25)
 GRAPH = "pretrained with the verification graph"
 README = {("demo", PRETRAINED): 0.997, ("demo", FINETUNED): 0.998,
           ("check", PRETRAINED): 0.970, ("check", FINETUNED): 0.982}  # fmt: skip
@@ -77,7 +79,7 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
     base = PipelineConfig()
     model = models.build_model(BACKBONE, "default").eval()
     meta = models.model_meta(BACKBONE, "default", "avg", base.image_size)
-    fast = "sscd_distilled"  # notebooks/params/fast.yaml's BACKBONE (tested)
+    fast = profile("fast", {"backbone"})["backbone"]  # notebooks/params/fast.yaml's
     student = models.build_model(fast, "default").eval()
     student_meta = models.model_meta(fast, "default", "avg", base.image_size)
     run = F.fast_finetune(_recipe(), col, split, work / f"{name}-ce", cache, progress=False)
@@ -89,7 +91,7 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
     variants = [
         (PRETRAINED, model, meta, base, None),
         ("pretrained" + NO_FINDER, model, meta, off, None),
-        ("pretrained" + THREE, model, meta, replace(base, scales=(0.75, 1.0, 1.25)), None),
+        ("pretrained" + THREE, model, meta, replace(base, scales=THREE_SCALES), None),
         (GRAPH, model, meta, replace(base, graph=True), None),
         (FAST, student, student_meta, base, None),
     ]
@@ -100,7 +102,7 @@ def _rows(name: str, root: str, work: Path, progress: bool) -> list[dict]:
         if label == FINETUNED:
             cfg = replace(off, pooling=mm["pooling"])
             variants.append((f"fine-tuned: cross-entropy{NO_FINDER}", m, mm, cfg, ckpt))
-            cfg = replace(base, pooling=mm["pooling"], scales=(0.75, 1.0, 1.25))
+            cfg = replace(base, pooling=mm["pooling"], scales=THREE_SCALES)
             variants.append((f"fine-tuned: cross-entropy{THREE}", m, mm, cfg, ckpt))
     rows = []
     for label, m, mm, cfg, ckpt in variants:
