@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -156,17 +156,8 @@ def _f1(precision: float, recall: float) -> float:
 
 
 def rank(scores: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Rank the database for every query.
-
-    Args:
-        scores: ``(n_queries, n_db)`` similarities.
-        mask: Optional bool matrix, False = not a candidate.
-
-    Returns:
-        Int array ``(n_queries, n_db)`` of column indices per row: valid candidates first by
-        descending score (ties by ascending column index), then the excluded candidates (mask
-        False or score ``-inf``) in column order. Row ``i`` has ``valid[i].sum()`` valid entries.
-    """
+    """Column indices per row: valid candidates by descending score (ties by column), then
+    the excluded ones in column order."""
     s = _as_scores(scores)
     valid = _valid_cells(s, mask)
     key = np.where(valid, -s, np.inf)  # valid keys are finite, so excluded sort last
@@ -190,18 +181,8 @@ def _ranked_rows(
 
 
 def average_precision(ranked_relevance: np.ndarray, n_relevant: int | None = None) -> float:
-    """Average precision of one ranked list.
-
-    AP = (sum of precision@r over the ranks r of relevant items) / ``n_relevant``. Relevant
-    items missing from the list (``n_relevant`` larger than its relevant count) add 0.
-
-    Args:
-        ranked_relevance: 0/1 relevance of the results in rank order.
-        n_relevant: Total relevant items for the query; defaults to ``sum(ranked_relevance)``.
-
-    Returns:
-        AP in [0, 1], or NaN when the query has no relevant item.
-    """
+    """AP of 0/1 relevance in rank order: the sum of precision@r at the relevant ranks r over
+    ``n_relevant`` (default: those listed; missing ones add 0). NaN without relevant item."""
     rel = _as_relevance(ranked_relevance)
     n_rel = _n_relevant(rel, n_relevant)
     if n_rel == 0:
@@ -212,31 +193,14 @@ def average_precision(ranked_relevance: np.ndarray, n_relevant: int | None = Non
 
 
 def precision_at_k(ranked_relevance: np.ndarray, k: int) -> float:
-    """Share of the top ``k`` that is relevant; ranks beyond the list count as non-relevant.
-
-    Args:
-        ranked_relevance: 0/1 relevance in rank order.
-        k: Cut-off (>= 1). The denominator is always ``k``, even if the list is shorter.
-
-    Returns:
-        P@k in [0, 1].
-    """
+    """Share of the top ``k`` that is relevant (always over ``k``, even for a shorter list)."""
     rel = _as_relevance(ranked_relevance)
     k = _check_k(k)
     return float(rel[:k].sum()) / k
 
 
 def recall_at_k(ranked_relevance: np.ndarray, k: int, n_relevant: int | None = None) -> float:
-    """Share of the relevant items found in the top ``k``.
-
-    Args:
-        ranked_relevance: 0/1 relevance in rank order.
-        k: Cut-off (>= 1).
-        n_relevant: Total relevant items; defaults to ``sum(ranked_relevance)``.
-
-    Returns:
-        R@k in [0, 1], or NaN when the query has no relevant item.
-    """
+    """Share of the ``n_relevant`` items (default: those listed) in the top ``k``; NaN if none."""
     rel = _as_relevance(ranked_relevance)
     k = _check_k(k)
     n_rel = _n_relevant(rel, n_relevant)
@@ -246,19 +210,8 @@ def recall_at_k(ranked_relevance: np.ndarray, k: int, n_relevant: int | None = N
 
 
 def ndcg_at_k(ranked_relevance: np.ndarray, k: int, n_relevant: int | None = None) -> float:
-    """Binary nDCG@k = DCG@k / IDCG@k.
-
-    DCG@k = sum over ranks i <= k of rel_i / log2(i + 1) (i from 1); IDCG@k is the DCG of
-    ``min(k, n_relevant)`` relevant items at the top.
-
-    Args:
-        ranked_relevance: 0/1 relevance in rank order.
-        k: Cut-off (>= 1).
-        n_relevant: Total relevant items; defaults to ``sum(ranked_relevance)``.
-
-    Returns:
-        nDCG@k in [0, 1], or NaN when the query has no relevant item.
-    """
+    """Binary nDCG@k: the sum of rel_i / log2(i + 1) over ranks i <= k (from 1), over that of
+    ``min(k, n_relevant)`` relevant items at the top. NaN without relevant item."""
     rel = _as_relevance(ranked_relevance)
     k = _check_k(k)
     n_rel = _n_relevant(rel, n_relevant)
@@ -286,23 +239,8 @@ def _nan_to_none(value: float) -> float | None:
 
 @dataclass
 class RetrievalMetrics:
-    """Ranking metrics over all queries (each image in turn queries the rest).
-
-    Means are over the ``n_queries`` queries with at least one relevant candidate; the
-    ``n_queries_without_relevant`` others are only counted. Means are NaN if no query counts.
-
-    Attributes:
-        map: Mean average precision.
-        precision_at_k: ``{k: mean P@k}``.
-        recall_at_k: ``{k: mean R@k}``.
-        ndcg_at_k: ``{k: mean nDCG@k}``.
-        mu_ap: Micro AP over all valid pairs (see ``micro_ap``), NaN without relevant pairs.
-        n_queries: Queries evaluated (with at least one relevant candidate).
-        n_queries_without_relevant: Queries excluded from the means.
-        per_query: One row per query (all of them): ``query``, ``n_candidates``,
-            ``n_relevant``, ``ap``, ``P@k``, ``R@k``, ``nDCG@k``; NaN metrics for queries
-            without relevant candidates.
-    """
+    """Ranking metrics, means over the ``n_queries`` queries with a relevant candidate (NaN if
+    none); ``per_query`` has a row for every query (``ap``, ``P@k``, ``R@k``, ``nDCG@k``)."""
 
     map: float
     precision_at_k: dict[int, float]
@@ -314,12 +252,7 @@ class RetrievalMetrics:
     per_query: pd.DataFrame = field(repr=False)
 
     def to_dict(self) -> dict[str, float | int | None]:
-        """Flat JSON-serialisable summary; NaN becomes None.
-
-        Returns:
-            ``{"mAP", "P@k"..., "R@k"..., "nDCG@k"..., "muAP", "n_queries",
-            "n_queries_without_relevant"}``.
-        """
+        """``{"mAP", "P@k"..., "R@k"..., "nDCG@k"..., "muAP", "n_queries"...}``, NaN as None."""
         out: dict[str, float | int | None] = {"mAP": _nan_to_none(self.map)}
         for prefix, values in (
             ("P", self.precision_at_k),
@@ -341,24 +274,7 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     n_relevant: np.ndarray | None = None,
 ) -> RetrievalMetrics:
-    """Compute mAP, P@k, R@k, nDCG@k and µAP for a score matrix or ranked lists.
-
-    Each row is ranked over its valid candidates (see ``rank``); its relevant count is the number
-    of valid relevant cells, so a masked query never counts as its own match.
-
-    Args:
-        scores: ``(n_queries, n_db)`` similarities, or ranked lists (module docstring).
-        relevant: Bool matrix, True = same scene.
-        mask: Optional bool matrix, False = not a candidate.
-        ks: Cut-offs for P@k, R@k and nDCG@k.
-        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
-
-    Returns:
-        A ``RetrievalMetrics``.
-
-    Raises:
-        ValueError: On empty or mis-shaped input, NaN/+inf valid scores, or bad ``ks``.
-    """
+    """mAP, P@k, R@k, nDCG@k (``ks``) and µAP of a score matrix or of ranked lists."""
     s, rel, valid = _prepare(scores, relevant, mask)
     ks = _check_ks(ks)
     totals = _totals(rel, valid, n_relevant)
@@ -398,22 +314,8 @@ def micro_ap(
     mask: np.ndarray | None = None,
     n_relevant: np.ndarray | None = None,
 ) -> float:
-    """Micro average precision (µAP, DISC21 copy-detection protocol).
-
-    Every valid (query, candidate, score) triple is pooled and sorted globally; AP of that one
-    precision-recall curve, via ``sklearn.metrics.average_precision_score`` (tied scores enter
-    together, as one threshold). Queries without relevant candidates still add false positives.
-
-    Args:
-        scores: ``(n_queries, n_db)`` similarities.
-        relevant: Bool matrix, True = same scene.
-        mask: Optional bool matrix, False = not a candidate.
-        n_relevant: Per query, its relevant candidates in the collection (ranked lists:
-            those beyond the lists are never retrieved, so the AP scales by found / total).
-
-    Returns:
-        µAP in [0, 1], or NaN when no pair is relevant.
-    """
+    """Micro AP (DISC21): the AP of all valid pairs pooled and sorted globally, tied scores
+    as one threshold; with ranked lists, scaled by found / total. NaN without relevant pair."""
     s, rel, valid = _prepare(scores, relevant, mask)
     y_true = rel[valid]
     total = int(_totals(rel, valid, n_relevant).sum())
@@ -440,16 +342,7 @@ class PairwiseResult:
     fn: int
 
     def to_dict(self) -> dict[str, float | int]:
-        """Return the fields as a plain dict."""
-        return {
-            "threshold": float(self.threshold),
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "tp": self.tp,
-            "fp": self.fp,
-            "fn": self.fn,
-        }
+        return asdict(self)
 
 
 def pairwise_prf(
@@ -459,23 +352,8 @@ def pairwise_prf(
     mask: np.ndarray | None = None,
     n_relevant: np.ndarray | None = None,
 ) -> PairwiseResult:
-    """Pairwise precision, recall and F1 at a threshold, as in the original study.
-
-    Over all valid (query, candidate) cells, predicted positive = ``score >= threshold``.
-    precision = tp / (tp + fp), recall = tp / (tp + fn), F1 = 2PR / (P + R); each is 0.0 when
-    its denominator is 0 (no predicted positives, no relevant pairs).
-
-    Args:
-        scores: ``(n_queries, n_db)`` similarities.
-        relevant: Bool matrix, True = same scene.
-        threshold: Decision threshold (choose it on validation data, never on test).
-        mask: Optional bool matrix, False = not a candidate.
-        n_relevant: Per query, its relevant candidates in the collection (ranked lists:
-            those beyond the lists are false negatives).
-
-    Returns:
-        A ``PairwiseResult``.
-    """
+    """Pairwise precision, recall and F1 of ``score >= threshold`` over the valid cells, as
+    in the original study (choose the threshold on validation data)."""
     s, rel, valid = _prepare(scores, relevant, mask)
     pred = s[valid] >= threshold
     truth = rel[valid]
@@ -493,23 +371,8 @@ def pr_curve(
     mask: np.ndarray | None = None,
     n_relevant: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Pairwise precision/recall/F1 at every distinct valid score used as threshold.
-
-    Row ``t`` equals ``pairwise_prf(scores, relevant, t, mask)`` (same 0/0 = 0.0 rule).
-
-    Args:
-        scores: ``(n_queries, n_db)`` similarities.
-        relevant: Bool matrix, True = same scene.
-        mask: Optional bool matrix, False = not a candidate.
-        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
-
-    Returns:
-        DataFrame with columns ``threshold, precision, recall, f1, tp, fp, fn``, thresholds
-        descending (recall non-decreasing down the rows).
-
-    Raises:
-        ValueError: When there is no valid pair.
-    """
+    """:func:`pairwise_prf` at every distinct valid score, thresholds descending: columns
+    ``threshold, precision, recall, f1, tp, fp, fn``."""
     s, rel, valid = _prepare(scores, relevant, mask)
     n_pos = int(_totals(rel, valid, n_relevant).sum())
     flat, truth = s[valid], rel[valid]
@@ -545,30 +408,12 @@ def best_threshold(
     mask: np.ndarray | None = None,
     n_relevant: np.ndarray | None = None,
 ) -> float:
-    """Threshold maximising pairwise F1 (fit on validation data, then apply to test).
-
-    Candidates are the distinct valid scores (see ``pr_curve``); among equal F1 the highest
-    threshold wins. Apply it with ``score >= threshold``.
-
-    Args:
-        scores: ``(n_queries, n_db)`` similarities.
-        relevant: Bool matrix, True = same scene.
-        mask: Optional bool matrix, False = not a candidate.
-        n_relevant: Per query, its relevant candidates in the collection (ranked lists).
-
-    Returns:
-        The chosen threshold (one of the valid scores).
-
-    Raises:
-        ValueError: When no valid pair is relevant (F1 is 0 at every threshold).
-    """
+    """The valid score that maximises pairwise F1 (the highest among ties), applied as
+    ``score >= threshold``; fit it on validation data."""
     curve = pr_curve(scores, relevant, mask, n_relevant)
     if int(curve["tp"].iloc[-1]) == 0:
         raise InputError("no relevant valid pair: the F1-maximising threshold is undefined")
     return float(curve["threshold"].iloc[int(np.argmax(curve["f1"].to_numpy()))])
-
-
-# --------------------------------------------------------------------------- top-k table
 
 
 # --------------------------------------------------------------------------- classification
@@ -579,23 +424,9 @@ def classification_metrics(
     y_pred: np.ndarray | Sequence[int],
     n_classes: int | None = None,
 ) -> dict[str, float]:
-    """Accuracy and macro precision/recall/F1 of a classifier (e.g. per fine-tuning epoch).
-
-    Macro averages use sklearn with ``zero_division=0`` over the labels present in
-    ``y_true`` or ``y_pred`` only: classes absent from both (common in a small validation split
-    of an imbalanced collection) would otherwise add zeros that say nothing about the model.
-
-    Args:
-        y_true: True class indices, 1-D.
-        y_pred: Predicted class indices, same length.
-        n_classes: If given, every label must lie in ``[0, n_classes)``; used for checking only.
-
-    Returns:
-        ``{"accuracy", "macro_precision", "macro_recall", "macro_f1"}`` as floats.
-
-    Raises:
-        ValueError: On empty, mis-shaped or out-of-range labels.
-    """
+    """Accuracy and macro precision/recall/F1 (``zero_division=0``) over the labels present
+    in ``y_true`` or ``y_pred`` only: classes absent from a small validation split would add
+    zeros that say nothing of the model. ``n_classes`` only checks the labels' range."""
     t = np.asarray(y_true)
     p = np.asarray(y_pred)
     if t.ndim != 1 or p.ndim != 1:
