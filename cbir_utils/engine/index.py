@@ -1,8 +1,6 @@
 """A saved index of a collection: search it with new images or image regions, add images.
 
-An index folder (e.g. ``outputs/index/<name>/``) holds the descriptors of every image,
-their file names, scene labels and content digests, and the description of the model and
-preprocessing that made them (so queries are embedded the same way)::
+An index folder (e.g. ``outputs/index/<name>/``)::
 
     index.json               settings, model meta, and the names of the two files below
     vectors-<digest>.npy     float32 (N, D), unit-norm rows, in the order of items
@@ -10,12 +8,8 @@ preprocessing that made them (so queries are embedded the same way)::
                              then the collection's metadata columns (periodical, date...)
     verdicts.csv             review decisions imported with `verdicts import` (history)
 
-``index.json`` is written last and atomically, and names the data files by their content,
-so a reader never sees a half-updated index: a killed update leaves the previous one whole.
-
-Descriptors go through :func:`cbir_utils.engine.features.extract_cached` (cache keyed by file
-content and model identity, shared with the notebooks), and only images not yet in the
-index are ever embedded when it grows.
+``index.json`` is written last and atomically and names the data files by their content:
+a killed update leaves the previous index whole.
 """
 
 from __future__ import annotations
@@ -76,16 +70,8 @@ def model_settings(
     checkpoint: str | os.PathLike | None = None,
     find_photo: bool = PipelineConfig.find_photo,
 ) -> tuple[dict, str | None]:
-    """The model meta an index is built with, as the notebooks write it.
-
-    The defaults are :mod:`cbir_utils.config`'s (notebook 01's and the command line's).
-
-    With ``checkpoint`` (a fine-tuned model of notebook 02), the checkpoint's own meta
-    plus its SHA-1 is used, exactly as notebook 03 does, so cached vectors are shared;
-    the other arguments are then ignored.
-
-    Returns:
-        ``(meta, checkpoint_path_or_None)``.
+    """``(meta, checkpoint or None)`` an index is built with, defaults from :mod:`config`; with a
+    fine-tuned ``checkpoint``, its own meta and SHA-1 (as notebook 03), the rest ignored.
     """
     photo = {"find_photo": True} if find_photo else {}  # absent when off: older cache keys
     if checkpoint:
@@ -139,11 +125,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def crop_box(image, box: Sequence[float]):
-    """Crop a PIL image to ``box = (x0, y0, x1, y1)`` in pixels, clipped to the image.
-
-    Raises:
-        ValueError: The box is malformed or does not overlap the image.
-    """
+    """Crop a PIL image to ``box = (x0, y0, x1, y1)`` in pixels, clipped to the image."""
     if len(box) != 4:
         raise InputError(f"A box is four numbers x0,y0,x1,y1, got {box!r}.")
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -161,15 +143,8 @@ def crop_box(image, box: Sequence[float]):
 
 @dataclass
 class Embedder:
-    """How an index turns images (or regions of them) into descriptors.
-
-    Attributes:
-        meta: Model meta (backbone, weights, pooling, preprocessing): the cache key.
-        checkpoint: Fine-tuned checkpoint path, or ``None`` for a pretrained backbone.
-        output: ``"descriptor"`` or ``"logits"``.
-        mirror: Mirror-invariant descriptors.
-        config: The pipeline (its scales: descriptors summed over them).
-        model: The network, built from ``meta`` on first use when not given.
+    """How an index turns images (or regions of them) into descriptors or logits; the network is
+    built from ``meta`` on first use when ``model`` is not given.
     """
 
     meta: dict
@@ -238,24 +213,10 @@ class AddReport:
 class Index(ItemTable):
     """Descriptors of a collection with everything needed to query it later.
 
-    Three parts: the store (this class: items, vectors, :meth:`add`, :meth:`save`,
-    :meth:`load`), the :attr:`embedder` (an :class:`Embedder`: how images become vectors)
-    and the searcher (:meth:`fitted`, a :class:`cbir_utils.engine.pipeline.FittedPipeline` saved
-    with the index, which :meth:`search` ranks with).
-
-    Attributes:
-        vectors: ``(N, D)`` float32, unit-norm rows.
-        items: Frame with columns :data:`ITEM_COLUMNS`, then the collection's metadata
-            columns (:mod:`cbir_utils.sources.provenance`), one row per image, same order.
-        meta: Model meta (backbone, weights, pooling, preprocessing...), the cache key.
-        checkpoint: Fine-tuned checkpoint path, or ``None`` for a pretrained backbone.
-        output: ``"descriptor"`` or ``"logits"``.
-        mirror: Mirror-invariant descriptors.
-        root: Folder the relative paths are relative to.
-        name: Display name.
-        config: The retrieval pipeline (scales, whitening, αDBA/αQE, re-ranking, graph):
-            how the vectors were made and how queries are ranked (:func:`pipeline_config`).
-        folder: Where it was loaded from or saved to (its fitted pipeline lives there).
+    The store (items, vectors, :meth:`add`, :meth:`save`, :meth:`load`), the :attr:`embedder`
+    and the searcher (:meth:`fitted`, a :class:`FittedPipeline` saved with the index).
+    ``items`` has :data:`ITEM_COLUMNS` then the metadata columns, one row per vector; ``config``
+    says how the vectors were made and how queries are ranked.
     """
 
     vectors: np.ndarray
@@ -320,21 +281,9 @@ class Index(ItemTable):
         config: PipelineConfig | None = None,
         **extract_kwargs,
     ) -> Index:
-        """Embed every image of a collection (folder per scene, or CSV manifest).
+        """Embed every image of a collection (folder per scene, CSV manifest, or loaded).
 
-        Args:
-            source: Collection folder, manifest CSV, or a loaded collection.
-            meta: Model meta from :func:`model_settings`.
-            checkpoint: Checkpoint path from :func:`model_settings`, if any.
-            cache_dir: Descriptor cache; defaults to ``outputs/cache`` (shared with notebooks).
-            mirror: Mirror-invariant descriptors.
-            output: ``"descriptor"`` or ``"logits"``.
-            model: An already built network matching ``meta`` (else built from ``meta``).
-            stats: Filled with how many descriptors were computed or taken from the cache.
-            name: Display name.
-            config: The retrieval pipeline (default: :func:`pipeline_config` of ``meta``,
-                notebook 01's settings).
-            **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
+        ``extract_kwargs``: ``batch_size``, ``num_workers``, ``progress``, ``device``.
         """
         col = source if isinstance(source, Collection) else load_collection(source)
         index = cls(
@@ -406,28 +355,11 @@ class Index(ItemTable):
         config: PipelineConfig | None = None,
         num_shards: int | None = None,
     ) -> tuple[Index, Collection]:
-        """The index of a sharded extraction (:func:`cbir_utils.engine.features.extract_shard`).
+        """The index of a sharded extraction, and ``col`` as indexed (the images the shards left
+        out as unusable added to its ``skipped``).
 
-        Every shard must be finished and come from this model, mirroring and listing of
-        ``col`` (the shard folders' ``meta.json``); their vectors are read in collection
-        order. With several scales (``config.scales``) each scale's shards are in their
-        folder (:func:`shard_scales`) and the vectors are summed and normalised, as
-        :func:`cbir_utils.engine.descriptors.extract_multiscale` does. The images the shards left
-        out as unusable (each job checked its own) are not in the index.
-
-        Args:
-            shards_dir: The folder the shard jobs wrote to.
-            col: The collection, listed as the jobs listed it.
-            meta, checkpoint, mirror, name, config: As for :meth:`from_vectors`.
-            num_shards: Number of shards; ``None`` reads it from the shard folders.
-
-        Returns:
-            The index, and ``col`` as indexed: its items those merged, its ``skipped`` grown
-            by the images the shards left out.
-
-        Raises:
-            FileNotFoundError: No shard, or a shard missing or unfinished (named).
-            ValueError: Shards of other settings, of another listing, or inconsistent.
+        Every shard must be finished and made with this model, mirroring and listing of ``col``;
+        several scales' vectors are summed and normalised, as in ``extract_multiscale``.
         """
 
         config = config or pipeline_config(meta, mirror)
@@ -472,21 +404,10 @@ class Index(ItemTable):
         metadata: Sequence[dict] | None = None,
         **extract_kwargs,
     ) -> AddReport:
-        """Add images, embedding only those whose content is not indexed yet.
+        """Add images, embedding only those neither indexed with the same content nor cached.
 
-        An image whose name is already indexed with the same content is left as it is; with
-        new content its vector is replaced. Only images whose vectors are neither in the
-        index nor in the cache are run through the network (see ``stats``).
-
-        Args:
-            paths: Image files.
-            scenes: Scene label per image (``""`` when unknown); default unlabelled.
-            relpaths: Names to show (default: relative to :attr:`root` when inside it).
-            cache_dir: Descriptor cache; defaults to ``outputs/cache``.
-            stats: Filled with the counts of computed and cached descriptors.
-            metadata: Per image, its metadata (``{"periodical": ..., "date": ...}``);
-                it replaces what the index held for that image, even when unchanged.
-            **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
+        An image indexed under the same name with new content is replaced; ``metadata`` rows
+        replace what the index held, even for unchanged images.
         """
         abs_paths = [Path(p).expanduser().resolve() for p in paths]
         missing = [str(p) for p in abs_paths if not image_file(p).is_file()]
@@ -646,12 +567,7 @@ class Index(ItemTable):
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Index:
-        """Read an index saved by :meth:`save`.
-
-        Raises:
-            FileNotFoundError: No index in ``folder``.
-            ValueError: The index files are inconsistent.
-        """
+        """Read an index saved by :meth:`save`."""
         folder = Path(folder)
         header = _read_header(folder)
         rebuild = (f"rebuild it with `python -m cbir_utils index {header.get('root') or 'FOLDER'} "
@@ -709,14 +625,9 @@ class Index(ItemTable):
     def fitted(
         self, store: V.LocalFeatureStore | None = None, progress: bool = True, verify: bool = True
     ) -> P.FittedPipeline:
-        """The retrieval pipeline fitted on this index (whitening, αDBA, verification graph).
-
-        Read from the index folder when it was saved for these vectors, else fitted now
-        (the graph verifies every image against its best ``rerank_top_n``: the slow part)
-        and written with the next :meth:`save`. ``verify=False`` leaves the graph to the
-        graph shards (:mod:`cbir_utils.engine.graph_shards`) and accepts a saved pipeline whose
-        graph is still pending; with ``verify`` such a pipeline is an error that says how
-        to gather the graph.
+        """The pipeline fitted on this index, read from its folder when saved for these vectors,
+        else fitted now and written with the next :meth:`save`. ``verify=False`` leaves the
+        verification graph to the graph shards and accepts a saved pipeline still waiting for it.
         """
         digest = self.vectors_digest()
         if self._fitted is not None and self._fitted_digest == digest:
@@ -763,12 +674,7 @@ class Index(ItemTable):
     def query_names(
         self, paths: Sequence[str | os.PathLike], digests: Sequence[str] | None = None
     ) -> dict[str, str]:
-        """Each query file's name in the index (its relpath when its content is indexed).
-
-        Keys are ``str(path)``, as in the ``query`` column of :meth:`search`; a query that
-        is not indexed keeps its path. Verdicts about indexed images use these names.
-        ``digests``: the files' SHA-1s when already known (not read again).
-        """
+        """Each query's name in the index: its relpath when its content is indexed, else its path."""
         digests = digests if digests is not None else [models.file_digest(p) for p in paths]
         row_of = {d: r for d, r in zip(self.items["sha1"], self.items["relpath"])}
         return {str(p): row_of.get(d, str(p)) for p, d in zip(paths, digests)}
@@ -786,35 +692,12 @@ class Index(ItemTable):
         digests: Sequence[str] | None = None,
         **extract_kwargs,
     ) -> pd.DataFrame:
-        """Search the index with image files (or the region ``box`` of each).
+        """Search with image files (or the region ``box`` of each), ranked as the collection's
+        own images are; each query read, hashed and decoded once, :data:`QUERY_CHUNK` at a time.
 
-        Each query file is read and hashed once, and decoded once for all its uses (every
-        scale of its descriptor, its local features), :data:`QUERY_CHUNK` at a time.
-
-        The collection is not re-embedded: only the queries are, as the collection was
-        (its scales), then ranked by the index's fitted pipeline exactly as the
-        collection's own images are (:meth:`cbir_utils.engine.pipeline.FittedPipeline.rank`):
-        whitening, αDBA/αQE, local-feature verification of the best ``rerank_top_n``
-        and the verification graph, as the index's pipeline settings say.
-
-        Args:
-            paths: Query images (inside or outside the collection).
-            k: Results per query.
-            box: Optional ``(x0, y0, x1, y1)`` region in pixels, applied to every query.
-            exclude_self: Leave out the query's own file when it is indexed (same content).
-            cache_dir: Descriptor cache for whole-image queries.
-            stats: Filled with the extraction counts of the queries.
-            store: Local features of the indexed images, kept between calls (default:
-                the on-disk cache of local features under ``outputs/cache/local``).
-            fitted: The pipeline to rank with (default :meth:`fitted`; e.g. one with other
-                re-ranking settings).
-            digests: The query files' SHA-1s when already known.
-            **extract_kwargs: ``batch_size``, ``num_workers``, ``progress``, ``device``.
-
-        Returns:
-            Long table ``query, rank, candidate, score, scene, path`` (best first; score =
-            cosine, plus the verification bonus when re-ranked), ``inliers`` when
-            re-ranked, then the candidate's metadata columns (periodical, date...).
+        ``store``: local features kept between calls; ``fitted``: another pipeline to rank with.
+        Returns a long table ``query, rank, candidate, score, scene, path``, ``inliers`` when
+        re-ranked, then the candidate's metadata columns.
         """
         if len(self) == 0:
             raise InputError("The index is empty.")
@@ -866,12 +749,7 @@ class Index(ItemTable):
 
 
 def pipeline_config(meta: dict, mirror: bool = False, **settings) -> PipelineConfig:
-    """The retrieval pipeline of an index: the model's preprocessing, notebook 01's ranking.
-
-    ``settings`` override :class:`cbir_utils.config.PipelineConfig` fields (``scales``,
-    ``whiten_dim``, ``dba_k``, ``qe_k``, ``rerank``, ``rerank_top_n``, ``graph``); the rest
-    are its defaults (notebook 01's). Without ``rerank`` there is no graph.
-    """
+    """The pipeline of an index: the model's preprocessing, ``settings`` over the defaults."""
     fields = {
         "image_size": int(meta["image_size"]),
         "resize": meta.get("resize", "letterbox"),
