@@ -1,20 +1,11 @@
 """Descriptor extraction: batched, L2-normalised, streamed to disk, cached, resumable, sharded.
 
-Three ways to turn images into vectors, all on the same batch pipeline (Pillow decoding
-in DataLoader worker processes, the model in inference mode, channels-last on CPU, mixed
-precision and pinned memory on CUDA):
-
-* :func:`extract`: an in-memory array, or, with ``out=``, a ``.npy`` file written batch by
-  batch (memory stays flat however large the collection).
-* :func:`extract_cached`: reuses vectors cached by file content and model identity; new
-  vectors are committed to the cache every ``chunk_size`` images, so a killed extraction
-  resumes without recomputing the finished chunks.
-* :func:`extract_shard`: shard ``i`` of ``n`` of a collection as an independent job (a
-  SLURM array task, say), resumable; :meth:`cbir_utils.engine.index.Index.from_shards` merges the
-  finished shards into one index.
-
-Defaults (batch size, worker processes, prefetching, threads) were chosen by measurement
-with ``benchmarks/extract.py``.
+One batch pipeline (Pillow decoding in DataLoader workers, the model in inference mode,
+channels-last on CPU, mixed precision on CUDA) behind three entries: :func:`extract` (an
+array, or a ``.npy`` written batch by batch), :func:`extract_cached` (vectors cached by
+file content and model, committed by chunks: a killed run resumes) and
+:func:`extract_shard` (shard ``i`` of ``n`` as an independent job, merged by
+``Index.from_shards``). Defaults were measured with ``benchmarks/extract.py``.
 """
 
 from __future__ import annotations
@@ -57,11 +48,8 @@ ChunkCallback = Callable[[int, int], None]
 
 
 def default_num_workers() -> int:
-    """Decoding worker processes for extraction: one per core beyond the first, at least one.
-
-    Measured with ``benchmarks/extract.py``: a worker process decodes and resizes the next
-    batches while the model runs, which brings end-to-end throughput to the bare model's.
-    On a single-core machine decoding stays in the main process (0).
+    """Decoding workers: one per core beyond the first (a worker decodes the next batches while
+    the model runs); 0 on a single core.
     """
     n = os.cpu_count() or 1
     return 0 if n < 2 else max(1, min(8, n - 1))
@@ -133,11 +121,8 @@ def make_loader(
     device: torch.device | str = "cpu",
     prefetch_factor: int | None = None,
 ) -> DataLoader:
-    """The extraction DataLoader: decoding in ``num_workers`` processes (``None``: automatic).
-
-    Workers decode ``prefetch_factor`` batches ahead; a single batch is decoded in the
-    main process (a worker could not overlap with anything). Memory is pinned on CUDA so
-    host-to-device copies overlap with compute.
+    """The extraction DataLoader: ``num_workers`` decoding processes (``None``: automatic), a
+    single batch in the main process; pinned memory on CUDA.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -219,11 +204,8 @@ def _run(loader, model, device, channels_last, use_amp, amp_dtype, output, mirro
 
 
 class NpyRowWriter:
-    """A ``float32`` ``.npy`` file of known shape, written row block by row block in place.
-
-    The header and the full-size file are created first; :meth:`write` puts rows at their
-    offset with ``pwrite`` (no memory map, so resident memory stays flat however large the
-    file), and the result reads back with ``np.load(path, mmap_mode="r")``.
+    """A ``float32`` ``.npy`` of known shape written block by block in place with ``pwrite`` (no
+    memory map: resident memory stays flat); it reads back with ``np.load(mmap_mode="r")``.
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, int], create: bool = True):
@@ -289,34 +271,14 @@ def extract(
     amp: bool | None = None,
     threads: int | None = None,
 ) -> np.ndarray:
-    """Extract one L2-normalised vector per image.
+    """One L2-normalised vector per image: the pooled descriptor or the class logits (``output``).
 
-    Args:
-        model: The network; ``output`` picks its pooled descriptor or its class logits.
-        paths: Image files.
-        preprocess: How images become inputs (size, letterbox/crop, gray, descreen).
-        batch_size: Images per forward pass.
-        output: ``"descriptor"`` (pooled backbone features) or ``"logits"`` (the study's choice).
-        mirror: Sum the vectors of the image and its mirror (mirror-invariant).
-        device: Defaults to the best available device.
-        num_workers: DataLoader worker processes for decoding; ``None`` (default) picks
-            :func:`default_num_workers` (measured: decoding overlaps with the model), none
-            when everything fits in one batch.
-        progress: Show a progress bar.
-        out: A ``.npy`` path: vectors are streamed into it batch by batch (memory stays
-            flat), the file appears atomically when complete, and a read-only memory map
-            of it is returned.
-        prefetch_factor: Batches each worker decodes ahead (default :data:`PREFETCH_FACTOR`).
-        amp: Mixed precision; ``None`` = float16 autocast on CUDA only.
-        threads: ``torch.set_num_threads`` during the extraction (restored afterwards);
-            ``None`` leaves torch's setting (one thread per core). Measured on 2 cores: on
-            a quiet machine 2 threads are 1.5 times faster than 1; on a machine shared with
-            other CPU-heavy jobs, 1 thread was 2 to 4 times faster than 2 (OpenMP threads
-            wait for each other whenever another process takes a core).
-
-    Returns:
-        ``float32`` array ``(len(paths), D)`` with unit-norm rows; with :class:`Sizes`, a
-        list of them, one per size (each image decoded once).
+    ``mirror`` sums the vectors of the image and its mirror. ``num_workers`` ``None`` picks
+    :func:`default_num_workers`. ``out``: a ``.npy`` path streamed batch by batch, appearing
+    atomically, returned as a read-only memory map. ``amp`` ``None``: float16 on CUDA only.
+    ``threads``: torch threads during the call; on 2 shared cores 1 thread was 2-4 times faster
+    than 2 (OpenMP threads wait whenever another process takes a core). With :class:`Sizes`, a
+    list of arrays, one per size, each image decoded once.
     """
     dim = output_dim(model, output)
     opts = dict(
@@ -364,11 +326,10 @@ def extract(
 class DescriptorCache:
     """Vectors on disk keyed by file content (SHA-1), one folder per model identity.
 
-    Adding images to a collection recomputes only the new files' vectors. Each
-    :meth:`add` writes one new *part* (``part-*.npy`` then its ``part-*.keys.json``, each
-    atomically; a part counts once its keys file exists), so committing a chunk costs the
-    chunk's size, not the cache's, and a killed writer never corrupts what was committed.
-    Caches in the older single-file layout (``vectors.npy`` + ``keys.json``) are read too.
+    Each :meth:`add` writes one *part* (``part-*.npy``, then ``part-*.keys.json``, each
+    atomically; a part counts once its keys exist): a commit costs the chunk, not the cache,
+    and a killed writer never corrupts what was committed. The older single-file layout
+    (``vectors.npy`` + ``keys.json``) is read too.
     """
 
     def __init__(self, folder: str | os.PathLike, model_key: str, meta: dict | None = None) -> None:
@@ -466,25 +427,13 @@ def extract_cached(
     keys: Sequence[str] | None = None,
     **kwargs,
 ) -> np.ndarray:
-    """Like :func:`extract`, but reuses vectors cached under ``cache_dir``.
+    """Like :func:`extract`, reusing the vectors cached under ``cache_dir``.
 
-    The cache key combines the model's meta (backbone, weights, checkpoint digest...),
-    the preprocessing, the output kind and mirroring; within it, each image is keyed
-    by the SHA-1 of its bytes, so renamed files are not recomputed and changed files are.
-    New vectors are committed every ``chunk_size`` images: an interrupted call loses at most
-    one chunk, and calling again computes only what is missing. With :class:`Sizes`, each
-    size has its cache (``model_meta`` with that ``image_size``), an image missing from any
-    is decoded once for all, and a list of arrays (one per size) is returned.
-
-    Args:
-        chunk_size: Images per committed cache part.
-        on_chunk: ``on_chunk(done, total)`` after each committed chunk (``total`` = images
-            to compute in this call); an exception raised there stops the extraction with
-            the committed chunks kept (used to test resumption).
-        keys: The SHA-1 of each image's file (:func:`models.file_digest`), when already
-            known; then ``paths`` may be decoded images (nothing is read or hashed again).
-        **kwargs: Passed to :func:`iter_vectors` (``batch_size``, ``num_workers``, ``device``,
-            ``progress``, ``prefetch_factor``, ``amp``, ``threads``).
+    The cache is keyed by the model's meta, preprocessing, output and mirroring, then by each
+    file's SHA-1 (renamed files are not recomputed). New vectors are committed every
+    ``chunk_size`` images, after which ``on_chunk(done, total)`` is called (an exception there
+    stops the run, committed chunks kept). ``keys``: the files' SHA-1s when known; ``paths``
+    may then be decoded images. With :class:`Sizes`, a cache per size and a list of arrays.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
@@ -558,15 +507,8 @@ def collection_digest(paths: Sequence[str | os.PathLike]) -> str:
 
 @dataclass
 class ShardResult:
-    """One shard's extraction.
-
-    Attributes:
-        folder: The shard's folder (``vectors.npy``, ``paths.txt``, ``meta.json``).
-        rows: Its rows in the whole collection.
-        computed: Images computed by this call.
-        resumed_from: Images of the shard already on disk when the call started.
-        complete: Every image of the shard is on disk.
-        skipped: Images of the shard left out as unusable (listed in its ``skipped.csv``).
+    """One shard's extraction: its ``folder`` (``vectors.npy``, ``paths.txt``, ``meta.json``),
+    ``rows`` in the collection, images ``computed`` now or ``resumed_from`` disk, ``skipped``.
     """
 
     folder: Path
@@ -654,37 +596,14 @@ def extract_shard(
     threads: int | None = None,
     validate: str = "none",
 ) -> ShardResult:
-    """Extract shard ``shard`` of ``num_shards`` of a collection into ``out_dir`` (resumable).
+    """Extract shard ``shard`` of ``num_shards`` of a collection into ``out_dir``, resumably.
 
-    Every job is given the *whole* ordered list of paths and its shard number; it
-    computes only its rows (:func:`shard_rows`) and writes them to
-    ``shard_dir(out_dir, shard, num_shards)``: ``vectors.npy`` (streamed to disk batch by
-    batch), ``paths.txt`` and ``meta.json``. Progress is recorded every ``chunk_size``
-    images after the vectors are synced to disk, so a killed job started again continues
-    from its last chunk; a finished shard is not recomputed. Merge the shards with
-    :meth:`cbir_utils.engine.index.Index.from_shards`. ``shard=0, num_shards=1`` extracts the whole
-    collection.
-
-    Args:
-        model, paths, preprocess, output, mirror: As for :func:`extract`.
-        out_dir: Folder shared by all shards of the extraction.
-        shard: 0-based shard number (e.g. ``$SLURM_ARRAY_TASK_ID``).
-        num_shards: Number of shards (jobs).
-        model_meta: The model's meta (:func:`models.model_meta`), stored with the vectors
-            and checked on resumption and merging.
-        batch_size, num_workers, device, prefetch_factor, amp, threads: See :func:`extract`.
-        chunk_size: Images per progress record (the resume granularity).
-        progress: Show a progress bar.
-        on_chunk: ``on_chunk(done, total)`` after each recorded chunk (rows of this shard).
-        validate: Check this shard's images first (a :func:`data.check_image` level:
-            ``"decode"``, ``"header"`` or ``"none"``): unusable ones are left out of the
-            shard and listed in its ``skipped.csv``, so that each job checks only its own
-            files (give every job the unchecked listing, e.g. ``validate="none"`` in
-            :func:`data.load_collection`).
-
-    Raises:
-        ValueError: ``out_dir`` holds a shard of another extraction (other model, paths,
-            preprocessing or number of shards): nothing is overwritten.
+    Every job gets the whole ordered list of paths and computes only its rows
+    (:func:`shard_rows`) into :func:`shard_dir`: ``vectors.npy`` streamed, ``paths.txt`` and
+    ``meta.json``. Progress is recorded every ``chunk_size`` images once synced, so a killed
+    job continues from its last chunk. ``validate`` checks the shard's own images first (give
+    every job the unchecked listing); unusable ones go to its ``skipped.csv``. A folder holding
+    a shard of another extraction is an error: nothing is overwritten.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}.")

@@ -1,23 +1,14 @@
 """Local-feature matching with geometric verification, and re-ranking by inlier count.
 
-Two printings of the same photograph share many local details that survive cropping,
-halftoning and re-toning; a geometric check (a homography fitted with RANSAC) keeps only the
-matches consistent with one plane-to-plane mapping. The number of such *inliers* separates
-"the same photograph" (tens to hundreds of inliers) from "a similar scene" (a handful).
+Two printings of one photograph share many local details that survive cropping, halftoning
+and re-toning; a homography fitted with RANSAC keeps the matches consistent with one
+plane-to-plane mapping. Their number, the *inliers*, separates "the same photograph" (tens
+to hundreds) from "a similar scene" (a handful). :func:`match_pair` matches two images
+(mirrored printings too), :func:`draw_matches` shows it, :func:`rerank` re-scores a query's
+best candidates, and :func:`graph_from_lists` links the collection's verified printings.
 
-* :func:`match_pair`: match two images, returns a :class:`Match` (keypoints, inlier matches,
-  homography); mirrored printings are matched too (``mirror=True``).
-* :func:`draw_matches`: the two images side by side, inlier matches joined by lines.
-* :func:`rerank`: re-score one query's top candidates with the inlier count, a
-  :class:`LocalFeatureStore` computing each image's local features once.
-* :func:`graph_from_lists`: the collection's verification graph, from every image verified
-  against its nearest neighbours (:class:`cbir_utils.engine.pipeline.FittedPipeline` does it at
-  fitting time); then the printings verified with the query's own verified matches (two
-  hops) rise too, e.g. a tight crop.
-
-Images are decoded with :func:`cbir_utils.sources.data.load_image`, converted to gray, shrunk to
-``max_side`` pixels and lightly blurred (``descreen``, a Gaussian sigma in pixels of the
-working image) so that a halftone screen does not produce thousands of dot-sized keypoints.
+Images are converted to gray, shrunk to ``max_side`` pixels and blurred (``descreen``, a
+Gaussian sigma in working pixels) so that a halftone screen gives no dot-sized keypoints.
 """
 
 from __future__ import annotations
@@ -68,18 +59,9 @@ _THREADPOOLS = ThreadpoolController()
 
 @dataclass
 class LocalFeatures:
-    """Keypoints and descriptors of one image (and of its mirror, when computed).
-
-    Attributes:
-        xy: ``(N, 2)`` keypoint positions in the *original* image's pixels.
-        descriptors: ``(N, D)`` descriptors (``float32`` SIFT, ``uint8`` ORB).
-        size: ``(width, height)`` of the original image.
-        scale: Working-image pixels per original pixel.
-        image: The working gray image before the descreening blur (``uint8``), for drawing.
-        xy_mirror: Keypoints of the mirrored image, in the mirrored image's pixels
-            (``x`` measured from its left edge, which is the original's right edge).
-        descriptors_mirror: Their descriptors.
-        source: The path it was read from, or ``""``.
+    """Keypoints (``xy``, original pixels) and descriptors of one image; ``xy_mirror`` and
+    ``descriptors_mirror`` those of its mirror (in the mirrored image's pixels); ``image`` the
+    working gray image, for drawing; ``scale`` working pixels per original pixel.
     """
 
     xy: np.ndarray
@@ -97,20 +79,9 @@ class LocalFeatures:
 
 @dataclass
 class Match:
-    """The geometric verification of two images.
-
-    Attributes:
-        method: ``"sift"`` or ``"orb"``.
-        keypoints_a: ``(Na, 2)`` keypoints of image a, original pixels.
-        keypoints_b: ``(Nb, 2)`` keypoints of image b, original pixels (of the mirrored
-            image mapped back, when ``mirrored``).
-        matches: ``(M, 2)`` index pairs ``(i in a, j in b)`` that passed the ratio test.
-        inliers: ``(M,)`` bool, True for matches consistent with ``homography``.
-        homography: ``3 x 3`` matrix mapping a's pixels to b's (original pixels), or None.
-        mirrored: The match was found between a and the mirror of b.
-        size_a: ``(width, height)`` of image a.
-        size_b: ``(width, height)`` of image b.
-        seconds: Time the matching took (features included when computed here).
+    """The geometric verification of two images: ``matches`` ``(M, 2)`` passed the ratio test,
+    ``inliers`` ``(M,)`` agree with ``homography`` (a's original pixels to b's); keypoints in
+    original pixels (b's mirror mapped back when ``mirrored``).
     """
 
     method: str
@@ -203,18 +174,8 @@ def local_features(
     max_features: int = MAX_FEATURES,
     mirror: bool = True,
 ) -> LocalFeatures:
-    """Keypoints and descriptors of one image (and of its mirror).
-
-    Args:
-        image: A path (decoded with :func:`data.load_image`), a PIL image or an array.
-        method: ``"sift"`` (RootSIFT descriptors) or ``"orb"`` (faster, weaker).
-        max_side: Long side of the working image (never enlarged).
-        descreen: Gaussian sigma in working pixels applied before detection (0 = off).
-        max_features: Keypoints kept.
-        mirror: Also compute the features of the mirrored image.
-
-    Returns:
-        A :class:`LocalFeatures`.
+    """Keypoints and descriptors of one image (a path, PIL image or array) and of its mirror:
+    RootSIFT (``"sift"``) or ORB (faster, weaker), on a working image of ``max_side`` at most.
     """
     _check_method(method)
     if int(max_side) < 32:
@@ -370,26 +331,11 @@ def match_pair(
     max_features: int = MAX_FEATURES,
     ransac_threshold: float = RANSAC_THRESHOLD,
 ) -> Match:
-    """Match two images by local features and verify the matches geometrically.
+    """Match two images (paths, images, arrays or :class:`LocalFeatures`) and verify geometrically.
 
-    Keypoints (SIFT with RootSIFT descriptors, or ORB) are matched with Lowe's ratio test,
-    then a homography is fitted with RANSAC (MAGSAC++); the matches it explains are the
-    inliers. With ``mirror=True`` the mirror of ``image_b`` is matched too and the better
-    of the two kept (``Match.mirrored``), since plates were sometimes printed flipped.
-
-    Args:
-        image_a: Path, PIL image, array, or precomputed :class:`LocalFeatures`.
-        image_b: Same, the other image.
-        method: ``"sift"`` or ``"orb"``.
-        max_side: Long side of the working images.
-        ratio: Lowe's ratio-test threshold.
-        descreen: Gaussian sigma (working pixels) against halftone dots; 0 = off.
-        mirror: Also try the mirror of ``image_b``.
-        max_features: Keypoints per image.
-        ransac_threshold: Reprojection error allowed, as a fraction of b's long side.
-
-    Returns:
-        A :class:`Match`; ``match.n_inliers`` is the evidence, ``draw_matches(match)`` shows it.
+    Lowe's ratio test, then a homography by RANSAC (MAGSAC++, ``ransac_threshold`` a fraction
+    of b's long side); with ``mirror`` the mirror of b is tried too and the better kept, since
+    plates were sometimes printed flipped. ``match.n_inliers`` is the evidence.
     """
     t0 = time.perf_counter()
     opts = dict(method=method, max_side=max_side, descreen=descreen, max_features=max_features)
@@ -418,17 +364,8 @@ def draw_matches(
     max_lines: int = 150,
     show_outliers: bool = False,
 ):
-    """The two images side by side, inlier matches joined by lines, inlier count in the title.
-
-    Args:
-        match: From :func:`match_pair`.
-        path: Optional PNG path (written atomically).
-        title: Title; the inlier count is appended.
-        max_lines: Inlier lines drawn at most (an even sample of them).
-        show_outliers: Also draw the rejected tentative matches (thin, red).
-
-    Returns:
-        The matplotlib ``Figure``.
+    """The two images side by side, ``max_lines`` inlier matches joined by lines (rejected ones
+    too, thin and red, with ``show_outliers``), the inlier count in the title.
     """
     import matplotlib.pyplot as plt
 
@@ -485,16 +422,12 @@ def draw_matches(
 
 
 class LocalFeatureStore:
-    """Local features of images computed once and kept in memory (by path), and on disk.
+    """Local features computed once per image (with its mirror) and kept in memory by path.
 
-    Re-ranking touches the same database images for many queries; this store computes each
-    image's features (with its mirror) on first use only. With ``cache_dir`` they are also
-    written to disk, one ``.npz`` per image keyed by the file's content and the feature
-    settings, so a later search, another process or a resumed run reads them instead
-    (the working image kept for drawing is not stored: :func:`match_pair` draws afresh).
-    With ``remember_matches`` it also keeps the result of every (query path, candidate
-    path) verification, so ranking the collection again with other descriptors re-uses
-    them (memory: a few bytes per pair).
+    With ``cache_dir`` they are also written to disk, one ``.npz`` per image keyed by content
+    and settings, for later searches, other processes and resumed runs. With
+    ``remember_matches`` every (query, candidate) verification is kept too, so ranking again
+    with other descriptors re-uses them.
     """
 
     def __init__(
@@ -549,11 +482,8 @@ class LocalFeatureStore:
     def precompute(
         self, paths: Sequence[str | os.PathLike], progress: bool = True, keep: bool = True
     ) -> None:
-        """Compute the features of ``paths`` now (e.g. the whole collection, at indexing time).
-
-        ``keep=False`` (with a ``cache_dir``) writes them to disk only, memory flat: what a
-        shard job does for its images, so that the merge only matches them. Resumable: the
-        images already on disk are read, not computed.
+        """Compute the features of ``paths`` now; ``keep=False`` (with a ``cache_dir``) writes them
+        to disk only, memory flat, as a shard job does. Images already on disk are read.
         """
         for p in tqdm(paths, desc="Local features", unit="img", disable=not progress):
             self.get(p)
@@ -606,14 +536,8 @@ def inlier_bonus(
 
 @dataclass
 class Reranked:
-    """One query re-ranked.
-
-    Attributes:
-        order: Candidate indices (into the given candidate list), best first.
-        scores: New score of every candidate, in the given order (not sorted).
-        inliers: Inlier count of every candidate (``-1`` where not verified: beyond ``top_n``).
-        mirrored: Whether each verified candidate matched as a mirror image.
-        seconds: Time taken (query features and matching).
+    """One query re-ranked: ``order`` best first; ``scores`` and ``inliers`` (``-1``: not verified)
+    of every candidate in the given order.
     """
 
     order: np.ndarray
@@ -634,26 +558,12 @@ def rerank(
     store: LocalFeatureStore | None = None,
     ratio: float = RATIO,
 ) -> Reranked:
-    """Re-score a query's best candidates by geometric verification.
+    """Re-score the ``top_n`` best candidates by geometric verification.
 
-    The ``top_n`` candidates with the highest ``scores`` are matched with the query
-    (:func:`match_features`); each gets ``score + weight * inlier_bonus(n_inliers)``, the
-    others keep their score. Since the bonus is never negative, verified printings rise
-    above unverified look-alikes while the order of the rest is unchanged.
-
-    Args:
-        query: Query image (path, PIL image, array) or its :class:`LocalFeatures`.
-        candidate_paths: Candidate images.
-        scores: Their current scores (e.g. cosine similarities), same length.
-        top_n: Candidates verified.
-        weight: Score added for full verification evidence (``saturation`` inliers or more).
-        min_inliers: Fewer inliers count as no evidence.
-        saturation: Inliers giving the full ``weight``.
-        store: Where candidate features are computed once and kept; default a new one.
-        ratio: Lowe's ratio-test threshold.
-
-    Returns:
-        A :class:`Reranked`.
+    Each verified candidate gets ``score + weight * inlier_bonus(n_inliers)`` (full ``weight``
+    from ``saturation`` inliers, nothing under ``min_inliers``), the others keep their score:
+    the bonus is never negative, so verified printings rise above look-alikes and the rest
+    keep their order.
     """
     t0 = time.perf_counter()
     s = np.asarray(scores, dtype=np.float64).copy()
@@ -697,17 +607,10 @@ def rerank(
 class VerificationGraph:
     """Which images of a collection are verified printings of one another.
 
-    Built once at indexing time (:func:`graph_from_lists`): every image is verified
-    against its ``top_n`` nearest neighbours, and an edge joins two images when either
-    direction found at least ``edge_inliers`` inliers. At query time, the images verified
-    with the query's own verified matches (two hops) are likely printings too, e.g. a
-    tight crop that shares too little with the query itself but a lot with a wider printing.
-
-    Attributes:
-        edges: Sparse symmetric boolean adjacency ``(N, N)`` (``scipy.sparse.csr_matrix``).
-        inliers: Inlier counts of the verified (row, column) pairs, ``-1`` elsewhere;
-            sparse, as computed (row = the image verified against its neighbours).
-        edge_inliers: The edge threshold.
+    Every image is verified against its ``top_n`` nearest neighbours at indexing time; an edge
+    joins two images when either direction found ``edge_inliers`` inliers. At query time, the
+    images verified with the query's own verified matches (two hops) are likely printings
+    too, e.g. a tight crop. ``inliers``: sparse counts as computed (row verified against column).
     """
 
     edges: object
@@ -725,11 +628,8 @@ class VerificationGraph:
         return e.indices[e.indptr[i] : e.indptr[i + 1]]
 
     def hops(self, direct: Sequence[int], exclude: int | None = None) -> np.ndarray:
-        """Nodes joined to a node of ``direct`` (ids), not in ``direct`` themselves: the
-        printings two verifications away (the pipeline adds ``hop_weight`` to them).
-
-        ``exclude``: a node whose edges are ignored (the query's own, when it is in the
-        collection: its edges come from the query itself and would say nothing new).
+        """Nodes joined to a node of ``direct``, not in it themselves: the printings two verifications
+        away. ``exclude``: a node whose edges are ignored (the query's own).
         """
         direct = np.asarray(direct, dtype=np.int64)
         src = direct if exclude is None else direct[direct != exclude]
@@ -745,14 +645,8 @@ class VerificationGraph:
 def graph_from_lists(
     indices: np.ndarray, inliers: np.ndarray, n: int, edge_inliers: int = EDGE_INLIERS
 ) -> VerificationGraph:
-    """The verification graph of each image's verified candidates (top-k lists).
-
-    Args:
-        indices: ``(N, K)`` candidates of each image (row ``i`` is image ``i``; ``-1`` pads).
-        inliers: ``(N, K)`` inliers of each verified candidate, ``-1`` when not verified.
-        n: Number of images.
-        edge_inliers: Inliers needed for an edge; an edge joins two images when either
-            direction found that many.
+    """The verification graph of each image's candidates ``indices`` and their ``inliers``
+    (``(N, K)``, ``-1`` pads or not verified).
     """
 
     indices, inliers = np.asarray(indices), np.asarray(inliers)

@@ -1,29 +1,14 @@
 """Fast fine-tuning: a projection learned on cached descriptors of the frozen pretrained network.
 
-The study's recipe (:func:`cbir_utils.learning.training.train`) back-propagates through the whole
-network for every training image in every one of its epochs. Here the backbone stays
-frozen: each training image is embedded once (cached by file content; with simulated
-reprints of it as further views), and a linear projection of the descriptors is fitted
-in closed form, in seconds:
-
-* **supervised learned whitening** (``lw``; Radenović et al., "Fine-tuning CNN image
-  retrieval with no human annotation", TPAMI 2018): whiten the variation between
-  printings of one scene (covariance of same-scene differences, shrunk towards a multiple
-  of the identity: :math:`C_S`), then rotate to the principal axes of what remains and
-  keep the first ``dim``: :math:`P = U_d^T C_S^{-1/2}`, ``y = P (x - m)``.
-
-The output dimension and shrinkage are chosen by **scene-disjoint
-cross-validation** on the training and validation images (folds of whole scenes: fit on
-the other scenes, rank the fold's images among all of them), the criterion that matches
-the scene-disjoint protocol; "no projection" (the pretrained descriptor) is a candidate
-too. The chosen projection is then fitted on the training images. Test images and
-held-out scenes are never used.
-
-The result is a checkpoint like :func:`training.train`'s (``checkpoints/best.pt``),
-readable by :func:`cbir_utils.engine.models.load_checkpoint` alone: the pretrained backbone, the
-projection (``meta["proj_dim"]``) and a classifier head (cosine to each training scene's
-mean projected descriptor), so notebook 03 evaluates it unchanged (descriptors and
-logits).
+The backbone stays frozen: each training image is embedded once (with simulated reprints of
+it as further views) and a supervised learned whitening (Radenović et al., TPAMI 2018) is
+fitted in closed form: whiten the variation between printings of one scene (same-scene
+differences, shrunk towards the identity), rotate to the principal axes of what remains,
+keep ``dim``. Dimension and shrinkage are chosen by cross-validation over whole scenes of
+the training and validation images ("no projection" is a candidate); test images and
+held-out scenes are never used. A classifier head may then be trained over epochs
+(:mod:`cbir_utils.learning.head`). The checkpoint reads with ``models.load_checkpoint``
+alone, so notebook 03 evaluates it unchanged.
 """
 
 from __future__ import annotations
@@ -71,12 +56,8 @@ HEAD_VIEWS = 6
 
 
 class ReprintedPreprocess:
-    """A :class:`~cbir_utils.sources.data.Preprocess` applied to a simulated reprint of the image.
-
-    View ``view`` of an image is one :class:`~cbir_utils.sources.augment.PressAugment` reprint,
-    seeded by ``(seed, view, the image's pixels)``, so the same image always gives the same
-    view (and its vector is cached like any other). A share ``archive_p`` of the views is
-    degraded further as archive scans are (:func:`degrade.degrade`). Picklable.
+    """A :class:`Preprocess` applied to view ``view`` of an image: a reprint seeded by ``(seed,
+    view, pixels)``, degraded further as archive scans are for a share ``archive_p``. Picklable.
     """
 
     def __init__(
@@ -102,32 +83,13 @@ class ReprintedPreprocess:
 
 @dataclass
 class FastConfig:
-    """Fast fine-tuning parameters; the defaults are notebook 02's (SSCD, ``press``).
+    """Fast fine-tuning parameters; the defaults are notebook 02's, checked by their ``Param``.
 
-    Each field's accepted values are its :class:`~cbir_utils.config.Param`, checked here.
-
-    Attributes:
-        backbone, weights, pooling, image_size, resize, grayscale, descreen: The frozen
-            network and its preprocessing (as :class:`training.TrainConfig`).
-        dims: Candidate output dimensions of the learned whitening (capped by what the data
-            supports); ``0`` keeps the input dimension.
-        shrinkages: Candidate shrinkages in ``[0, 1]`` of the covariance towards the
-            identity (1 = no whitening, only centring and rotation).
-        reprint_views: Simulated reprints of each training image added as further views
-            (:class:`ReprintedPreprocess`): the within-scene variation the whitening learns
-            then includes halftone, crop, tone and mirror, as in a press archive.
-        head_views: Simulated reprints of each training image in the trained head's pool
-            (at least ``reprint_views``; the first ``reprint_views`` also serve the
-            closed-form fit).
-        archive_p: Share of those reprints degraded further as archive scans are (dithers,
-            ink, rollers, fading...: :mod:`cbir_utils.sources.degrade`).
-        stages, lr: The trained head's epochs per stage and Adam's learning rate (the
-            study's 30, 50, 50 and 0.001); ``()`` keeps the closed-form projection alone.
-        folds: Scene folds of the cross-validation that chooses the candidate.
-        seed: Seed of the fold assignment.
-        batch_size: Images per forward pass when embedding.
-        num_workers: DataLoader workers (``None``: automatic).
-        device: ``None`` picks the best available.
+    ``dims`` and ``shrinkages``: the candidates (dim 0 keeps the input's; shrinkage 1 only
+    centres and rotates). ``reprint_views``: simulated reprints of each training image as
+    further views; ``head_views`` those of the trained head's pool; ``archive_p`` the share
+    of them degraded as archive scans. ``stages``, ``lr``: the head's epochs and Adam's rate
+    (``()`` keeps the closed form alone).
     """
 
     backbone: str = setting(BACKBONE, Param("str", choices=tuple(BACKBONES)))
@@ -309,15 +271,8 @@ def fit_projections(
     dims: tuple[int, ...] = (0,),
     shrinkages: tuple[float, ...] = (0.5,),
 ):
-    """Fit one learned whitening per (shrinkage, dim) on unit-norm descriptors ``x`` ``(N, D)``
-    of scenes ``labels``.
-
-    Yields:
-        ``(shrinkage, dim, candidate)``: ``candidate(x)`` projects unit-norm rows,
-        ``candidate.dim`` is the output size and ``candidate.projection()`` the explicit
-        :class:`Projection`. ``dim`` 0 (or ``>= D``) keeps ``D`` (no rotation needed:
-        cosines are those of the whitened data); other dims are capped at the rank of the
-        training data (``N - 1``).
+    """Yield ``(shrinkage, dim, candidate)``, one learned whitening per pair fitted on unit-norm
+    rows ``x`` of scenes ``labels``; dims are capped at the data's rank (``N - 1``), 0 keeps D.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
@@ -339,17 +294,8 @@ def fit_projection(
     dim: int = 0,
     shrinkage: float = 0.5,
 ) -> Projection:
-    """Fit a whitening projection on unit-norm descriptors ``x`` ``(N, D)``.
-
-    Args:
-        x: Training descriptors (all views).
-        labels: Scene of each row.
-        dim: Output dimension; ``0`` keeps ``D``. Capped at the rank of the data.
-        shrinkage: Weight of the identity in the whitened covariance (0 = full whitening,
-            1 = none: centring and rotation only).
-
-    Returns:
-        The :class:`Projection`.
+    """A whitening :class:`Projection` of unit-norm rows ``x`` of scenes ``labels`` (``dim`` 0
+    keeps D; ``shrinkage`` 0 whitens fully, 1 only centres and rotates).
     """
     return next(fit_projections(x, labels, (dim,), (shrinkage,)))[2].projection()
 
@@ -390,15 +336,8 @@ def cross_validate(
     folds: int = 5,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Scene-disjoint cross-validated mAP of every candidate projection (and of none).
-
-    For each fold of whole scenes: fit on the other scenes' rows (all views), then rank each
-    of the fold's images (first view) among all rows. The criterion matches the
-    scene-disjoint protocol: how well a projection generalises to scenes it never saw.
-
-    Returns:
-        One row per candidate: ``method`` (``lw``, or ``none`` for no projection), ``shrinkage``, ``dim`` (requested), ``out_dim``,
-        ``cv_map`` (mean over folds, weighted by their queries).
+    """Scene-disjoint cross-validated mAP of every candidate (and of none): per fold of whole
+    scenes, fit on the others, rank the fold's first views among all rows.
     """
     labels = np.asarray(labels, dtype=object)
     plain = views[0]
@@ -439,23 +378,9 @@ def cross_validate(
 
 @dataclass
 class FastResult:
-    """What :func:`fast_finetune` produced.
-
-    Attributes:
-        checkpoint: ``out_dir/checkpoints/best.pt`` (``last.pt`` is the same model).
-        seconds: Wall time of the whole call (embedding + fitting + saving).
-        embed_seconds: Embedding the training and validation images (0 when cached).
-        fit_seconds: Cross-validating the candidates and fitting the chosen projection.
-        method: Chosen method (``none``: no projection was better than none).
-        dim: Output dimension of the chosen projection (the descriptor size).
-        shrinkage: Chosen shrinkage (NaN for ``none``).
-        cv_map: Cross-validated scene-disjoint mAP of the choice.
-        baseline_cv_map: The same for the pretrained descriptors.
-        candidates: Every candidate's ``cv_map`` (see :func:`cross_validate`).
-        classes: Training scenes (the classifier head's classes).
-        history: The trained head's epochs (:func:`cbir_utils.learning.head.train_head`), ``None``
-            when only the closed form was fitted.
-        best_epoch: Its epoch of best validation macro-F1 (``checkpoints/best.pt``).
+    """What :func:`fast_finetune` produced: the checkpoint, the chosen candidate and its
+    cross-validated mAP (``method`` ``none`` when no projection beat none), every candidate's
+    figures, and the trained head's ``history`` (``None`` for the closed form alone).
     """
 
     checkpoint: Path
@@ -495,18 +420,9 @@ def fast_finetune(
 ) -> FastResult:
     """Fit a projection on frozen descriptors of the training scenes and save a checkpoint.
 
-    Args:
-        config: :class:`FastConfig`.
-        collection: The collection.
-        split: Its split (:func:`data.split_for`). The ``train`` and ``val`` images choose
-            the candidate by scene-disjoint cross-validation; the chosen projection is fitted
-            on the ``train`` images. Test images and held-out scenes are not used.
-        out_dir: Output folder (``checkpoints/best.pt``, ``candidates.csv``).
-        cache_dir: Descriptor cache; default ``out_dir/cache``.
-        progress: Show progress bars.
-
-    Raises:
-        ValueError: Fewer than two training scenes.
+    ``train`` and ``val`` images choose the candidate; the choice is fitted on ``train``;
+    test images and held-out scenes are not used. Writes ``checkpoints/best.pt`` and
+    ``candidates.csv`` under ``out_dir``.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)

@@ -110,22 +110,12 @@ class ItemTable:
 
 @dataclass
 class Collection(ItemTable):
-    """An image collection: ``items`` has columns ``relpath``, ``path`` (absolute) and ``scene``.
+    """An image collection: ``items`` has ``relpath``, ``path`` (absolute), ``scene`` (``""``
+    unlabelled) and then its metadata columns (``""`` where missing).
 
-    ``scene`` is ``""`` for images without a scene label (distractors).
-
-    Attributes:
-        root: The collection folder (or the manifest's folder).
-        items: The usable images.
-        skipped: Files left out, columns :data:`SKIPPED_COLUMNS` (``kind`` is a key of
-            :data:`SKIP_KINDS`, ``reason`` says what is wrong and, where useful, what to do).
-        downscaled: Relpaths of huge scans that are decoded downscaled.
-        metadata_problems: Metadata rows that cannot be read (unparseable dates), columns
-            :data:`cbir_utils.sources.provenance.DATE_PROBLEM_COLUMNS`.
-
-    Metadata columns (:mod:`cbir_utils.sources.provenance`: periodical, date, page... and any
-    other column of the manifest or of a folder's ``metadata.csv``) follow ``scene`` in
-    ``items``; ``""`` where a value is missing.
+    ``skipped`` lists the files left out (:data:`SKIPPED_COLUMNS`, ``kind`` a key of
+    :data:`SKIP_KINDS`); ``downscaled`` the huge scans decoded downscaled;
+    ``metadata_problems`` the rows whose dates cannot be read.
     """
 
     root: Path
@@ -175,10 +165,8 @@ class _Skip(Exception):
 
 
 def _open_unchecked(path: Path) -> tuple[Image.Image, int | None]:
-    """``Image.open`` without Pillow's decompression-bomb check; returns the limit in force.
-
-    The check would refuse huge scans at open time, before they can be decoded
-    downscaled; :func:`_decode` applies the limit itself.
+    """``Image.open`` without Pillow's bomb check (a huge scan is decoded downscaled by
+    :func:`_decode`, which applies the limit itself); returns the limit in force.
     """
     with _OPEN_LOCK:
         limit = Image.MAX_IMAGE_PIXELS
@@ -320,18 +308,13 @@ def _decode(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[Ima
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
-    """Decode an image with Pillow as 8-bit RGB.
+    """Decode an image with Pillow as 8-bit RGB; a region item ``page#xywh=x,y,w,h`` is its
+    page cut to the box.
 
-    A region item ``page#xywh=x,y,w,h`` (:func:`cbir_utils.paths.region_name`) is its page
-    cut to the box. EXIF orientation is applied; the first page/frame is used; 16-bit, 1-bit,
-    CMYK, palette and alpha images are converted (alpha composited on white). Images over
-    ``max_pixels`` (default: Pillow's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``)
-    are decoded downscaled (JPEG, JPEG 2000) or reduced after decoding (other formats,
-    up to twice the limit).
-
-    Raises:
-        ImageDecodeError: The file is empty, truncated, corrupt, not an image, or too
-            large; ``.kind`` and ``.reason`` say which (see :data:`SKIP_KINDS`).
+    EXIF orientation applied, first frame, 16-bit, 1-bit, CMYK, palette and alpha converted
+    (alpha on white). Images over ``max_pixels`` (default: Pillow's bomb limit) are decoded
+    downscaled (JPEG, JPEG 2000) or reduced after decoding (others, up to twice the limit).
+    Raises :class:`ImageDecodeError` whose ``kind`` and ``reason`` say what is wrong.
     """
     base, box = split_region(path)
     try:
@@ -391,13 +374,9 @@ class FileCheck:
 
 
 def check_image(path: str | os.PathLike, level: str = "decode") -> FileCheck:
-    """Check that a file is a usable image.
-
-    Args:
-        path: The file.
-        level: ``"decode"`` decodes it exactly as :func:`load_image` will (what passes
-            will decode later); ``"header"`` only opens it and runs Pillow's ``verify()``
-            (fast; misses truncated JPEG data); ``"none"`` accepts it.
+    """Check that a file is a usable image: ``level`` ``"decode"`` decodes it as
+    :func:`load_image` will, ``"header"`` only runs Pillow's ``verify()`` (misses truncated
+    JPEG data), ``"none"`` accepts it.
     """
     if level not in VALIDATION_LEVELS:
         raise InputError(f"Unknown validation level {level!r}; use one of {VALIDATION_LEVELS}.")
@@ -684,30 +663,13 @@ def load_collection(
 ) -> Collection:
     """Load a collection from a scene-per-folder directory, a CSV manifest, or IIIF.
 
-    Files are only read. Every candidate image is checked (``validate``); unusable files
-    are left out and listed in ``Collection.skipped`` with a :class:`SkippedFilesWarning`
-    giving a one-line summary. Hidden files and folders (``.*``), ``__MACOSX``,
-    ``Thumbs.db`` and ``desktop.ini`` are ignored; other non-image files are listed as
-    ``not_image``. Scene names are Unicode-normalised (NFC).
-
-    Args:
-        source: A directory (one sub-folder per scene, any depth inside; files directly
-            in it are unlabelled) or a ``.csv`` file with ``path`` and ``scene`` columns
-            (comma, semicolon or tab separated; an empty scene means unlabelled).
-        validate: ``"decode"`` (default: decode every image once, as extraction will),
-            ``"header"`` (open and verify only: fast, misses truncated JPEG data) or
-            ``"none"``. See :func:`check_image`.
-        cache_dir: Folder where check results are kept per file (keyed by size and
-            modification time), so later loads only re-check changed files. ``None``: no cache.
-        progress: Show a progress bar while checking many files.
-        iiif_config: :class:`cbir_utils.sources.iiif.FetchConfig` for a IIIF source (a manifest,
-            collection or URL-list; see :mod:`cbir_utils.sources.iiif`): its images are fetched
-            into ``outputs/cache/iiif/`` and what could not be fetched is in ``skipped``.
-
-    Raises:
-        MissingFilesError: ``source`` does not exist, or the manifest names missing files.
-        CollectionError: No usable image, or a manifest without the required columns or
-            giving one file two scenes.
+    A folder has one sub-folder per scene (any depth; files directly in it are unlabelled); a
+    ``.csv`` has ``path`` and ``scene`` columns (comma, semicolon or tab; an empty scene is
+    unlabelled); a IIIF source is fetched with ``iiif_config`` into ``outputs/cache/iiif/``.
+    Files are only read. Every image is checked (``validate``, see :func:`check_image`; results
+    kept in ``cache_dir`` by size and modification time); unusable files are listed in
+    ``skipped`` with one :class:`SkippedFilesWarning`. Hidden files, ``__MACOSX``,
+    ``Thumbs.db`` and ``desktop.ini`` are ignored. Scene names are NFC-normalised.
     """
     if validate not in VALIDATION_LEVELS:
         raise CollectionError(
@@ -808,11 +770,7 @@ def _with_metadata(
 
 
 def save_skipped(collection: Collection, out_dir: str | os.PathLike) -> Path:
-    """Write ``skipped.csv`` (the files left out and why) into ``out_dir``, atomically.
-
-    Written even when nothing was skipped (then with the header only), so a run folder
-    always says what was left out.
-    """
+    """Write ``skipped.csv`` into ``out_dir`` atomically, header only when nothing was skipped."""
     return save_csv(Path(out_dir) / "skipped.csv", collection.skipped[list(SKIPPED_COLUMNS)])
 
 
@@ -820,19 +778,11 @@ def save_skipped(collection: Collection, out_dir: str | os.PathLike) -> Path:
 class Preprocess:
     """How an image becomes a network input.
 
-    Attributes:
-        image_size: Side of the square input.
-        resize: ``"letterbox"`` keeps the whole image (long side resized, padded to a
-            square); ``"center_crop"`` is the study's Resize(256/224 * size) + CenterCrop.
-        grayscale: Convert to gray (replicated to 3 channels), as the study did.
-        descreen: Gaussian blur radius, as a fraction of the image's long side in
-            thousandths (0 = off), applied before resizing to remove a halftone screen.
-        mean: Normalisation mean (0-1 pixel scale), per channel.
-        std: Normalisation std, per channel.
-        pixels: Give ``uint8`` 0-255 pixels instead of normalised floats (the padding is
-            still the mean colour): what the ONNX models take, with no float round trip.
-        find_photo: Cut a scan that kept page text or a caption band to the photograph
-            first (:func:`cbir_utils.sources.photo.crop_photo`).
+    ``resize``: ``"letterbox"`` keeps the whole image (padded to a square), ``"center_crop"``
+    is the study's Resize(256/224 * size) + CenterCrop. ``descreen``: a blur against halftone
+    screens, radius in thousandths of the long side. ``pixels``: ``uint8`` 0-255 input (the
+    ONNX models') instead of normalised floats. ``find_photo``: cut a scan that kept page text
+    or a caption to the photograph first (:func:`cbir_utils.sources.photo.crop_photo`).
     """
 
     image_size: int = 224
@@ -955,16 +905,11 @@ def make_split(
 ) -> pd.DataFrame:
     """Split a collection into ``train``/``val``/``test`` images and ``heldout`` scenes.
 
-    * ``heldout``: whole scenes (with at least 2 images) kept out of fine-tuning, for
-      the scene-disjoint protocol; about ``heldout_frac`` of the labelled scenes.
-    * The other scenes keep one image in ``train`` each, so every scene of ``val`` and
-      ``test`` is seen in training (the study's protocol); the remaining images are
-      shuffled and ``val_frac``/``test_frac`` of the seen images go to val and test.
-      Scenes with a single image stay in train; unlabelled images go to train too
-      (they only ever act as distractors).
-
-    Returns:
-        A frame with ``relpath``, ``scene`` and ``split``, in the order of ``items``.
+    About ``heldout_frac`` of the labelled scenes (2 images or more) are held out whole, for
+    the scene-disjoint protocol. The others keep one image in ``train`` each, so every scene of
+    ``val`` and ``test`` is seen in training (the study's protocol); ``val_frac`` and
+    ``test_frac`` of the rest go to val and test. Single images and unlabelled ones stay in
+    train. Returns ``relpath``, ``scene``, ``split`` in the order of ``items``.
     """
     for name, v in (
         ("val_frac", val_frac),
@@ -1001,11 +946,8 @@ def make_split(
 def load_or_make_split(
     collection: Collection, path: str | os.PathLike, **params: float
 ) -> pd.DataFrame:
-    """Load the saved split at ``path``, or make it with ``params`` and save it.
-
-    The split is made once and reused by every notebook. A saved split that was made
-    with other parameters or for other files raises ``ValueError`` rather than being
-    silently replaced.
+    """Load the saved split at ``path`` (made once, shared by every notebook), or make and
+    save it; one made with other parameters or files is an error, never replaced.
     """
     path = Path(path)
     meta_path = path.with_suffix(".json")
@@ -1058,11 +1000,7 @@ def split_for(
     heldout_frac: float = 0.3,
     split_file: str | os.PathLike = "",
 ) -> tuple[pd.DataFrame, Path]:
-    """The collection's shared split: ``split_file``, or ``outputs/splits/<collection>-seed<seed>.csv``.
-
-    Returns:
-        ``(split, path)``; see :func:`load_or_make_split`.
-    """
+    """``(split, path)``: ``split_file``, or ``outputs/splits/<collection>-seed<seed>.csv``."""
 
     path = (
         resolve(split_file)
@@ -1092,23 +1030,11 @@ def open_collection(
     cache: bool = True,
     progress: bool = True,
 ) -> Collection:
-    """Load the collection at ``data_dir``, building the demo collection there first if asked.
+    """Load the collection at ``data_dir``, building the demo there first with ``build_demo``.
 
-    The demo is built only into a folder that does not exist yet or already holds a
-    demo build (``demo_params.json``); a user's own collection is never written to.
-    Image checks are cached under ``outputs/cache/validation/`` (never inside the
-    collection), so a notebook start re-checks only new or changed files.
-
-    Args:
-        data_dir: Collection folder or CSV manifest (relative to the project root).
-        build_demo: Build the demo collection into ``data_dir`` if it does not exist.
-        demo_seed: Seed of the demo builder.
-        validate: See :func:`load_collection`.
-        cache: Keep check results in the outputs cache.
-        progress: Show a progress bar while checking many files.
-
-    Raises:
-        MissingFilesError: ``data_dir`` does not exist (and ``build_demo`` is off).
+    The demo is built only into a folder that does not exist or holds a demo build: a
+    user's collection is never written to. Image checks are cached under
+    ``outputs/cache/validation/`` (with ``cache``), never inside the collection.
     """
 
     url = str(data_dir).strip().lower().startswith(("http://", "https://"))
