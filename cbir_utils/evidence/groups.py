@@ -1,26 +1,12 @@
 """Duplicate groups: the printings of one scene gathered from unit-norm descriptors.
 
-Two images are linked when their cosine similarity reaches a threshold (chosen on the
-validation images with :func:`cbir_utils.evaluation.retrieval.choose_threshold`, or given). Plain
-connected components of that graph chain unrelated photographs together through a few
-borderline links, so the default clustering is **average linkage** cut at the same
-threshold: two groups merge only while the *mean* similarity of all their cross pairs
-reaches it. Average linkage never merges images from different connected components
-(their cross pairs are all below the threshold), so it runs exactly, component by
-component, from the sparse list of pairs above the threshold: nothing of size N x N is
-ever built for the whole collection. **Complete linkage** (every pair of a group above the
-threshold) runs the same way and gives smaller, purer groups when descriptors are weak;
-**mutual k-NN** (edges between images that are among each other's k nearest neighbours)
-is the last option.
-
-On the demo collection (pretrained efficientnet_lite0, threshold chosen on validation) the
-adjusted Rand index of the groups against the planted scenes is 0.19 for average linkage,
-0.25 for complete linkage and 0.02 for connected components: the descriptors set the
-ceiling, and average linkage gains most as they improve (0.42 vs 0.37 after a PCA-whitening).
-
-The neighbour search is a chunked exact matrix product here; it uses
-``cbir_utils.engine.search.pairs_above`` / ``cbir_utils.engine.search.knn`` instead when that module
-offers them (FAISS for large collections).
+Two images are linked when their cosine reaches a threshold (chosen on validation images, or
+given). Connected components chain unrelated photographs through a few borderline links,
+so the default is **average linkage** cut at the threshold: groups merge while the mean
+similarity of their cross pairs reaches it. It never merges across connected components,
+so it runs exactly, component by component, from the sparse pairs above the threshold
+(:func:`cbir_utils.engine.search.pairs_above`): nothing N x N is built. **Complete linkage**
+gives smaller, purer groups; **mutual k-NN** is the last option.
 """
 
 from __future__ import annotations
@@ -92,17 +78,9 @@ def _knn(desc, k, progress):
 
 @dataclass
 class DuplicateGroups:
-    """Duplicate groups of a collection.
-
-    Attributes:
-        labels: Group of each image ``(N,)``. Groups are numbered from 0, largest first
-            (ties: the more cohesive first); every image belongs to exactly one group,
-            an image without duplicates to a group of its own (a singleton).
-        centre_scores: Cosine similarity of each image to its group's centre (the
-            normalised mean of the group's descriptors); 1 for singletons.
-        threshold: Cosine threshold used (``nan`` for mutual k-NN without one).
-        method: One of :data:`cbir_utils.config.GROUP_METHODS`.
-        k: Neighbours per image for ``mutual_knn``, else ``None``.
+    """Duplicate groups: ``labels`` per image, groups numbered largest first (ties: the more
+    cohesive), a singleton for an image without duplicates; ``centre_scores`` the cosine to the
+    group's centre (1 for singletons).
     """
 
     labels: np.ndarray
@@ -147,11 +125,8 @@ class DuplicateGroups:
         scenes: Sequence[str] | None = None,
         items: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
-        """One row per image: ``group, image, score, size`` (and ``scene`` when given).
-
-        Rows follow the group order, members closest to the centre first. With ``items``
-        (``relpath`` and metadata columns; ``names`` are relpaths) each row also gets the
-        image's metadata (periodical, date, page...).
+        """One row per image, ``group, image, score, size`` (and ``scene``), members closest to the
+        centre first; with ``items``, each image's metadata too.
         """
         names = np.asarray([str(n) for n in names], dtype=object)
         if len(names) != len(self.labels):
@@ -251,25 +226,11 @@ def duplicate_groups(
     k: int = DEFAULT_K,
     progress: bool = False,
 ) -> DuplicateGroups:
-    """Group the images of a collection into printings of the same scene.
+    """Group the images of unit-norm ``desc`` into printings of one scene.
 
-    Args:
-        desc: Unit-norm descriptors ``(N, D)`` (cosine = dot product).
-        threshold: Cosine similarity that links two images. Required for ``average`` and
-            ``components``; optional for ``mutual_knn`` (an extra cut on its edges).
-        method: ``average`` (average linkage cut at ``threshold``: a group's images are on
-            average at least that similar; resists chaining), ``complete`` (every pair of a
-            group at least that similar: smaller, purer groups), ``components`` (connected
-            components of the pairs above ``threshold``; chains) or ``mutual_knn``
-            (components of the mutual k-nearest-neighbour graph).
-        k: Neighbours per image for ``mutual_knn``.
-        progress: Show progress bars.
-
-    Returns:
-        A :class:`DuplicateGroups`.
-
-    Raises:
-        ValueError: Unknown method, missing threshold, or malformed descriptors.
+    ``average`` (linkage cut at ``threshold``: resists chaining), ``complete`` (every pair of a
+    group that similar), ``components`` (of the pairs above ``threshold``; chains) or
+    ``mutual_knn`` (components of the mutual ``k``-NN graph, ``threshold`` optional).
     """
     if method not in GROUP_METHODS:
         raise InputError(
@@ -345,23 +306,9 @@ def _linkage_within_components(
 
 @dataclass
 class GroupQuality:
-    """How well groups recover known scenes (labelled images only).
-
-    Attributes:
-        ari: Adjusted Rand index of groups vs scenes (1 = identical partitions, ~0 = chance).
-        nmi: Normalised mutual information.
-        n_images: Labelled images compared.
-        n_scenes: Distinct scenes among them.
-        n_groups: Groups with at least two of these images.
-        n_singletons: Images alone in their group.
-        purity: Among images in groups of two or more, the share that belong to their
-            group's majority scene.
-        scene_recall: For each scene, the largest share of its images found in one group,
-            averaged over images (inverse purity).
-        pair_precision: Share of same-group pairs that show the same scene.
-        pair_recall: Share of same-scene pairs put in the same group.
-        pair_f1: Harmonic mean of the two.
-        exact_scenes: Scenes whose images form exactly one group.
+    """How well groups recover known scenes (labelled images only): ARI, NMI, purity (share of
+    grouped images in their group's majority scene), scene recall (inverse purity), pairwise
+    precision/recall/F1 and the scenes that form exactly one group.
     """
 
     ari: float

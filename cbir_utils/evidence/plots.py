@@ -1,12 +1,9 @@
-"""Figures for the study: class imbalance, retrieval galleries, PR curves, training curves,
-confusion matrices and method comparisons.
+"""Figures: class imbalance, retrieval galleries, PR curves, training curves, confusion
+matrices and method comparisons.
 
-Every function builds a new pyplot figure and returns it (a ``matplotlib.figure.Figure``);
-when ``path`` is given the PNG is also written atomically with ``cbir_utils.io.save_figure``.
-Nothing here calls ``plt.show``, chooses a backend or closes a figure: in a notebook the
-inline backend displays the figure at the end of the cell (end the line with ``;`` or
-assign the result to avoid showing it twice). Code that makes many figures in a loop should
-call ``plt.close(fig)`` once it is done with each one.
+Every function returns a new ``Figure`` and writes it as PNG, atomically, when ``path`` is
+given. Nothing here shows, closes a figure or chooses a backend: a loop making many figures
+should ``plt.close(fig)`` each.
 """
 
 from __future__ import annotations
@@ -73,17 +70,8 @@ def class_imbalance(
     path: PathLike | None = None,
     title: str = "Images per scene",
 ) -> Figure:
-    """Bar chart of the number of images per scene, largest first, and its histogram.
-
-    Args:
-        scene_counts: Number of images per scene, indexed by scene name (e.g. the result of
-            ``df["scene"].value_counts()``).
-        path: Optional PNG path.
-        title: Figure title.
-
-    Returns:
-        The figure: left panel one bar per scene (names shown up to 40 scenes), right panel
-        "number of scenes having n images".
+    """Images per scene, one bar a scene largest first (names up to 40 scenes), and the
+    histogram of "number of scenes having n images".
     """
     counts = pd.Series(scene_counts).dropna()
     if counts.empty:
@@ -171,11 +159,8 @@ def _thumbnail(path: PathLike, max_px: int) -> np.ndarray | None:
 
 
 def _framed_image(ax, img: np.ndarray | None, color: str, linewidth: float) -> None:
-    """Draw ``img`` centred in a fixed cell of ``ax`` with a coloured frame tight around it.
-
-    Every cell is the same square whatever the image's aspect ratio, so that the captions
-    of a row line up; the frame is a ``Rectangle`` patch whose
-    ``gid`` is ``"frame"``.
+    """Draw ``img`` centred in a fixed square cell of ``ax`` (captions of a row line up) with a
+    coloured frame tight around it (a ``Rectangle`` whose ``gid`` is ``"frame"``).
     """
     if img is None:  # grey square with a note
         img = np.full((100, 100, 3), 235, dtype=np.uint8)
@@ -205,27 +190,12 @@ def retrieval_gallery(
     thumb: float = 2.0,
     labels: Sequence[str] | None = None,
 ) -> Figure:
-    """One row per query: the query image, then its ranked results.
+    """One row per query: the query (blue frame), then its results best first.
 
-    The query has a blue frame; each result has a green frame when it shows the same scene
-    (relevant), red when not (grey when ``relevant`` is None, i.e. unknown), with its rank and
-    cosine score written under it. Rows may have different numbers of results.
-
-    Args:
-        query_paths: Image path of each query.
-        results: For each query, its results best first as ``(path, score, relevant)``,
-            or ``(path, score, relevant, caption)`` to write a caption line (e.g. the
-            periodical and date, :func:`cbir_utils.evaluation.retrieval.gallery_rows`) under it.
-        path: Optional PNG path.
-        title: Optional figure title.
-        thumb: Size of one thumbnail in inches.
-        labels: Optional text per query (e.g. its scene), shown above the query image.
-
-    Returns:
-        The figure. Each drawn image has its own axes (cells beyond a short row stay blank),
-        whose ``gid`` is ``"query"``, ``"relevant"``, ``"irrelevant"`` or ``"unknown"``; its
-        coloured frame is a ``Rectangle`` patch with ``gid`` ``"frame"``. Unreadable images
-        are drawn as a grey square.
+    ``results`` per query: ``(path, score, relevant[, caption])``; a result's frame is green
+    when relevant, red when not, grey when unknown (``None``), its rank and score under it.
+    Each image's axes has the ``gid`` ``"query"``, ``"relevant"``, ``"irrelevant"`` or
+    ``"unknown"``; unreadable images are grey squares.
     """
     n_rows = len(query_paths)
     if n_rows == 0:
@@ -329,19 +299,8 @@ def pr_curve(
     mark_threshold: float | Mapping[str, float] | None = None,
     title: str = "Precision–recall of pair decisions",
 ) -> Figure:
-    """Precision-recall curves, one line per method, with the chosen operating point(s).
-
-    Args:
-        curves: ``{method: frame}`` or a single frame with columns ``threshold, precision,
-            recall, f1`` (as returned by ``cbir_utils.evaluation.metrics.pr_curve``).
-        path: Optional PNG path.
-        mark_threshold: Threshold to mark on every curve (a float), or ``{method: threshold}``
-            (methods not in the mapping get no mark), or None. The marked point is the one of
-            the rule ``score >= threshold``.
-        title: Figure title.
-
-    Returns:
-        The figure; grey dotted lines are iso-F1 contours.
+    """Precision-recall curves, one per method (``{method: metrics.pr_curve frame}``), with
+    iso-F1 contours and ``mark_threshold`` (one, or one per method) marked as ``score >= t``.
     """
     if isinstance(curves, pd.DataFrame):
         curves = {str(curves.attrs.get("name", "")): curves}
@@ -535,20 +494,12 @@ def training_curves(
     path_prefix: PathLike | None = None,
     title: str | None = None,
 ) -> dict[str, Figure]:
-    """Loss, precision, recall and F1 over epochs, train and val lines, stage changes marked.
+    """Loss, precision, recall and F1 over epochs, train and val lines.
 
-    Args:
-        history: One row per (epoch, split) with columns ``epoch, stage, split, loss,
-            accuracy, precision, recall, f1`` (``stage`` optional). When epochs restart at 1
-            in each stage, the x axis counts epochs across stages.
-        path_prefix: When given, saves ``<prefix>_loss.png``, ``<prefix>_precision.png``,
-            ``<prefix>_recall.png``, ``<prefix>_f1.png`` and ``<prefix>_combined.png``.
-        title: Optional title of the combined figure.
-
-    Returns:
-        ``{"loss", "precision", "recall", "f1", "combined"}`` -> figure. Stage changes are
-        dashed vertical lines whose ``gid`` is ``STAGE_BOUNDARY_GID``, labelled "stage N" (the
-        stage that starts there); the best validation value is a star.
+    ``history`` has one row per (epoch, split); epochs that restart in each stage are counted
+    across stages, and stage changes are dashed lines (``gid`` :data:`STAGE_BOUNDARY_GID`); the
+    best validation value is a star. Returns ``{"loss", "precision", "recall", "f1",
+    "combined"}``, saved as ``<path_prefix>_<name>.png`` when given.
     """
     required = {"epoch", "split", *_TRAINING_METRICS}
     missing = required - set(history.columns)
@@ -605,19 +556,8 @@ def confusion_matrix(
     normalize: bool = True,
     title: str | None = None,
 ) -> Figure:
-    """Confusion-matrix heatmap (rows: true class, columns: predicted class).
-
-    Args:
-        y_true: True classes, as indices into ``class_names`` or as the names themselves.
-        y_pred: Predicted classes, same convention.
-        class_names: Name of each class, in index order.
-        path: Optional PNG path.
-        normalize: Divide each row by its count (share of the true class predicted as each
-            class); rows without samples stay 0.
-        title: Figure title (default says the accuracy).
-
-    Returns:
-        The figure. Cells are annotated up to 20 classes.
+    """Confusion-matrix heatmap (rows true, columns predicted; classes as indices or names);
+    ``normalize`` divides each row by its count; cells annotated up to 20 classes.
     """
     n = len(class_names)
     if n == 0:
@@ -689,19 +629,8 @@ def comparison_bars(
     hue: str = "method",
     title: str | None = "Comparison of methods",
 ) -> Figure:
-    """Grouped bars, one subplot per metric: x = ``group`` values, one bar colour per ``hue``.
-
-    Args:
-        table: Long table, one row per (group, hue) with one column per metric (values in
-            [0, 1]); duplicate rows are averaged.
-        metrics: Metric columns to show (e.g. ``["mAP", "P@1", "nDCG@10", "pair_f1"]``).
-        path: Optional PNG path.
-        group: Column of the x groups (e.g. protocol), or None for a single group.
-        hue: Column of the compared methods.
-        title: Figure title.
-
-    Returns:
-        The figure; each bar has its value written on it; missing values show no bar.
+    """Grouped bars, one subplot per metric of a long ``table``: x = ``group`` values, one colour
+    per ``hue``, values written on the bars (duplicates averaged, missing ones no bar).
     """
     metrics = list(metrics)
     if not metrics:

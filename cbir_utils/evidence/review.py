@@ -1,18 +1,11 @@
 """Review verdicts: a historian's decisions on proposed reprints, kept as evidence.
 
-Each proposed pair (a query or a group's reference image, and a candidate) gets one of
-three verdicts (:data:`VERDICTS`): the same photograph (a reprint), the same scene in
-another shot, or not a reprint. Decisions are made in the HTML pages (contact sheet,
-search results; kept in the browser and exported as ``verdicts.csv``) or in a notebook
-(:class:`ReviewWidget`), and imported into an index folder with
-``python -m cbir_utils verdicts import FILE``:
-
-* ``verdicts.csv`` in the index folder is the history: every decision ever imported, with
-  its time and reviewer; nothing is overwritten.
-* The current verdict of a pair is its latest decision (:func:`current_verdicts`); a pair
-  is the same whichever image was the query.
-* Confirmed pairs (``same_photo``) give ground truth: :func:`labels_from_verdicts` joins
-  them into groups, usable as scene labels for evaluation and fine-tuning.
+Each proposed pair gets one of :data:`VERDICTS` (the same photograph, the same scene in
+another shot, not a reprint), in the HTML pages (exported as ``verdicts.csv``) or in a
+notebook (:class:`ReviewWidget`), and is imported into an index folder with ``python -m
+cbir_utils verdicts import FILE``. The folder's ``verdicts.csv`` is the history, nothing
+overwritten; a pair's current verdict is its latest decision, whichever image was the
+query; confirmed pairs give scene labels (:func:`labels_from_verdicts`).
 """
 
 from __future__ import annotations
@@ -57,11 +50,8 @@ def _empty() -> pd.DataFrame:
 
 @dataclass
 class VerdictFile:
-    """A verdicts file read and checked (:func:`read_verdicts`).
-
-    Attributes:
-        rows: The usable decisions, columns :data:`VERDICT_COLUMNS`.
-        bad: Rows left out, with their line in the file and the reason.
+    """A verdicts file read and checked: the usable ``rows`` and the ``bad`` ones with their line
+    and reason.
     """
 
     rows: pd.DataFrame
@@ -69,15 +59,8 @@ class VerdictFile:
 
 
 def read_verdicts(path: str | os.PathLike) -> VerdictFile:
-    """Read a ``verdicts.csv`` (exported from a page, or kept in an index folder).
-
-    Rows with an unknown verdict, an empty image name, an unreadable time or another number
-    of cells than the header are left out and listed in ``bad`` with their line numbers.
-    UTF-8 (with or without BOM) and Windows-1252 files are read.
-
-    Raises:
-        MissingFilesError: No such file.
-        CollectionError: Not a verdicts file (a required column is missing).
+    """Read a ``verdicts.csv`` (UTF-8 with or without BOM, or Windows-1252); rows with an unknown
+    verdict, an empty name, an unreadable time or a wrong number of cells go to ``bad``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -215,16 +198,8 @@ class ImportReport:
 def import_verdicts(
     source: str | os.PathLike, folder: str | os.PathLike, known: Sequence[str] | None = None
 ) -> ImportReport:
-    """Merge a verdicts file into ``folder/verdicts.csv`` (the history; nothing is lost).
-
-    Decisions already in the history (same pair, verdict, time and reviewer) are not
-    added twice. The current verdict of a pair is its latest decision.
-
-    Args:
-        source: A ``verdicts.csv`` exported from a page or written by :class:`ReviewWidget`.
-        folder: The index folder.
-        known: The index's image names, to report decisions about other images (they
-            are kept: the image may be added later).
+    """Merge a verdicts file into ``folder/verdicts.csv``, each decision once; decisions about
+    images not in ``known`` are reported and kept (the image may be added later).
     """
     new = read_verdicts(source)
     with folder_lock(folder, "a `verdicts import`"):  # read, merge, write: one run at a time
@@ -266,13 +241,8 @@ def attach(
 
 @dataclass
 class VerdictLabels:
-    """Scene labels made from confirmed pairs (:func:`labels_from_verdicts`).
-
-    Attributes:
-        labels: Per image, ``"verified-<n>"`` for the members of a confirmed group, ``""``
-            for images in no confirmed pair.
-        conflicts: Pairs judged *not* the same photograph that confirmed pairs put into one
-            group (columns query, candidate, verdict, group): worth a second look.
+    """Scene labels from confirmed pairs: ``"verified-<n>"`` per group, ``""`` elsewhere;
+    ``conflicts`` lists the pairs judged different that confirmations put in one group.
     """
 
     labels: np.ndarray
@@ -287,14 +257,8 @@ class VerdictLabels:
 def labels_from_verdicts(
     names: Sequence[str], decisions: pd.DataFrame, confirmed: Sequence[str] = (CONFIRMED,)
 ) -> VerdictLabels:
-    """Scene labels from the confirmed pairs: images joined by confirmations form a group.
-
-    Args:
-        names: The images (relpaths), in collection order.
-        decisions: Verdict rows (a file or an index's history; the latest decision of each
-            pair counts).
-        confirmed: Verdicts that join two images (``("same_photo", "same_scene")`` to group
-            shots of one scene too).
+    """Scene labels of ``names``: images joined by ``confirmed`` verdicts (latest decision of each
+    pair) form a group.
     """
     names = [str(n) for n in names]
     pos = {n: i for i, n in enumerate(names)}
@@ -366,18 +330,7 @@ def review_query(
     context: str = "notebook",
     draw_matches: bool = True,
 ) -> ReviewWidget:
-    """A :class:`ReviewWidget` for collection image ``query`` and its top ``k`` in ``ev``.
-
-    Args:
-        ev: A :class:`cbir_utils.evaluation.retrieval.Evaluation` whose queries include ``query``.
-        items: The collection's items (relpath, path, metadata), in collection order.
-        query: Collection row of the query.
-        k: Candidates shown.
-        out: The verdicts file the buttons write to.
-        reviewer: Name kept with each decision.
-        context: Written with each decision.
-        draw_matches: Draw the verified local-feature matches of each candidate.
-    """
+    """A :class:`ReviewWidget` for collection row ``query`` and its top ``k`` in evaluation ``ev``."""
 
     idx, val = ev.top(query, k)
     rec = items.to_dict("records")
@@ -416,21 +369,11 @@ def append_decision(
 
 
 class ReviewWidget:
-    """Review one query's candidates in a notebook (ipywidgets), written to ``verdicts.csv``.
+    """Review one query's candidates in a notebook (ipywidgets), decisions written to ``out``.
 
-    Shows the query, then each candidate with its score, its provenance line and, when
-    verified, the matched local features drawn between the two images; three buttons
-    per candidate record a verdict with :func:`append_decision` into the same file the
-    pages export, ready for ``verdicts import``.
-
-    Args:
-        query: Query image (path) and the name it has in the index (relpath).
-        candidates: ``(path, name, score, caption)`` per candidate, best first.
-        out: The verdicts file to write (e.g. ``outputs/.../verdicts.csv``).
-        reviewer: Your name or initials, kept with each decision.
-        context: Written with each decision (e.g. ``"notebook 03"``).
-        draw_matches: Draw the verified local-feature matches (SIFT + RANSAC; slower).
-        thumb_px: Size of the images.
+    Each candidate is shown with its score, its provenance line and, with ``draw_matches``,
+    the verified local-feature matches; three buttons record a verdict with
+    :func:`append_decision` into the same file the pages export.
     """
 
     def __init__(
