@@ -1,9 +1,4 @@
-"""Run folders, saved parameters, package versions and seeds (reproducible runs).
-
-Also the checking of notebook parameters (:func:`check_params`): papermill passes
-``-r`` values, and ``-p`` lists, as strings, and a typo in a value should stop a run
-at once with one message naming the parameter, not an hour later inside the library.
-"""
+"""Run folders, saved parameters, package versions and seeds; notebook parameters checked."""
 
 from __future__ import annotations
 
@@ -61,12 +56,7 @@ def notebook_params(namespace: dict[str, Any]) -> dict[str, Any]:
 
 
 def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
-    """The defaults of a notebook's ``parameters`` cell, evaluated as literals.
-
-    Args:
-        notebook: A notebook name (``"01_pretrained_retrieval"``, looked up in
-            ``notebooks/``) or the path of an ``.ipynb`` file.
-    """
+    """The literal defaults of a notebook's ``parameters`` cell (a name in ``notebooks/`` or a path)."""
 
     import nbformat
 
@@ -103,16 +93,11 @@ def _json_default(o: Any) -> Any:
 def start_run(
     notebook: str, run: str, params: dict[str, Any], root: str | Path | None = None
 ) -> Path:
-    """Create ``outputs/<notebook>/<run>/`` and save ``params.json`` and ``versions.json``.
+    """Create ``outputs/<notebook>/<run>/`` with ``params.json`` and ``versions.json``.
 
-    A run folder belongs to one set of parameters: starting it again with the same
-    parameters reuses it (caches, checkpoints); with other parameters it raises
-    :class:`~cbir_utils.errors.SettingsError` (a ``ValueError``) rather than overwrite
-    earlier results. ``params.json`` is created exclusively, so two runs started at once
-    under one name cannot both claim the folder. ``versions.json`` records the packages
-    of the latest start; a warning says when they differ from the previous start's. In
-    IPython, user-facing errors are then shown as one message
-    (:func:`~cbir_utils.errors.install_notebook_handler`).
+    The same parameters reuse the folder (caches, checkpoints); others are an error rather
+    than an overwrite. ``params.json`` is created exclusively, so two runs started at once
+    cannot both claim it; a change of package versions is warned about.
     """
     install_notebook_handler()
     if not isinstance(run, str) or not run or any(c in run for c in "/\\") or run.startswith("."):
@@ -158,27 +143,12 @@ def start_run(
 def check_params(
     params: dict[str, Any], specs: dict[str, Param] | None = None, check_paths: bool = True
 ) -> dict[str, Any]:
-    """Check and convert a notebook's parameters; every problem reported in one message.
+    """Check and convert a notebook's parameters, every problem in one message.
 
-    Known names (:data:`PARAM_SPECS`) are converted to their type (see
-    :func:`coerce_param`); unknown names are kept as they are, with a warning suggesting
-    the closest known name (a typo would otherwise be ignored silently). Then the
-    parameters are checked together: ``STAGE_LRS`` has one value per stage, ``KS`` has no
-    duplicates, ``RUN_NAME`` is a plain folder name and, with ``check_paths``,
-    ``DATA_DIR`` exists (unless ``BUILD_DEMO``), ``CHECKPOINT`` exists when given and
-    ``WEIGHTS`` is ``imagenet``/``none`` or a weights file that fits ``BACKBONE``
-    (:func:`check_weights_file`). In IPython the error is shown as one message.
-
-    Notebook use (the derived cell)::
-
-        PARAMS = runs.check_params(runs.notebook_params(globals()))
-        globals().update(PARAMS)  # typed values: papermill -r passes strings
-
-    Returns:
-        A new dict with the converted values.
-
-    Raises:
-        SettingsError: Listing every wrong parameter.
+    Known names are converted to their type (papermill passes strings); an unknown name is
+    warned about with the closest known one. Then together: ``STAGE_LRS`` per stage, ``KS``
+    without duplicates, ``RUN_NAME`` a plain folder name and, with ``check_paths``, the paths
+    and weights files exist and fit.
     """
     install_notebook_handler()
     specs = PARAM_SPECS if specs is None else specs
@@ -271,18 +241,8 @@ def _guess_backbone(keys: list[str]) -> str | None:
 
 
 def check_weights_file(backbone: str, weights: str | os.PathLike) -> Path:
-    """Check that a local weights file exists and fits ``backbone``, without building it.
-
-    The network is built on PyTorch's ``meta`` device (no memory, no computation) and
-    the file's tensors loaded into it; a mismatch becomes one message saying which
-    backbone the file seems to be for.
-
-    Returns:
-        The resolved path.
-
-    Raises:
-        SettingsError: Missing file, not a PyTorch file, a fine-tuned checkpoint, or
-            weights of another backbone.
+    """Check that a local weights file exists and fits ``backbone`` (loaded into a network on
+    PyTorch's ``meta`` device: no memory); a mismatch says which backbone it seems to be for.
     """
     import torch
 

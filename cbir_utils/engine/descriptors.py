@@ -1,17 +1,10 @@
 """Post-processing of global descriptors: multi-scale, PCA-whitening, query expansion.
 
-The standard recipe of CNN image retrieval (Radenović, Tolias and Chum), on top of the pooled,
-L2-normalised descriptors of :mod:`cbir_utils.engine.features`:
-
-* :func:`extract_multiscale`: descriptors at several input sizes, summed and re-normalised
-  (a print seen at several scales; also blurs the halftone screen at the small scales).
-* :func:`fit_whitening` / :class:`Whitening`: PCA-whitening learned, without labels, on the
-  collection's own descriptors (centring, decorrelation, optional dimension reduction).
-* :func:`neighbour_mean`: αQE (a query) and αDBA (the database itself): a descriptor is
-  replaced by the weighted mean of itself and its nearest neighbours (weights
-  ``cosine ** alpha``), which pulls the printings of one scene together.
-
-All functions are pure: arrays in, new arrays out.
+The standard recipe of CNN image retrieval (Radenović, Tolias and Chum): descriptors at
+several input sizes summed (:func:`extract_multiscale`), a PCA-whitening learned without
+labels on the collection (:func:`fit_whitening`), and αQE / αDBA (:func:`neighbour_mean`:
+a descriptor replaced by the mean of itself and its neighbours weighted ``cos ** alpha``).
+Pure functions: arrays in, new arrays out.
 """
 
 from __future__ import annotations
@@ -68,25 +61,11 @@ def extract_multiscale(
     model_meta: dict | None = None,
     **kwargs,
 ) -> np.ndarray:
-    """Descriptors at several input sizes, summed and L2-normalised.
+    """Descriptors at several input sizes (``scales`` of ``preprocess.image_size``), summed and
+    L2-normalised; each image decoded, cut, grayed and descreened once for all scales.
 
-    Each scale ``s`` runs the network at ``image_size = round(s * preprocess.image_size)``;
-    an image is decoded, cut to its photograph, grayed and descreened once for all the scales
-    (:class:`features.Sizes`; the descreen radius is relative to the image). With
-    ``cache_dir`` and ``model_meta`` each scale has its cache (:func:`features.extract_cached`).
-
-    Args:
-        model: A :class:`models.RetrievalNet`.
-        paths: Image files, or decoded images (PIL; with ``keys=`` their files' digests
-            when cached): an image is then decoded once for all the scales.
-        preprocess: The base preprocessing (scale 1).
-        scales: Relative input sizes, e.g. ``(1.0, 0.707)``; ``(1.0,)`` is single-scale.
-        cache_dir: Optional descriptor cache folder.
-        model_meta: The model's meta (needed with ``cache_dir``).
-        **kwargs: Passed to the extraction (``mirror``, ``batch_size``, ``num_workers``...).
-
-    Returns:
-        ``float32`` ``(len(paths), D)`` unit-norm rows.
+    ``paths`` may be decoded images (with ``keys=`` their files' digests when cached). With
+    ``cache_dir`` and ``model_meta`` each scale has its cache.
     """
 
     stats = kwargs.pop("stats", None)
@@ -113,13 +92,8 @@ def extract_multiscale(
 
 @dataclass
 class Whitening:
-    """A learned PCA-whitening: ``l2n((x - mean) @ projection)``.
-
-    Attributes:
-        mean: ``(D,)`` mean of the training descriptors.
-        projection: ``(D, d)`` principal directions scaled by ``eigenvalue ** -power``.
-        eigenvalues: ``(d,)`` kept eigenvalues, largest first.
-        power: 0.5 = full whitening, 0 = PCA rotation only.
+    """A learned PCA-whitening ``l2n((x - mean) @ projection)``; ``power`` 0.5 whitens fully, 0
+    only rotates.
     """
 
     mean: np.ndarray
@@ -156,21 +130,11 @@ class Whitening:
 def fit_whitening(
     x: np.ndarray, dim: int | None = None, power: float = 0.5, shrinkage: float = 0.1
 ) -> Whitening:
-    """Learn a PCA-whitening on descriptors, without labels.
+    """Learn a PCA-whitening on descriptors ``x``, without labels.
 
-    With fewer images than dimensions (a small collection), the covariance has many zero
-    eigenvalues; ``dim`` is capped at ``N - 1`` and the eigenvalues are shrunk towards their
-    mean (``(1 - shrinkage) * λ + shrinkage * mean(λ)``) so that noise directions are not
-    blown up.
-
-    Args:
-        x: Training descriptors ``(N, D)`` (e.g. the whole collection's).
-        dim: Dimensions kept (largest variance first); ``None`` keeps all that exist.
-        power: Exponent of the eigenvalue scaling: 0.5 whitens fully, 0 only rotates.
-        shrinkage: In [0, 1]: regularisation of the eigenvalues.
-
-    Returns:
-        A :class:`Whitening`.
+    ``dim`` is capped at ``N - 1``, and the eigenvalues are shrunk towards their mean
+    (``(1 - shrinkage) λ + shrinkage mean(λ)``) so that a small collection's noise directions
+    are not blown up.
     """
     x = _check_desc(x)
     if len(x) < 2:
@@ -214,13 +178,8 @@ def neighbour_mean(
     exclude: np.ndarray | None = None,
     searcher=None,
 ) -> np.ndarray:
-    """Each row of ``x`` plus its ``k`` nearest rows of ``db``, weighted ``cos ** alpha``.
-
-    The neighbours come from :func:`cbir_utils.engine.search.exact_search` (chunked: memory
-    ``O(len(x) k)``, never ``len(x) x len(db)``), or from ``searcher`` (a
-    :class:`cbir_utils.engine.search.SearchIndex` built on ``db``, e.g. HNSW for millions).
-    ``exclude``: per row, a ``db`` row that is not its neighbour (its own row when ``x``
-    are database descriptors), ``-1`` for none.
+    """Each row of ``x`` plus its ``k`` nearest rows of ``db``, weighted ``cos ** alpha``, found
+    by chunked exact search or ``searcher``; ``exclude``: per row, a ``db`` row left out.
     """
 
     if k < 0:
@@ -242,16 +201,8 @@ def neighbour_mean(
 
 @dataclass(frozen=True)
 class PostProcess:
-    """Which post-processing the pipeline applies (all off by default).
-
-    Attributes:
-        whiten: Learn a PCA-whitening on the database descriptors and apply it.
-        whiten_dim: Dimensions kept by the whitening (``None``: all available).
-        whiten_shrinkage: Eigenvalue shrinkage (see :func:`fit_whitening`).
-        qe_k: Neighbours of αQE (0 = off).
-        qe_alpha: αQE weight exponent.
-        dba_k: Neighbours of αDBA on the database (0 = off).
-        dba_alpha: αDBA weight exponent.
+    """Which post-processing the pipeline applies (all off by default): the whitening, αQE and
+    αDBA (``k`` neighbours, 0 off).
     """
 
     whiten: bool = False

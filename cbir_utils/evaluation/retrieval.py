@@ -1,11 +1,8 @@
 """Ranked lists, top-k tables and the evaluation protocols.
 
-Descriptors are L2-normalised, so the dot product is the cosine similarity. Each query's
-candidates are the whole collection, itself excluded, as a **ranked list** (indices and
-scores, best first): whole lists for collections up to :data:`cbir_utils.engine.search.FULL_LISTS_MAX` images (the
-metrics are then exactly those of the full score matrix), the top :data:`cbir_utils.engine.search.EVAL_TOP` above
-(AP truncated there; see :mod:`cbir_utils.evaluation.metrics`). Memory ``O(queries x list)``; no
-``N x N`` matrix is built.
+Each query's candidates are the collection, itself excluded, as a ranked list: whole up to
+:data:`cbir_utils.engine.search.FULL_LISTS_MAX` images (the figures of the full matrix),
+the top :data:`cbir_utils.engine.search.EVAL_TOP` above. No ``N x N`` matrix is built.
 """
 
 from __future__ import annotations
@@ -32,11 +29,8 @@ PROTOCOLS = {
 def ranked_lists(
     desc: np.ndarray, query_idx: Sequence[int], k: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's top-``k`` collection rows by cosine, itself excluded, best first.
-
-    Exact (chunked, :func:`cbir_utils.engine.search.exact_search`; ties: lower index first).
-    ``k`` defaults to :func:`list_length`. Returns ``(indices, scores)``, ``-1``/``-inf``
-    where a list is shorter.
+    """``(indices, scores)``: each query's top-``k`` rows by cosine, itself excluded, best first
+    (ties: lower index), ``-1``/``-inf`` where a list is shorter.
     """
     q = np.asarray(query_idx, dtype=int)
     nb = exact_search(np.asarray(desc[q], dtype=np.float32), desc, k or list_length(len(desc)), q)
@@ -46,11 +40,8 @@ def ranked_lists(
 def list_relevance(
     indices: np.ndarray, scenes: Sequence[str], query_idx: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Relevance of ranked lists, and each query's relevant images in the collection.
-
-    Returns:
-        ``relevant`` (shape of ``indices``: the candidate shows the query's labelled scene)
-        and ``n_relevant`` (per query: the other images of its scene; 0 when unlabelled).
+    """``relevant`` (the candidate shows the query's scene) and ``n_relevant`` (per query, the
+    other images of its scene; 0 when unlabelled).
     """
     scenes = np.asarray(scenes, dtype=object)
     q = np.asarray(query_idx, dtype=int)
@@ -71,11 +62,8 @@ def topk_table(
     k: int,
     items: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Long table ``query, rank, candidate, score, relevant`` of each query's top-k.
-
-    ``indices``/``scores`` are the queries' ranked lists (e.g. an :class:`Evaluation`'s).
-    With ``items`` (the collection's, with ``relpath`` and metadata columns) each row also
-    gets the candidate's metadata (periodical, date, page...).
+    """Long table ``query, rank, candidate, score, relevant`` of each query's ranked list, and
+    the candidate's metadata with ``items``.
     """
     relpaths = np.asarray(relpaths, dtype=object)
     scenes = np.asarray(scenes, dtype=object)
@@ -117,16 +105,8 @@ def protocol_queries(split: pd.DataFrame, protocol: str) -> np.ndarray:
 
 @dataclass
 class Evaluation:
-    """Retrieval quality of one ranking under one protocol.
-
-    Attributes:
-        protocol: Its name (:data:`PROTOCOLS`, or ``val``).
-        ranking: mAP, P@k, R@k, nDCG@k, µAP.
-        pairwise: Pairwise precision, recall, F1 at the threshold.
-        pr_curve: The pairwise precision-recall curve.
-        indices: ``(Q, L)`` each query's ranked list (collection rows, ``-1`` padding).
-        scores: ``(Q, L)`` their scores, best first (``-inf`` padding).
-        query_idx: The queries' collection rows.
+    """Retrieval quality of one ranking under one protocol: ranking metrics, pairwise figures at
+    the threshold, the PR curve, and the queries' ranked lists.
     """
 
     protocol: str
@@ -184,17 +164,7 @@ def evaluate_lists(
     ks: Sequence[int] = (1, 5, 10),
     protocol: str = "all",
 ) -> Evaluation:
-    """Every metric of the queries' ranked lists (rows of ``indices``/``scores``).
-
-    Args:
-        indices: ``(Q, L)`` each query's ranked collection rows (itself excluded).
-        scores: ``(Q, L)`` their scores, best first.
-        scenes: Scene label of each collection image.
-        query_idx: The queries' collection rows.
-        threshold: Score threshold of the pairwise precision/recall/F1.
-        ks: Cut-offs for P@k, R@k and nDCG@k.
-        protocol: Name stored with the result.
-    """
+    """Every metric of the queries' ranked lists, pairwise ones at ``threshold``."""
     query_idx = np.asarray(query_idx, dtype=int)
     if len(query_idx) == 0:
         raise InputError(f"Protocol {protocol!r} has no query images.")
@@ -233,17 +203,8 @@ def evaluate_ranked(
     ks: Sequence[int] = (1, 5, 10),
     threshold: float | None = None,
 ) -> dict[str, Evaluation]:
-    """Evaluate the collection's ranking under several protocols, one threshold for all.
-
-    Args:
-        indices: ``(N, L)`` every image's ranked list (row ``i``: image ``i``'s, itself
-            excluded), e.g. :class:`cbir_utils.engine.pipeline.Ranking`'s.
-        scores: ``(N, L)`` their scores.
-        split: Frame with ``scene`` and ``split`` columns (see :func:`data.make_split`).
-        protocols: Names from :data:`PROTOCOLS` (or ``val``); those without queries skipped.
-        ks: Cut-offs.
-        threshold: Fixed score threshold (e.g. the study's 0.88); ``None`` chooses it on
-            the validation queries.
+    """Evaluate the collection's ranking under several protocols at one threshold (``None``:
+    chosen on the validation queries); protocols without queries are skipped.
     """
     scenes = split["scene"].to_numpy(dtype=object)
     if len(indices) != len(scenes):
@@ -291,13 +252,7 @@ def results_table(results: dict[str, dict[str, Evaluation]]) -> pd.DataFrame:
 
 
 def best_on_validation(table: pd.DataFrame) -> str:
-    """The method of a :func:`results_table` with the best validation mAP (then µAP).
-
-    Choosing on the validation images keeps the held-out scenes for the report only.
-
-    Raises:
-        ValueError: The table has no ``val`` rows.
-    """
+    """The method with the best validation mAP (then µAP): held-out scenes stay for the report."""
     val = table[table["protocol"] == "val"]
     if not len(val):
         raise InputError("No validation rows to choose on (evaluate the 'val' protocol too).")
@@ -338,12 +293,7 @@ def gallery_rows(
     k: int,
     items: pd.DataFrame | None = None,
 ) -> tuple[list[str], list[list[tuple]]]:
-    """Query paths and their top-k ``(path, score, relevant)`` for :func:`plots.retrieval_gallery`.
-
-    ``queries`` are collection indices; those not among ``ev``'s queries are skipped. With
-    ``items`` (the collection's, in the same order as ``paths``) each result gets a fourth
-    element, its caption line (periodical, date, page).
-    """
+    """Query paths and their top-k ``(path, score, relevant[, caption])`` for the gallery."""
 
     captions = None
     if items is not None:

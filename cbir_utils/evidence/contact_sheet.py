@@ -1,19 +1,12 @@
 """Review pages (duplicate groups, search results) as self-contained HTML, and a PNG sheet.
 
-Both pages are one file each (thumbnails embedded as base64 JPEG) that works offline and
-can be mailed or archived. The contact sheet has one row per duplicate group: each
-image's file name, scene when known, provenance (periodical, date, page; every metadata
-value in its tooltip) and cosine similarity to the group's centre; a filter box narrows
-the groups. The search-results page has one row per query and its ranked candidates.
-Clicking a thumbnail opens the full image (a link relative to the page, or ``file://``),
-or the source it came from (``source_url``, IIIF) when the metadata gives one.
-
-Review: every proposed reprint has three buttons (:data:`cbir_utils.evidence.review.VERDICTS`).
-Decisions are kept in the browser (``localStorage``, per index) and exported with one click
-as ``verdicts.csv`` for ``python -m cbir_utils verdicts import``; verdicts already imported
-into the index are shown when the page is made. Groups with dates get their reprint list
-sorted by date (the circulation of the photograph). The PNG version (matplotlib) shows the
-first groups for a notebook.
+Each page is one file (thumbnails embedded as base64 JPEG) that works offline and can be
+mailed or archived: one row per duplicate group, or per query and its ranked candidates,
+each image with its name, scene, provenance (every metadata value in its tooltip) and
+score. A thumbnail links to the full image, or to its source (``source_url``, IIIF).
+Every proposed reprint has the three verdict buttons; decisions are kept in the browser
+(per index) and exported as ``verdicts.csv`` for ``verdicts import``; verdicts already
+imported are shown. Dated reprints are listed by date (the photograph's circulation).
 """
 
 from __future__ import annotations
@@ -442,32 +435,11 @@ def contact_sheet_html(
 ) -> Path:
     """Write a self-contained HTML contact sheet of the duplicate groups, with review buttons.
 
-    Each group's first image (closest to its centre) is the reference; every other member
-    gets the three verdict buttons, a decision about the pair (reference, member).
-
-    Args:
-        groups: The groups (:func:`cbir_utils.evidence.groups.duplicate_groups`).
-        paths: Image file of each image, in the order of ``groups.labels``.
-        path: Where to write the ``.html`` file (atomically).
-        names: Name shown per image (default: the file name); use the index's relpaths so
-            that verdicts can be imported.
-        scenes: Scene label per image (``""`` unknown); images outside their group's
-            majority scene get a red frame, the others green.
-        title: Page title.
-        min_size: Smallest group shown (2 leaves out images without duplicates).
-        max_groups: Show at most this many groups (largest first); ``None`` for all.
-        thumb_px: Thumbnail size in pixels.
-        relative_links: Link images relative to the page (else ``file://`` URLs).
-        notes: Extra lines for the page header (e.g. the model and threshold).
-        progress: Show a progress bar while making thumbnails.
-        items: Collection items in the same order (metadata columns: periodical, date,
-            page...): shown in captions and tooltips, and a reprint list by date per group.
-        verdicts: Decisions already imported (:func:`cbir_utils.evidence.review.history`), shown.
-        store: Key of the browser's decision store (the index name; pages of one index
-            share their decisions). Default: the title.
-
-    Returns:
-        The path written.
+    Each group's image closest to its centre is the reference; every other member gets the
+    verdict buttons about the pair. ``names``: the index's relpaths, so verdicts import;
+    ``scenes``: a red frame outside the group's majority scene; ``items``: metadata in
+    captions and a reprint list by date; ``store``: the browser's decision store (the index
+    name; default the title). Returns the path written.
     """
 
     n = len(groups.labels)
@@ -570,26 +542,11 @@ def search_results_html(
     progress: bool = True,
     items: pd.DataFrame | None = None,
 ) -> Path:
-    """Write a self-contained HTML page of search results, with review buttons.
+    """Write a self-contained HTML page of search results (:meth:`Index.search`'s table), with
+    review buttons, each query's results also listed by date when they have dates.
 
-    One row per query: the query image, then its candidates best first, each with its
-    score, provenance and the three verdict buttons; below, the query's results sorted
-    by date (its circulation) when the metadata has dates.
-
-    Args:
-        table: From :meth:`cbir_utils.engine.index.Index.search` (``query, rank, candidate, score,
-            path`` and the candidates' metadata columns).
-        path: Where to write the ``.html`` file (atomically).
-        query_names: Name of each query file in the index (its relpath when indexed), so
-            that verdicts are about index images; default the query's path.
-        title: Page title.
-        thumb_px: Thumbnail size in pixels.
-        relative_links: Link images relative to the page (else ``file://`` URLs).
-        notes: Extra header lines.
-        verdicts: Decisions already imported (:func:`cbir_utils.evidence.review.history`), shown.
-        store: Key of the browser's decision store (the index name).
-        progress: Show a progress bar while making thumbnails.
-        items: The index's items: the provenance of queries that are indexed images.
+    ``query_names``: each query's name in the index, so verdicts are about index images;
+    ``items``: the index's, for the provenance of indexed queries.
     """
 
     for c in ("query", "rank", "candidate", "score", "path"):
@@ -675,14 +632,8 @@ def contact_sheet_figure(
     thumb: float = 1.4,
     title: str | None = None,
 ):
-    """A PNG-ready matplotlib figure of the first groups: one row per group.
-
-    Frames: green for the group's majority scene, red for another scene, grey when the
-    scene is unknown. Each image is captioned with its score to the group's centre and its
-    name. Rows longer than ``max_per_group`` end with a "+n more" note.
-
-    Returns:
-        The figure (also saved as PNG when ``path`` is given).
+    """A figure of the first groups, one row per group (frames green for the majority scene, red
+    for another, grey unknown; "+n more" past ``max_per_group``), saved when ``path`` is given.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle

@@ -1,23 +1,11 @@
 """IIIF collections as input: manifests (Presentation API 2 and 3), collections, URL lists.
 
-Libraries (Gallica, Europeana, the Library of Congress...) publish their digitised
-periodicals as IIIF manifests. Give ``index`` (or the notebooks' ``DATA_DIR``) one of:
-
-* the URL or file of a IIIF **manifest** (v2 ``sc:Manifest`` or v3 ``Manifest``),
-* the URL or file of a IIIF **collection** of manifests (nested collections followed),
-* a **text file** of manifest or collection URLs, one per line (``#`` starts a comment).
-
-Each canvas image is fetched through the Image API at a chosen size (``!1024,1024``: the
-long side at most 1024 px) into ``outputs/cache/iiif/<source>/`` with a polite number of
-parallel requests and retries with back-off (``requests`` with urllib3's ``Retry``). A
-rerun fetches only what is missing: the cache makes it resumable. Every failure is a
-row of ``skipped.csv`` with its reason: an HTTP error, a timeout, a connection failure,
-a body that is not an image, or (found by the collection's image check) a truncated file.
-
-The manifest's label, metadata and ``navDate`` become the provenance columns
-(:mod:`cbir_utils.sources.provenance`): ``periodical``, ``date``, ``page`` (the canvas label),
-``source_url`` (the manifest's homepage, else the manifest), ``iiif_image`` (the image
-URL, region included for canvases that point at a part of an image) and ``region``.
+Give ``index`` (or ``DATA_DIR``) a manifest, a collection of manifests (nested ones
+followed), or a text file of their URLs. Each canvas image is fetched through the Image API
+(``!1024,1024``) into ``outputs/cache/iiif/<source>/``, politely in parallel with retries;
+a rerun fetches only what is missing. Every failure is a row of ``skipped.csv``. The
+manifest's label, metadata and ``navDate`` become the provenance columns (``periodical``,
+``date``, ``page``, ``source_url``, ``iiif_image``, ``region``).
 """
 
 from __future__ import annotations
@@ -53,23 +41,9 @@ _XYWH_RE = re.compile(r"#xywh=(?:pixel:)?(\d+),(\d+),(\d+),(\d+)")
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """How images are fetched.
-
-    Attributes:
-        size: Longest side requested from the Image API, in pixels.
-        workers: Parallel requests (a polite limit; most servers ask for a few at most).
-        timeout: Seconds to wait for a server's answer (connection and each read).
-        retries: Retries of a failed request (timeouts, connection errors, 429 and 5xx),
-            with exponential back-off; ``Retry-After`` is respected.
-        backoff: Back-off factor in seconds (0.5 waits 0.5, 1, 2... between retries).
-        refresh: Fetch the manifests again instead of using the cached copies.
-        max_bytes: Largest response (document or image) kept; a longer one is stopped.
-        deadline: Seconds a whole response may take (a body trickled slowly is stopped).
-        max_documents: Documents (manifests and collections) read per source.
-        max_depth: Collections nested in collections, at most.
-        max_canvases: Images per source, at most.
-
-    A limit that is hit is a row of ``skipped.csv`` naming it; the rest goes on.
+    """How images are fetched: the size asked for, parallel requests, timeouts, retries with
+    back-off (``Retry-After`` respected), and limits on bytes, time, documents, nesting and
+    canvases; a limit that is hit is a row of ``skipped.csv`` and the rest goes on.
     """
 
     size: int = 1024
@@ -182,12 +156,7 @@ class Refused(Exception):
 
 
 def _get(sess, url: str, config: FetchConfig) -> tuple[str, bytes]:
-    """``(content type, body)`` of a GET, streamed within :attr:`FetchConfig.max_bytes` and
-    :attr:`FetchConfig.deadline`.
-
-    Raises:
-        Refused: Not ``http(s)``, an HTTP error, too large or too slow.
-    """
+    """``(content type, body)`` of a GET within :attr:`FetchConfig.max_bytes` and ``deadline``."""
     if not is_http(url):
         raise Refused("not_http", f"{url[:200]!r} is not an http(s) URL; it is not read")
     start = time.monotonic()
@@ -394,11 +363,8 @@ def _failure(ref: object, kind: str, why: str) -> dict[str, str]:
 def _read_source(
     source: str, sess, config: FetchConfig, folder: Path, progress: bool = False
 ) -> tuple[list[dict], list[dict]]:
-    """The manifest documents of a source (collections and URL lists expanded), and failures.
-
-    Local files are read only where the user named them (the source, or a line of a URL
-    list); what a document refers to is read only over ``http(s)``. The crawl stops at
-    :attr:`FetchConfig.max_documents` documents and :attr:`FetchConfig.max_depth` levels.
+    """The manifest documents of a source (collections and URL lists expanded), and failures;
+    local files only where the user named them, references followed over ``http(s)`` only.
     """
     docs_dir = folder / "documents"
     failures: list[dict] = []
@@ -503,14 +469,8 @@ def fetch(
     cache_root: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> FetchResult:
-    """Fetch the images of a IIIF source into its cache folder and write its manifest CSV.
-
-    Images already in the cache are not fetched again. The CSV (``manifest.csv``: path,
-    scene ``""``, and the provenance columns) lists the fetched images; ``failures``
-    (columns of ``skipped.csv``) says what could not be fetched and why.
-
-    Raises:
-        CollectionError: No manifest could be read, or none has an image.
+    """Fetch a IIIF source's images into its cache folder (those cached are not fetched again)
+    and write its ``manifest.csv``; ``failures`` says what could not be fetched and why.
     """
     config = config or FetchConfig()
     src = str(source).strip()
