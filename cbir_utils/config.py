@@ -27,18 +27,9 @@ from cbir_utils.errors import InputError, SettingsError
 
 @dataclass(frozen=True)
 class Param:
-    """What a notebook parameter (or a command-line option) accepts.
-
-    Attributes:
-        kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"ints"`` or ``"floats"``
-            (lists, non-empty unless ``empty``).
-        optional: ``None`` is allowed (also given as ``"None"``/``"null"``/``""``).
-        low: Smallest allowed value (of each element for lists).
-        high: Largest allowed value.
-        high_open: ``high`` itself is excluded.
-        low_open: ``low`` itself is excluded.
-        choices: Allowed strings.
-        help: What the parameter is, for messages and ``--help``.
+    """What a notebook parameter (or a command-line option) accepts: its ``kind`` (``int``,
+    ``float``, ``bool``, ``str``, ``ints``, ``floats``), whether ``None`` is allowed, its bounds
+    (``low_open``/``high_open`` exclude them), ``choices`` and ``help``.
     """
 
     kind: str
@@ -192,16 +183,8 @@ _FROM_META = ("image_size", "resize", "grayscale", "pooling")
 
 
 def config_from_params(params: dict, meta: dict | None = None) -> PipelineConfig:
-    """The pipeline configuration of a notebook's parameters (:data:`PARAM_FIELDS`).
-
-    Args:
-        params: The notebook's checked parameters; names it lacks keep their default.
-        meta: A fine-tuned checkpoint's meta: its input size, resize, grayscale and pooling
-            are the network's and override ``params`` (descreening, scales and the
-            post-processing stay the notebook's: they may differ from fine-tuning's).
-
-    Raises:
-        ValueError: An inconsistent combination (e.g. ``GRAPH`` without ``RERANK``).
+    """The pipeline of a notebook's checked parameters (missing names keep their default); a
+    fine-tuned checkpoint's ``meta`` sets the network's input size, resize, grayscale and pooling.
     """
     kwargs = {f: params[name] for name, f in PARAM_FIELDS.items() if name in params}
     if meta is not None:

@@ -59,11 +59,8 @@ class TableColumnsError(CbirError, KeyError):
 
 
 def is_user_error(exc: BaseException, tb: TracebackType | None = None) -> bool:
-    """Whether ``exc`` is a deliberate, user-facing error of this package.
-
-    True for :class:`CbirError` subclasses only: every error raised on purpose is one (they
-    also subclass the built-in type a caller expects). Anything else, a ``ValueError`` of
-    a bug included, keeps its full traceback.
+    """Whether ``exc`` is a deliberate, user-facing error of this package (a :class:`CbirError`);
+    anything else, a bug's ``ValueError`` included, keeps its full traceback.
     """
     return isinstance(exc, CbirError)
 
@@ -92,14 +89,8 @@ def _handler(shell, etype, value, tb, tb_offset=None):  # IPython custom-excepti
 
 
 def install_notebook_handler() -> bool:
-    """In IPython/Jupyter, show this package's user-facing errors as one message.
-
-    Idempotent; does nothing outside IPython, or when the environment variable
-    ``CBIR_FULL_TRACEBACKS`` is set to a non-empty value other than ``0``.
-    The cell still fails (papermill still stops and reports the error).
-
-    Returns:
-        Whether the handler is active.
+    """In IPython, show this package's user-facing errors as one message (the cell still fails);
+    idempotent; off outside IPython or with ``CBIR_FULL_TRACEBACKS`` set. Returns whether active.
     """
     global _INSTALLED
     if os.environ.get("CBIR_FULL_TRACEBACKS", "0") not in ("", "0"):

@@ -103,13 +103,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_create_text(path: str | os.PathLike, text: str) -> bool:
-    """Create ``path`` with ``text`` only if it does not exist yet, atomically.
-
-    The file appears complete or not at all, and of two processes creating it at
-    once exactly one succeeds (a hard link never replaces an existing file).
-
-    Returns:
-        True if this call created the file, False if it already existed.
+    """Create ``path`` with ``text`` only if it does not exist, atomically (a hard link never
+    replaces a file: of two processes exactly one succeeds); returns whether this call did.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,13 +53,7 @@ def resolve(path: str | os.PathLike) -> Path:
 def output_dir(
     notebook: str, run: str | None = None, root: str | os.PathLike | None = None
 ) -> Path:
-    """Return (and create) ``outputs/<notebook>[/<run>]``.
-
-    Args:
-        notebook: Notebook (or tool) name, e.g. ``"01_pretrained_retrieval"``.
-        run: Optional run name, a sub-folder so runs with other parameters never overwrite.
-        root: Outputs root; defaults to ``outputs/`` under the project root.
-    """
+    """Return (and create) ``outputs/<notebook>[/<run>]`` (under ``root`` when given)."""
     base = resolve(root) if root is not None else OUTPUTS_DIR
     d = base / notebook
     if run:
@@ -80,12 +74,8 @@ def ensure_outside(path: Path, protected: Path) -> None:
 def finetuned_checkpoint(
     checkpoint: str | os.PathLike = "", run: str = "", which: str = "last"
 ) -> Path:
-    """The checkpoint notebook 03 uses: ``checkpoint`` when given, else ``which`` of a run.
-
-    Args:
-        checkpoint: A checkpoint file (relative paths from the project root); overrides the rest.
-        run: The run of notebook 02 (``outputs/02_finetune_classification/<run>/``).
-        which: ``"last"`` (final epoch) or ``"best"`` (best validation macro-F1).
+    """The checkpoint notebook 03 uses: ``checkpoint`` (relative to the project root) when
+    given, else ``which`` (``"last"`` or ``"best"``) of notebook 02's run ``run``.
     """
     if checkpoint:
         return resolve(checkpoint)

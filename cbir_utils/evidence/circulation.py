@@ -38,20 +38,9 @@ def reprint_list(
     verdicts: dict[tuple[str, str], str] | None = None,
     reference: int | None = None,
 ) -> pd.DataFrame:
-    """The printings of one photograph, sorted by date (undated ones last).
-
-    Args:
-        members: Row numbers of the printings (in ``names`` / ``items``).
-        names: Image names (relpaths), one per collection row.
-        items: Collection items (metadata columns), one row per name; ``None``: none.
-        scores: Score per collection row (e.g. cosine to the group's centre).
-        verdicts: Current verdicts ``{(a, b): verdict}`` (:func:`cbir_utils.evidence.review.lookup`).
-        reference: The row the verdicts are about (the group's reference or the query);
-            default the first member.
-
-    Returns:
-        Columns :data:`REPRINT_COLUMNS` plus ``row`` (the collection row); ``first`` marks
-        the earliest dated printing(s).
+    """The printings ``members`` of one photograph (:data:`REPRINT_COLUMNS` and ``row``), sorted by
+    date with undated ones last and ``first`` marking the earliest; verdicts are those about
+    ``reference`` (default the first member).
     """
     members = [int(m) for m in members]
     ref = members[0] if reference is None and members else reference
@@ -118,19 +107,9 @@ def timeline_figure(
     title: str | None = None,
     thumb_px: int = 64,
 ):
-    """How one photograph travelled: date on x, one row per periodical, thumbnails as marks.
-
-    Args:
-        reprints: From :func:`reprint_list`.
-        paths: Image file per collection row (``reprints["row"]`` indexes it).
-        path: Optional PNG path (written atomically).
-        title: Figure title.
-        thumb_px: Thumbnail size.
-
-    Returns:
-        The figure, or ``None`` when no printing has a readable date (nothing to draw).
-        The first appearance is framed in red and labelled; undated printings are listed
-        under the axis.
+    """How one photograph travelled: date on x, one row per periodical, thumbnails as marks, the
+    first appearance framed in red, undated printings listed under the axis; ``None`` when no
+    printing has a readable date.
     """
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt

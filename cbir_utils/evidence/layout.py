@@ -25,13 +25,7 @@ PathLike = str | os.PathLike
 
 @dataclass
 class Layout:
-    """2-D coordinates of a collection.
-
-    Attributes:
-        xy: ``(N, 2)`` coordinates.
-        method: ``tsne``, ``umap`` or ``pca`` (the method actually used).
-        params: Parameters of the method (perplexity, seed...).
-    """
+    """2-D coordinates ``xy`` of a collection, the ``method`` actually used and its ``params``."""
 
     xy: np.ndarray
     method: str
@@ -45,18 +39,9 @@ def embed_2d(
     perplexity: float | None = None,
     max_iter: int = 1000,
 ) -> Layout:
-    """Lay out unit-norm descriptors in 2-D.
-
-    Args:
-        desc: ``(N, D)`` descriptors.
-        method: ``tsne`` (scikit-learn, cosine metric), ``umap`` (needs ``umap-learn``) or
-            ``pca`` (first two principal components; fast, for very large collections).
-        seed: Random seed (the layout is deterministic for a seed).
-        perplexity: t-SNE perplexity; default ``min(30, (N - 1) / 3)``.
-        max_iter: t-SNE iterations (at least 250).
-
-    Raises:
-        ValueError: Unknown method, fewer than 3 images, or ``umap`` without ``umap-learn``.
+    """Lay out unit-norm descriptors in 2-D: ``tsne`` (cosine; perplexity default ``min(30,
+    (N - 1) / 3)``), ``umap`` (needs ``umap-learn``) or ``pca`` (fast, for very large
+    collections); deterministic for a seed. Needs 3 images or more.
     """
     if method not in LAYOUTS:
         raise InputError(f"Unknown layout {method!r}; choose one of {', '.join(LAYOUTS)}.")
@@ -112,23 +97,9 @@ def collection_map(
     title: str | None = None,
     seed: int = 0,
 ):
-    """Draw the layout with a thumbnail at each image's place.
-
-    Args:
-        layout: A :class:`Layout` or ``(N, 2)`` coordinates.
-        paths: Image file per point.
-        scenes: Scene labels; each thumbnail is then framed in its scene's colour (grey when
-            unlabelled) and the colours are listed when there are at most 20 scenes.
-        path: Optional PNG path.
-        thumb_px: Thumbnail size in pixels.
-        max_thumbs: Beyond this many images, a random sample gets thumbnails and the rest
-            are drawn as dots.
-        size: Figure width and height in inches.
-        title: Figure title.
-        seed: Seed of the thumbnail sample.
-
-    Returns:
-        The matplotlib figure.
+    """Draw the layout with a thumbnail at each image's place, framed in its scene's colour
+    (grey unlabelled; a legend up to 20 scenes); past ``max_thumbs``, a random sample gets
+    thumbnails and the rest are dots.
     """
     import matplotlib.pyplot as plt
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage

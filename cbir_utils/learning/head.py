@@ -87,25 +87,11 @@ def train_head(
     seed: int = 0,
     progress: bool = True,
 ) -> HeadResult:
-    """Train ``init`` (a copy) on the views of the training images; validate every epoch.
+    """Train a copy of ``init`` on ``views`` (``V`` arrays ``(N, D)``: the trunk's descriptors of
+    each training image, then of its reprints); validate every epoch on ``val_x``, ``val_y``.
 
-    Args:
-        views: ``V`` arrays ``(N, D)``: the trunk's descriptors of each training image (row
-            ``i`` of every array is image ``i``), the image itself first, then its reprints.
-        labels: Class index of each training image ``(N,)``.
-        val_x, val_y: Descriptors of the validation images (the images themselves) and their
-            class indices.
-        init: The starting head (e.g. the closed-form learned whitening and scene means).
-        stages: Epochs of each stage, one after the other (one optimiser throughout).
-        lr, batch_size, seed: Adam's learning rate, images per step, seed of the draws.
-
-    Returns:
-        :class:`HeadResult`; ``best`` has the best validation macro-F1 (ties: the lower
-        validation loss), as the study chose its model.
-
-    Runs on one thread: the same history for a seed on any machine and under any load
-    (two threads split the sums differently from run to run; on the demo's sizes one
-    thread is as fast: 2.1 s against 1.7-2.9 s for 130 epochs).
+    ``best`` has the best validation macro-F1 (ties: lower loss), as the study chose. Runs on
+    one thread: the same history for a seed under any load, and as fast at these sizes.
     """
     with torch_threads(1):
         return _train(views, labels, val_x, val_y, init, stages, lr, batch_size, seed, progress)

@@ -49,11 +49,8 @@ class MetadataWarning(UserWarning):
 
 @dataclass(frozen=True)
 class PrintDate:
-    """A date as precise as the source gives it.
-
-    Attributes:
-        start: First day it can be (1 January for a year, the 1st for a month).
-        precision: ``"day"``, ``"month"`` or ``"year"``.
+    """A date as precise as the source gives it: its first possible day and ``precision``
+    (``"day"``, ``"month"`` or ``"year"``).
     """
 
     start: date
@@ -167,16 +164,8 @@ def has_dates(items: pd.DataFrame) -> bool:
 def add_columns(
     table: pd.DataFrame, items: pd.DataFrame, on: str = "candidate", prefix: str = ""
 ) -> pd.DataFrame:
-    """``table`` with the metadata of the image named in its column ``on`` appended.
-
-    Args:
-        table: Any output table naming images by relpath in column ``on``.
-        items: The collection's (or index's) items, with ``relpath`` and metadata columns.
-        on: The column of ``table`` that names the image.
-        prefix: Put before the new column names (e.g. ``"query_"``).
-
-    Returns:
-        A new table, same rows and order; images without metadata get ``""``.
+    """``table`` with the metadata of the image named in its column ``on`` appended (names
+    ``prefix``-ed), same rows and order; ``""`` where an image has none.
     """
     cols = [c for c in metadata_columns(items) if prefix + c not in table.columns]
     if not cols or on not in table.columns:
