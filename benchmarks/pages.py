@@ -185,7 +185,7 @@ def search(seeds=HELD_OUT_SEEDS, roots=ROOTS) -> dict[str, float]:
     out = {"queries": len(queries), "detect_pages_per_s": len(col) / seconds}
     for name, items_ in (("detected", detected.items), ("true boxes", true_items)):
         c = replace(col, items=items_.reset_index(drop=True))
-        index = index_mod.Index.build(c, meta, config=index_mod.pipeline_config(meta),
+        index = index_mod.Index.build(c, meta, config=index_mod.pipeline_config(meta, pages=True),
                                       progress=False)  # fmt: skip
         res = index.search([q for q, _ in queries], k=1, exclude_self=False, progress=False)
         first = res[res["rank"] == 1]

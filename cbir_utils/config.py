@@ -98,6 +98,8 @@ class PipelineConfig:
                                "radius in thousandths of the long side, 0 for off"))  # fmt: skip
     find_photo: bool = setting(True, Param("bool", help="cut a scan that kept page text or "
                                 "a caption band to the photograph before describing it"))  # fmt: skip
+    pages: bool = setting(False, Param("bool", help="every image is a page: the photographs "
+                           "found on it are the items, each named <page>#xywh=x,y,w,h"))  # fmt: skip
     pooling: str = setting("avg", Param("str", choices=POOLINGS, help="global pooling"))
     mirror: bool = setting(False, Param("bool", help="mirror-invariant descriptors"))
     scales: tuple[float, ...] = setting((1.0,), Param("floats", low=0.0, low_open=True,
@@ -105,6 +107,9 @@ class PipelineConfig:
         "(three scales: 2-3 times the model's time, no gain measured)"))  # fmt: skip
     whiten_dim: int = setting(64, Param("int", low=0, help="PCA-whitening learned on the "
                                "collection, dimensions kept; 0 = off"))  # fmt: skip
+    page_whiten_dim: int = setting(128, Param("int", low=0, help="the whitening's dimensions "
+        "when the items are photographs found on pages (pages): their cuts vary more than a "
+        "collection of photographs; 0 = off"))  # fmt: skip
     whiten_shrinkage: float = setting(0.7, Param("float", low=0.0, high=1.0, help="how far "
         "the whitening's eigenvalues are shrunk towards their mean: 0 whitens fully, 1 only "
         "projects"))  # fmt: skip
@@ -132,6 +137,11 @@ class PipelineConfig:
         plain = dict(image_size=224, descreen=0.0, scales=(1.0,), whiten_dim=0, dba_k=0, qe_k=0,
                      rerank=False, graph=False)  # fmt: skip
         return cls(**{**plain, **changes})
+
+    @property
+    def whitening_dims(self) -> int:
+        """The whitening's dimensions: ``page_whiten_dim`` for pages, else ``whiten_dim``."""
+        return self.page_whiten_dim if self.pages else self.whiten_dim
 
     def to_dict(self) -> dict:
         """JSON-serialisable."""
@@ -375,11 +385,6 @@ PARAM_SPECS: dict[str, Param] = {
     "MAP_METHOD": Param("str", choices=LAYOUTS),
     "USE_CHECKPOINT": Param("str", choices=("best", "last")),
     "PAGE_DEMO": Param("int", low=0, help="pages composed from the collection's printings"),
-    "PAGES": Param(
-        "bool",
-        help="every image is a page: the photographs found on it are "
-        "indexed, each as <page>#xywh=x,y,w,h",
-    ),
     **param_specs(),  # the pipeline's: IMAGE_SIZE, SCALES, WHITEN_DIM... (cbir_utils.config)
 }
 """Parameters of the notebooks, by name (a name means the same in every notebook)."""

@@ -91,6 +91,7 @@ def test_index_pages_and_search_returns_boxes(page_folder, tmp_path, monkeypatch
     args = ["index", str(root), "--pages", "--name", "pages", "-q", "--image-size", "160"]
     assert cli.main([*args, "--scales", "1.0", "--rerank-top-n", "0"]) == 0
     index = Index.load(tmp_path / "outputs" / "index" / "pages")
+    assert index.config.pages and index.config.whitening_dims == 128  # kept with the index
     assert len(index) == len(truth["page0.jpg"]) + len(truth["page1.jpg"]) and all(
         "#xywh=" in r for r in index.relpaths
     )

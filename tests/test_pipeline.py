@@ -446,3 +446,22 @@ def test_a_pipeline_saved_before_whitening_shrinkage_keeps_the_shrinkage_it_was_
     fresh, default = index.pipeline_config(meta), PipelineConfig()
     assert (fresh.whiten_dim, fresh.whiten_shrinkage) == (default.whiten_dim, 0.7)
     assert index.pipeline_config(meta, scales=[1.0]).scales == (1.0,)
+
+
+def test_photographs_found_on_pages_are_whitened_with_their_own_dimensions():
+    """With ``pages`` the whitening keeps ``page_whiten_dim`` dimensions, else ``whiten_dim``;
+    the index's saved pipeline says which (an older one, without ``pages``, is not pages)."""
+    rng = np.random.default_rng(0)
+    desc = rng.normal(size=(40, 32)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    paths = [f"page{i // 4}.jpg#xywh=0,0,10,10" for i in range(40)]
+    for pages, dim in ((False, 6), (True, 12)):
+        cfg = PipelineConfig.baseline(whiten_dim=6, page_whiten_dim=12, pages=pages)
+        ranked = pipeline.rank_collection(desc, paths, cfg, progress=False)
+        assert ranked.whitening.dim == dim and ranked.descriptors.shape == (40, dim)
+    saved = PipelineConfig(pages=True).to_dict()
+    assert PipelineConfig.from_dict(saved).whitening_dims == 128
+    del saved["pages"], saved["page_whiten_dim"]
+    assert PipelineConfig.from_dict(saved).whitening_dims == PipelineConfig.whiten_dim == 64
+    with pytest.raises(ValueError, match="page_whiten_dim"):
+        PipelineConfig(page_whiten_dim=-1)

@@ -79,7 +79,7 @@ def index_parser(sub, common, fmt) -> None:
     r = p.add_argument_group(
         "ranking (as notebook 01; kept with the index, used by search and evaluate)"
     )
-    for name in ("scales", "whiten_dim", "whiten_shrinkage", "dba_k", "qe_k"):
+    for name in ("scales", "whiten_dim", "page_whiten_dim", "whiten_shrinkage", "dba_k", "qe_k"):
         add_param(r, name)
     r.add_argument(
         "--rerank-top-n", type=non_negative_int, default=DEFAULTS["RERANK_TOP_N"],
@@ -240,8 +240,10 @@ def _index_config(args, meta: dict):
 
     top_n = args.rerank_top_n
     return pipeline_config(
-        meta, args.mirror, scales=tuple(args.scales), whiten_dim=args.whiten_dim,
-        whiten_shrinkage=args.whiten_shrinkage, dba_k=args.dba_k, qe_k=args.qe_k, rerank=top_n > 0,
+        meta, args.mirror, pages=args.pages, scales=tuple(args.scales),
+        whiten_dim=args.whiten_dim, page_whiten_dim=args.page_whiten_dim,
+        whiten_shrinkage=args.whiten_shrinkage, dba_k=args.dba_k, qe_k=args.qe_k,
+        rerank=top_n > 0,
         rerank_top_n=top_n or DEFAULTS["RERANK_TOP_N"],
         graph=(args.graph or args.graph_shards > 0) and top_n > 0,
     )  # fmt: skip

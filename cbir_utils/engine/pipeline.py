@@ -48,8 +48,8 @@ def preprocessing(config: PipelineConfig, backbone: str):
 def post_processing(config: PipelineConfig) -> D.PostProcess:
     """The descriptor post-processing of ``config`` (whitening, αDBA, αQE)."""
     return D.PostProcess(
-        whiten=config.whiten_dim > 0,
-        whiten_dim=config.whiten_dim or None,
+        whiten=config.whitening_dims > 0,
+        whiten_dim=config.whitening_dims or None,
         whiten_shrinkage=config.whiten_shrinkage,
         dba_k=config.dba_k,
         qe_k=config.qe_k,
