@@ -243,8 +243,7 @@ def _index_config(args, meta: dict):
         meta, args.mirror, pages=args.pages, scales=tuple(args.scales),
         whiten_dim=args.whiten_dim, page_whiten_dim=args.page_whiten_dim,
         whiten_shrinkage=args.whiten_shrinkage, dba_k=args.dba_k, qe_k=args.qe_k,
-        rerank=top_n > 0,
-        rerank_top_n=top_n or DEFAULTS["RERANK_TOP_N"],
+        rerank=top_n > 0, rerank_top_n=top_n or DEFAULTS["RERANK_TOP_N"],
         graph=(args.graph or args.graph_shards > 0) and top_n > 0,
     )  # fmt: skip
 
