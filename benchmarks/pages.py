@@ -28,7 +28,8 @@ from cbir_utils.paths import DEMO_DIR, HARD_DIR, OUTPUTS_DIR
 from cbir_utils.sources import data, page_builder
 
 FIT_SEEDS = range(100, 115)
-VAL_SEEDS = range(200, 206)
+VAL_SEEDS = (*range(200, 206), *range(400, 412))
+"""Validation pages: 60, then 120 more drawn when the first 60 no longer told changes apart."""
 HELD_OUT_SEEDS = range(300, 306)
 PAGES_PER_SEED = 10
 TARGETS = {"recall": 0.97, "precision": 0.95, "kind_recall": 0.90, "search": 0.90, "cost": 0.03}

@@ -66,6 +66,43 @@ def test_boxes_on_a_page_with_an_oval_and_two_touching_photographs(page_folder):
     assert all(max(_iou(p.box, b) for b in faded) >= 0.5 for p in truth["page1.jpg"])
 
 
+def _sheet(*photos) -> np.ndarray:
+    """A sheet of paper (gray 235) with ``(photo, x, y)`` printed on it."""
+    sheet = np.full((400, 700), 235.0, dtype=np.float32)
+    for im, x, y in photos:
+        a = np.asarray(im, dtype=np.float32)
+        sheet[y : y + a.shape[0], x : x + a.shape[1]] = a
+    return sheet
+
+
+def test_a_gutter_unevenly_lit_parts_a_story_and_pieces_of_one_photograph_join(monkeypatch):
+    left = source_photo("camera").convert("L").resize((200, 240))
+    right = source_photo("astronaut").convert("L").resize((200, 240))
+    sheet = _sheet((left, 100, 80), (right, 305, 80))  # a photo-story, 5 pixels apart
+    sheet[80:320, 300:305] = np.linspace(160, 250, 240)[:, None]  # light falls along the gutter
+    story = pages._split(sheet, (90, 70, 430, 260), min_side=40)
+    assert len(story) == 2 and story[0][0] == 100 and story[1][0] + story[1][2] == 505
+    assert 300 <= story[1][0] <= 305  # cut in the gutter
+    # a flat gutter rule alone leaves the story whole: the narrow gutter's rule parts it
+    monkeypatch.setattr(pages, "GUTTER_FLAT", pages.FLAT)
+    assert len(pages._split(sheet, (90, 70, 430, 260), min_side=40)) == 1
+    monkeypatch.undo()
+
+    # one photograph in two pieces joins; not across blocks of text, nor the story's two, nor
+    # two apart on paper
+    def join(boxes, sheet, text=()):
+        p = np.ones((sheet.shape[0] // 8, sheet.shape[1] // 8))  # blocks of 8 pixels
+        p[:, list(text)] = 0.0
+        return pages._join(boxes, sheet, p, 8.0, 40)
+
+    photo = _sheet((source_photo("coffee").convert("L").resize((400, 240)), 100, 80))
+    assert join([(100, 80, 240, 240), (360, 80, 140, 240)], photo) == [(100, 80, 400, 240)]
+    assert len(join([(100, 80, 240, 240), (360, 80, 140, 240)], photo, text=range(42, 45))) == 2
+    assert len(join([(100, 80, 200, 240), (305, 80, 200, 240)], sheet)) == 2
+    apart = _sheet((left, 100, 80), (right, 320, 80))
+    assert len(join([(100, 80, 200, 240), (320, 80, 200, 240)], apart)) == 2
+
+
 def test_region_items_decode_and_hash_as_their_box(page_folder, monkeypatch):
     root, _ = page_folder
     page = root / "page0.jpg"

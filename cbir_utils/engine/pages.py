@@ -12,9 +12,11 @@ them out before anything is described, as the Library of Congress's Newspaper Na
    and its blocks classified again;
 3. blocks above :data:`THRESHOLD` form regions, cut where a row or column of them is nearly
    empty (:data:`XY_EMPTY`), then along gutters of bare paper that cross them whole (a
-   photo-story printed a few pixels apart, :data:`FLAT`);
+   photo-story printed a few pixels apart, :data:`FLAT`, :data:`GUTTER_FLAT`);
 4. a region is a photograph when it fills its box (:data:`MIN_FILL`: an oval fills 0.79), is
-   large and compact enough, mostly photograph blocks and clear of the scan's edges.
+   large and compact enough, mostly photograph blocks and clear of the scan's edges;
+5. pieces of one photograph that a pale or flat part of it broke apart are joined
+   (:data:`JOIN`), unless paper or a gutter lies between them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from cbir_utils.paths import region_name
 from cbir_utils.sources import photo
 from cbir_utils.sources.data import Collection, load_image
 
-VERSION = 2
+VERSION = 3
 """Bump when :func:`find_photos` cuts otherwise for the same settings (cached detections)."""
 SIDE = 1024
 """Long side (px) a page is analysed at."""
@@ -65,6 +67,14 @@ XY_EMPTY = 0.2
 """A row or column of a region with at most this share of photograph blocks parts it."""
 FLAT = 0.3
 """A gutter of paper varies along its length at most this share of a photograph column's median."""
+GUTTER_FLAT = 0.45
+"""The same for a gutter no wider than an eighth of :data:`MIN_SIDE` (a photo-story's: uneven
+light and the verso showing through vary it more than a wide one)."""
+GUTTER_STEP = 20
+"""How much lighter than the photographs on either side such a gutter is (gray levels)."""
+JOIN = 0.7
+"""Two boxes side by side or stacked are one photograph when together they cover this share
+of their union's box, no paper lies between them and no gutter crosses their union."""
 EDGE = 0.005
 """A box this close to the scan's edge (share of its long side) is the sheet's border."""
 MIN_MEAN = 0.6
@@ -101,8 +111,8 @@ def load_model(path: str | os.PathLike = MODEL) -> dict[str, np.ndarray]:
 def detector_id(model: dict[str, np.ndarray] | None = None) -> str:
     """Identifies the detector (its arrays and settings): the key of cached detections."""
     m = load_model() if model is None else model
-    settings = (VERSION, SIDE, THRESHOLD, OPEN, XY_EMPTY, FLAT, EDGE)
-    settings += (MIN_AREA, MIN_FILL, MIN_SIDE, MAX_ASPECT, MIN_MEAN)
+    settings = (VERSION, SIDE, THRESHOLD, OPEN, XY_EMPTY, FLAT, GUTTER_FLAT, GUTTER_STEP)
+    settings += (JOIN, EDGE, MIN_AREA, MIN_FILL, MIN_SIDE, MAX_ASPECT, MIN_MEAN)
     h = hashlib.sha1(repr(settings).encode())
     for k in sorted(m):
         h.update(k.encode() + np.ascontiguousarray(m[k]).tobytes())
@@ -149,23 +159,23 @@ def skew(
     return -angle
 
 
-def _paper(a: np.ndarray, axis: int) -> np.ndarray:
+def _paper(a: np.ndarray, axis: int, flat: float = FLAT) -> np.ndarray:
     """Which columns (``axis=0``) or rows (``axis=1``) of ``a`` are bare paper: as light as
     the lightest quarter of ``a`` and flat along their length (a photograph's are not)."""
     mean, std = a.mean(axis=axis), a.std(axis=axis)
-    return (mean >= np.percentile(a, 75)) & (std <= max(4.0, FLAT * float(np.median(std))))
+    return (mean >= np.percentile(a, 75)) & (std <= max(4.0, flat * float(np.median(std))))
 
 
-def _runs(profile: np.ndarray, lo: int, hi: int, widest: int) -> list[int]:
-    """Centres of runs of ``True`` in ``profile`` inside ``[lo, hi)``, at most ``widest`` long
-    (a gutter between photographs; a wider strip of paper inside one is sky or a wall)."""
+def _runs(profile: np.ndarray, lo: int, hi: int, widest: int) -> list[tuple[int, int]]:
+    """Runs ``[start, stop)`` of ``True`` in ``profile`` inside ``[lo, hi)``, at most ``widest``
+    long (a gutter between photographs; a wider strip of paper inside one is sky or a wall)."""
     cuts, start = [], None
     for i in range(lo, hi):
         if profile[i] and start is None:
             start = i
         elif not profile[i] and start is not None:
             if i - start <= widest:
-                cuts.append((start + i) // 2)
+                cuts.append((start, i))
             start = None
     return cuts
 
@@ -185,8 +195,12 @@ def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
     a = gray[y : y + h, x : x + w]
     for axis, length in ((0, w), (1, h)):  # columns of paper first, then rows
         cuts = _runs(_paper(a, axis), min_side, length - min_side, max(3, min_side // 4))
+        if not cuts:  # a photo-story's gutter: narrow, unevenly lit, between two edges
+            narrow = _runs(_paper(a, axis, GUTTER_FLAT), min_side, length - min_side,
+                           max(3, min_side // 8))  # fmt: skip
+            cuts = [run for run in narrow if _edged(a, axis, *run)]
         if cuts:
-            c = cuts[0]
+            c = sum(cuts[0]) // 2
             parts = (
                 [(x, y, c, h), (x + c, y, w - c, h)]
                 if axis == 0
@@ -194,6 +208,17 @@ def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
             )
             return [b for p in parts for b in _split(gray, p, min_side)]
     return [(x, y, w, h)]
+
+
+def _edged(a: np.ndarray, axis: int, start: int, stop: int) -> bool:
+    """Whether the columns (``axis=0``) or rows ``[start, stop)`` of ``a`` are lighter, along
+    most of their length, by :data:`GUTTER_STEP` than ``a`` two pixels outside them on each
+    side: a photograph's edge on either side of a gutter, not a pale band inside one."""
+    b = a if axis == 0 else a.T
+    if start < 2 or stop + 1 >= b.shape[1]:
+        return False
+    g = b[:, start:stop].mean(axis=1)
+    return min(np.median(g - b[:, start - 2]), np.median(g - b[:, stop + 1])) >= GUTTER_STEP
 
 
 def _xy_cut(mask: np.ndarray, sl: tuple[slice, slice]) -> list[tuple[slice, slice]]:
@@ -260,8 +285,74 @@ def find_photos(
             x1, y1 = min(img.width, int(part[1].stop * k)), min(img.height, int(part[0].stop * k))
             for b in _split(gray, (x0, y0, x1 - x0, y1 - y0), min_side):
                 if _plausible(b, p, k, img.size):
-                    boxes.append(_unrotate(b, angle, img.size))
-    return sorted(boxes, key=lambda b: (b[1], b[0]))
+                    boxes.append(b)
+    boxes = _join(boxes, gray, p, k, min_side)
+    return sorted((_unrotate(b, angle, img.size) for b in boxes), key=lambda b: (b[1], b[0]))
+
+
+def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side: int) -> list[Box]:
+    """``boxes`` with the pieces of one photograph joined (:data:`JOIN`): two boxes side by
+    side or stacked, with no paper between them and blocks there more photograph than not
+    (not a caption or text), whose union :func:`_split` leaves whole and :func:`_plausible`
+    takes for a photograph."""
+    size = gray.shape[::-1]
+    for i, a in enumerate(boxes):
+        for j in range(i + 1, len(boxes)):
+            b = boxes[j]
+            x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+            u = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
+            if _area(a) + _area(b) - _overlap(a, b) < JOIN * _area(u):
+                continue
+            rows, cols = _blocks(u, k)
+            between = np.ones(p[rows, cols].shape, dtype=bool)
+            for r, c in (_blocks(a, k), _blocks(b, k)):
+                between[
+                    r.start - rows.start : r.stop - rows.start,
+                    c.start - cols.start : c.stop - cols.start,
+                ] = False
+            if between.any() and p[rows, cols][between].mean() < 0.5:
+                continue
+            if _paper_between(gray[y0 : y0 + u[3], x0 : x0 + u[2]], (a[0] - x0, a[1] - y0, a[2], a[3]),
+                              (b[0] - x0, b[1] - y0, b[2], b[3])):  # fmt: skip
+                continue
+            parts = _split(gray, u, min_side)
+            if len(parts) == 1 and _plausible(parts[0], p, k, size):
+                rest = [c for t, c in enumerate(boxes) if t not in (i, j)]
+                return _join([*rest, parts[0]], gray, p, k, min_side)
+    return boxes
+
+
+def _blocks(box: Box, k: float) -> tuple[slice, slice]:
+    """The blocks (rows, columns) that pixel box ``box`` covers, ``k`` pixels a block."""
+    x, y, w, h = box
+    return slice(int(y / k), int(np.ceil((y + h) / k))), slice(
+        int(x / k), int(np.ceil((x + w) / k))
+    )
+
+
+def _paper_between(a: np.ndarray, b: Box, c: Box) -> bool:
+    """Whether boxes ``b`` and ``c`` of the area ``a`` (their union) have a column (a row) of
+    paper between them, or are neither side by side (sharing half the shorter height) nor
+    stacked (half the narrower width)."""
+    for axis, (o, o_len, g, g_len) in ((0, (1, 3, 0, 2)), (1, (0, 2, 1, 3))):
+        if _span(b[o], b[o_len], c[o], c[o_len]) >= min(b[o_len], c[o_len]) / 2:
+            first, second = sorted((b, c), key=lambda box: box[g])
+            g0, g1 = first[g] + first[g_len], second[g]
+            return g1 > g0 and bool(_paper(a, axis)[g0:g1].any())
+    return True
+
+
+def _area(b: Box) -> int:
+    return b[2] * b[3]
+
+
+def _overlap(a: Box, b: Box) -> int:
+    return _span(a[0], a[2], b[0], b[2]) * _span(a[1], a[3], b[1], b[3])
+
+
+def _span(a0: int, a: int, b0: int, b: int) -> int:
+    """Length of the overlap of the intervals ``[a0, a0 + a)`` and ``[b0, b0 + b)``."""
+    return max(0, min(a0 + a, b0 + b) - max(a0, b0))
 
 
 def _plausible(box: Box, p: np.ndarray, k: float, size: tuple[int, int]) -> bool:
@@ -276,7 +367,7 @@ def _plausible(box: Box, p: np.ndarray, k: float, size: tuple[int, int]) -> bool
         return False
     if max(w, h) > MAX_ASPECT * min(w, h):
         return False
-    inner = p[int(y / k) : int(np.ceil((y + h) / k)), int(x / k) : int(np.ceil((x + w) / k))]
+    inner = p[_blocks(box, k)]
     return inner.size > 0 and float(inner.mean()) >= MIN_MEAN
 
 
