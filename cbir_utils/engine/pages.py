@@ -16,7 +16,7 @@ them out before anything is described, as the Library of Congress's Newspaper Na
 4. a region is a photograph when it fills its box (:data:`MIN_FILL`: an oval fills 0.79), is
    large and compact enough, mostly photograph blocks and clear of the scan's edges;
 5. pieces of one photograph that a pale or flat part of it broke apart are joined
-   (:data:`JOIN`), unless paper or a gutter lies between them.
+   (:data:`JOIN`), unless paper, text or a gutter lies between them.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ GUTTER_STEP = 20
 """How much lighter than the photographs on either side such a gutter is (gray levels)."""
 JOIN = 0.7
 """Two boxes side by side or stacked are one photograph when together they cover this share
-of their union's box, no paper lies between them and no gutter crosses their union."""
+of their union's box, no paper lies between them, the blocks there are more photograph than
+not (not text or a caption) and no gutter crosses their union."""
 EDGE = 0.005
 """A box this close to the scan's edge (share of its long side) is the sheet's border."""
 MIN_MEAN = 0.6
@@ -303,23 +304,25 @@ def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side:
             u = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
             if _area(a) + _area(b) - _overlap(a, b) < JOIN * _area(u):
                 continue
-            rows, cols = _blocks(u, k)
-            between = np.ones(p[rows, cols].shape, dtype=bool)
-            for r, c in (_blocks(a, k), _blocks(b, k)):
-                between[
-                    r.start - rows.start : r.stop - rows.start,
-                    c.start - cols.start : c.stop - cols.start,
-                ] = False
-            if between.any() and p[rows, cols][between].mean() < 0.5:
-                continue
-            if _paper_between(gray[y0 : y0 + u[3], x0 : x0 + u[2]], (a[0] - x0, a[1] - y0, a[2], a[3]),
-                              (b[0] - x0, b[1] - y0, b[2], b[3])):  # fmt: skip
+            if _photo_between(p, k, a, b, u) < 0.5 or _paper_between(gray, a, b, u):
                 continue
             parts = _split(gray, u, min_side)
             if len(parts) == 1 and _plausible(parts[0], p, k, size):
                 rest = [c for t, c in enumerate(boxes) if t not in (i, j)]
                 return _join([*rest, parts[0]], gray, p, k, min_side)
     return boxes
+
+
+def _photo_between(p: np.ndarray, k: float, a: Box, b: Box, union: Box) -> float:
+    """Mean probability of photograph of the blocks of ``union`` outside boxes ``a`` and ``b``
+    (1 when there are none)."""
+    rows, cols = _blocks(union, k)
+    between = np.ones(p[rows, cols].shape, dtype=bool)
+    for r, c in (_blocks(a, k), _blocks(b, k)):
+        between[
+            r.start - rows.start : r.stop - rows.start, c.start - cols.start : c.stop - cols.start
+        ] = False
+    return float(p[rows, cols][between].mean()) if between.any() else 1.0
 
 
 def _blocks(box: Box, k: float) -> tuple[slice, slice]:
@@ -330,15 +333,17 @@ def _blocks(box: Box, k: float) -> tuple[slice, slice]:
     )
 
 
-def _paper_between(a: np.ndarray, b: Box, c: Box) -> bool:
-    """Whether boxes ``b`` and ``c`` of the area ``a`` (their union) have a column (a row) of
-    paper between them, or are neither side by side (sharing half the shorter height) nor
-    stacked (half the narrower width)."""
+def _paper_between(gray: np.ndarray, a: Box, b: Box, union: Box) -> bool:
+    """Whether boxes ``a`` and ``b`` have a column (a row) of paper of ``union`` between them,
+    or are neither side by side (sharing half the shorter height) nor stacked (half the
+    narrower width)."""
+    x, y, w, h = union
+    area = gray[y : y + h, x : x + w]
     for axis, (o, o_len, g, g_len) in ((0, (1, 3, 0, 2)), (1, (0, 2, 1, 3))):
-        if _span(b[o], b[o_len], c[o], c[o_len]) >= min(b[o_len], c[o_len]) / 2:
-            first, second = sorted((b, c), key=lambda box: box[g])
-            g0, g1 = first[g] + first[g_len], second[g]
-            return g1 > g0 and bool(_paper(a, axis)[g0:g1].any())
+        if _span(a[o], a[o_len], b[o], b[o_len]) >= min(a[o_len], b[o_len]) / 2:
+            first, second = sorted((a, b), key=lambda box: box[g])
+            g0, g1 = first[g] + first[g_len] - union[g], second[g] - union[g]
+            return g1 > g0 and bool(_paper(area, axis)[g0:g1].any())
     return True
 
 
