@@ -195,7 +195,7 @@ def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
     w, h = int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
     a = gray[y : y + h, x : x + w]
     for axis, length in ((0, w), (1, h)):  # columns of paper first, then rows
-        cuts = _runs(_paper(a, axis), min_side, length - min_side, max(3, min_side // 4))
+        cuts = _runs(_paper(a, axis), min_side, length - min_side, max(3, min_side // 2))
         if not cuts:  # a photo-story's gutter: narrow, unevenly lit, between two edges
             narrow = _runs(_paper(a, axis, GUTTER_FLAT), min_side, length - min_side,
                            max(3, min_side // 8))  # fmt: skip
