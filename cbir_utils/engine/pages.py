@@ -44,7 +44,7 @@ from cbir_utils.paths import region_name
 from cbir_utils.sources import photo
 from cbir_utils.sources.data import Collection, load_image
 
-VERSION = 3
+VERSION = 4
 """Bump when :func:`find_photos` cuts otherwise for the same settings (cached detections)."""
 SIDE = 1024
 """Long side (px) a page is analysed at."""
