@@ -32,6 +32,17 @@ def test_every_notebook_parameter_has_a_spec_its_default_passes(nb):
     assert checked == {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
 
 
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_notebook_parameter(nb, caplog):
+    """``papermill --help-notebook`` lists each parameter with its comment (a ``#`` inside a
+    comment made papermill drop the line, with a warning on every run)."""
+    import papermill as pm
+
+    found = pm.inspect_notebook(str(nb))
+    assert set(found) == set(_defaults(nb)) and "Unable to parse" not in caplog.text
+    assert all(p["help"] for p in found.values())
+
+
 @pytest.mark.parametrize(
     "name, given, expected",
     [
