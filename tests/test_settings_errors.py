@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import nbformat
+import papermill as pm
 import pytest
 import torch
 from nbclient import NotebookClient
@@ -36,8 +37,6 @@ def test_every_notebook_parameter_has_a_spec_its_default_passes(nb):
 def test_papermill_reads_every_notebook_parameter(nb, caplog):
     """``papermill --help-notebook`` lists each parameter with its comment (a ``#`` inside a
     comment made papermill drop the line, with a warning on every run)."""
-    import papermill as pm
-
     found = pm.inspect_notebook(str(nb))
     assert set(found) == set(_defaults(nb)) and "Unable to parse" not in caplog.text
     assert all(p["help"] for p in found.values())
