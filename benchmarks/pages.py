@@ -146,6 +146,7 @@ def measure(seeds, roots=ROOTS, **kw) -> dict:
         "by_kind": {k: (float(np.mean(v)), len(v)) for k, v in sorted(found_by_kind.items())},
         "pages_per_s": n_pages / seconds,
         "photos": len(hits),
+        "found": n_found,
         "pages": n_pages,
     }
 
@@ -204,11 +205,21 @@ def search(seeds, roots=ROOTS) -> dict[str, float]:
     return out
 
 
+def interval(p: float, n: int, z: float = 1.96) -> str:
+    """The 95 % Wilson interval of a share ``p`` of ``n``: how far a sample of that size can
+    fall from the detector's rate by its draw alone."""
+    if not n:
+        return ""
+    mid, half = (p + z * z / (2 * n)), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return f" [{(mid - half) / (1 + z * z / n):.3f}-{(mid + half) / (1 + z * z / n):.3f}]"
+
+
 def report(name: str, m: dict) -> str:
     kinds = ", ".join(f"{k} {r:.3f} ({n})" for k, (r, n) in m["by_kind"].items())
     return (
-        f"{name}: {m['pages']} pages, {m['photos']} photographs: recall {m['recall']:.3f}, "
-        f"precision {m['precision']:.3f}; by kind: {kinds}; {m['pages_per_s']:.1f} pages/s"
+        f"{name}: {m['pages']} pages, {m['photos']} photographs: recall {m['recall']:.3f}"
+        f"{interval(m['recall'], m['photos'])}, precision {m['precision']:.3f}"
+        f"{interval(m['precision'], m['found'])}; by kind: {kinds}; {m['pages_per_s']:.1f} pages/s"
     )
 
 
