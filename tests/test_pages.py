@@ -102,7 +102,7 @@ def test_a_gutter_unevenly_lit_parts_a_story_and_pieces_of_one_photograph_join(m
     photo[80:320, 340:360] = np.linspace(170, 235, 240)[:, None]
     pieces = [(100, 80, 240, 240), (360, 80, 140, 240)]
     assert join(pieces, photo, text=range(42, 45)) == [(100, 80, 400, 240)]
-    monkeypatch.setattr(pages, "INK", (100, 0.0))
+    monkeypatch.setattr(pages, "INK_SHARE", 0.0)
     assert len(join(pieces, photo, text=range(42, 45))) == 2
     monkeypatch.undo()
     photo[84:316:12, 342:358] = 40.0  # lines of type

@@ -80,9 +80,10 @@ JOIN = 0.7
 """Two boxes side by side or stacked are one photograph when together they cover this share
 of their union's box, no paper lies between them, the blocks there are more photograph than
 not or bare of ink (not text or a caption) and no gutter crosses their union."""
-INK = (100, 0.01)
-"""Ink is this much darker than the paper (gray levels); blocks of which less than this share
-is ink hold no text (:func:`_join`)."""
+INK = 100
+"""Ink is this much darker than the paper (gray levels)."""
+INK_SHARE = 0.01
+"""Blocks of which less than this share is ink hold no text or caption (:func:`_join`)."""
 EDGE = 0.005
 """A box this close to the scan's edge (share of its long side) is the sheet's border."""
 MIN_MEAN = 0.6
@@ -120,7 +121,8 @@ def detector_id(model: dict[str, np.ndarray] | None = None) -> str:
     """Identifies the detector (its arrays and settings): the key of cached detections."""
     m = load_model() if model is None else model
     settings = (VERSION, SIDE, THRESHOLD, OPEN, XY_EMPTY, FLAT, GUTTER_FLAT, GUTTER_STEP)
-    settings += (GUTTER_EDGE, JOIN, INK, EDGE, MIN_AREA, MIN_FILL, MIN_SIDE, MAX_ASPECT, MIN_MEAN)
+    settings += (GUTTER_EDGE, JOIN, INK, INK_SHARE, EDGE, MIN_AREA, MIN_FILL, MIN_SIDE)
+    settings += (MAX_ASPECT, MIN_MEAN)
     h = hashlib.sha1(repr(settings).encode())
     for k in sorted(m):
         h.update(k.encode() + np.ascontiguousarray(m[k]).tobytes())
@@ -314,7 +316,7 @@ def find_photos(
 def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side: int) -> list[Box]:
     """``boxes`` with the pieces of one photograph joined (:data:`JOIN`): two boxes side by
     side or stacked, with no paper between them and blocks there that are no caption or text
-    (:func:`_between`), whose union :func:`_split` leaves whole and :func:`_plausible`
+    (:func:`_photo_between`), whose union :func:`_split` leaves whole and :func:`_plausible`
     takes for a photograph."""
     size = gray.shape[::-1]
     for i, a in enumerate(boxes):
@@ -324,7 +326,7 @@ def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side:
             u = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
             if _area(a) + _area(b) - _overlap(a, b) < JOIN * _area(u):
                 continue
-            if not _between(gray, p, k, a, b, u) or _paper_between(gray, a, b, u):
+            if not _photo_between(gray, p, k, a, b, u) or _paper_between(gray, a, b, u):
                 continue
             parts = _split(gray, u, min_side)
             if len(parts) == 1 and _plausible(parts[0], p, k, size):
@@ -333,10 +335,10 @@ def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side:
     return boxes
 
 
-def _between(gray: np.ndarray, p: np.ndarray, k: float, a: Box, b: Box, union: Box) -> bool:
+def _photo_between(gray: np.ndarray, p: np.ndarray, k: float, a: Box, b: Box, union: Box) -> bool:
     """Whether the blocks of ``union`` outside boxes ``a`` and ``b`` are more photograph than
-    not (mean probability >= 0.5), or bare of ink (:data:`INK`): the pale or flat part of a
-    photograph, not a caption or text; true when there are none."""
+    not (mean probability >= 0.5), or bare of ink (:data:`INK_SHARE`): the pale or flat part
+    of a photograph, not a caption or text; true when there are none."""
     rows, cols = _blocks(union, k)
     between = np.ones(p[rows, cols].shape, dtype=bool)
     for r, c in (_blocks(a, k), _blocks(b, k)):
@@ -347,11 +349,10 @@ def _between(gray: np.ndarray, p: np.ndarray, k: float, a: Box, b: Box, union: B
         return True
     x, y, w, h = union
     area = gray[y : y + h, x : x + w]
-    r = np.minimum((np.arange(y, y + h) / k).astype(int) - rows.start, between.shape[0] - 1)
-    c = np.minimum((np.arange(x, x + w) / k).astype(int) - cols.start, between.shape[1] - 1)
-    pixels = area[between[np.ix_(r, c)]]
-    ink = pixels < np.percentile(area, 95) - INK[0]
-    return not ink.size or float(ink.mean()) < INK[1]
+    row_of = np.minimum((np.arange(y, y + h) / k).astype(int) - rows.start, between.shape[0] - 1)
+    col_of = np.minimum((np.arange(x, x + w) / k).astype(int) - cols.start, between.shape[1] - 1)
+    ink = area[between[np.ix_(row_of, col_of)]] < np.percentile(area, 95) - INK
+    return not ink.size or float(ink.mean()) < INK_SHARE
 
 
 def _blocks(box: Box, k: float) -> tuple[slice, slice]:
