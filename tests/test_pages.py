@@ -132,6 +132,20 @@ def test_a_pale_band_inside_a_photograph_is_no_gutter(monkeypatch):
     assert story == [(100, 80, 200, 240), (312, 80, 200, 240)]
 
 
+def test_a_gutter_is_as_light_as_its_lightest_column():
+    # columns as scanned on a page of two touching photographs: the left one lightening to
+    # 159 and 183, a 1-pixel gutter at 193, the right one's first column flat at 135 (so the
+    # run of paper takes it in), then 111 and 149
+    profile = np.float32([100, 147, 159, 183, 193, 135, 111, 149, 120])
+    a = profile + np.random.default_rng(0).normal(0, 3, (200, profile.size)).astype(np.float32)
+    assert pages._edged(a, 0, 4, 6) and pages._edged(a.T, 1, 4, 6)
+    # their mean (164) is only 5 lighter than the left photograph two pixels off: no gutter
+    assert np.median(a[:, 4:6].mean(axis=1) - a[:, 2]) < pages.GUTTER_STEP
+    # a pale band inside a photograph, not lighter than its surroundings, is no gutter
+    band = np.tile(np.float32([100, 150, 160, 165, 160, 150, 100]), (200, 1))
+    assert not pages._edged(band, 0, 3, 4)
+
+
 def test_region_items_decode_and_hash_as_their_box(page_folder, monkeypatch):
     root, _ = page_folder
     page = root / "page0.jpg"

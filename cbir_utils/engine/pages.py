@@ -45,7 +45,7 @@ from cbir_utils.paths import region_name
 from cbir_utils.sources import photo
 from cbir_utils.sources.data import Collection, load_image
 
-VERSION = 5
+VERSION = 6
 """Bump when :func:`find_photos` cuts otherwise for the same settings (cached detections)."""
 SIDE = 1024
 """Long side (px) a page is analysed at."""
@@ -222,12 +222,13 @@ def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
 
 
 def _steps(a: np.ndarray, axis: int, start: int, stop: int) -> tuple[np.ndarray, ...]:
-    """How much lighter the columns (``axis=0``) or rows ``[start, stop)`` of ``a`` are, along
-    their length, than ``a`` two pixels outside them on each side (none at ``a``'s border)."""
+    """How much lighter the lightest of the columns (``axis=0``) or rows ``[start, stop)`` of
+    ``a`` is, along their length, than ``a`` two pixels outside them on each side (none at
+    ``a``'s border). The lightest: a run of paper may take in a flat column of a photograph."""
     b = a if axis == 0 else a.T
     if start < 2 or stop + 1 >= b.shape[1]:
         return ()
-    g = b[:, start:stop].mean(axis=1)
+    g = b[:, start:stop].max(axis=1)
     return g - b[:, start - 2], g - b[:, stop + 1]
 
 
