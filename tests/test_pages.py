@@ -112,26 +112,6 @@ def test_a_gutter_unevenly_lit_parts_a_story_and_pieces_of_one_photograph_join(m
     assert len(join([(100, 80, 200, 240), (320, 80, 200, 240)], apart)) == 2
 
 
-def test_a_pale_band_inside_a_photograph_is_no_gutter(monkeypatch):
-    photo = _sheet((source_photo("coffee").convert("L").resize((400, 240)), 100, 80))
-    # a white wall: 8 columns as bare as the paper, in a halftone's highlight (sparse dots)
-    wall = np.full((240, 28), 235.0, dtype=np.float32)
-    dots = np.random.default_rng(0).random(wall.shape) < 0.1
-    dots[:, 10:18] = False
-    wall[dots] = 175.0
-    photo[80:320, 270:298] = wall
-    assert pages._split(photo, (90, 70, 420, 260), min_side=40) == [(100, 80, 400, 240)]
-    # without a photograph's edge along it, the band passed for a gutter and cut the photograph
-    monkeypatch.setattr(pages, "GUTTER_EDGE", 0.0)
-    assert len(pages._split(photo, (90, 70, 420, 260), min_side=40)) == 2
-    monkeypatch.undo()
-    # a gutter of paper between two photographs runs along their edges: still cut
-    left = source_photo("camera").convert("L").resize((200, 240))
-    right = source_photo("astronaut").convert("L").resize((200, 240))
-    story = pages._split(_sheet((left, 100, 80), (right, 312, 80)), (90, 70, 430, 260), 40)
-    assert story == [(100, 80, 200, 240), (312, 80, 200, 240)]
-
-
 def test_a_gutter_is_as_light_as_its_lightest_column():
     # columns as scanned on a page of two touching photographs: the left one lightening to
     # 159 and 183, a 1-pixel gutter at 193, the right one's first column flat at 135 (so the

@@ -12,8 +12,7 @@ them out before anything is described, as the Library of Congress's Newspaper Na
    and its blocks classified again;
 3. blocks above :data:`THRESHOLD` form regions, cut where a row or column of them is nearly
    empty (:data:`XY_EMPTY`), then along gutters of bare paper that cross them whole (a
-   photo-story printed a few pixels apart, :data:`FLAT`, :data:`GUTTER_FLAT`) beside a
-   photograph's edge (:data:`GUTTER_EDGE`; not the white wall or sky inside one);
+   photo-story printed a few pixels apart, :data:`FLAT`, :data:`GUTTER_FLAT`);
 4. a region is a photograph when it fills its box (:data:`MIN_FILL`: an oval fills 0.79), is
    large and compact enough, mostly photograph blocks and clear of the scan's edges;
 5. pieces of one photograph that a pale or flat part of it broke apart are joined
@@ -45,7 +44,7 @@ from cbir_utils.paths import region_name
 from cbir_utils.sources import photo
 from cbir_utils.sources.data import Collection, load_image
 
-VERSION = 6
+VERSION = 7
 """Bump when :func:`find_photos` cuts otherwise for the same settings (cached detections)."""
 SIDE = 1024
 """Long side (px) a page is analysed at."""
@@ -73,9 +72,6 @@ GUTTER_FLAT = 0.45
 light and the verso showing through vary it more than a wide one)."""
 GUTTER_STEP = 20
 """How much lighter than the photographs on either side such a gutter is (gray levels)."""
-GUTTER_EDGE = 0.2
-"""A wider gutter of paper must run along a photograph's edge (:data:`GUTTER_STEP` darker) on
-at least this share of its length, on one side: a pale band inside a photograph has none."""
 JOIN = 0.7
 """Two boxes side by side or stacked are one photograph when together they cover this share
 of their union's box, no paper lies between them, the blocks there are more photograph than
@@ -121,8 +117,7 @@ def detector_id(model: dict[str, np.ndarray] | None = None) -> str:
     """Identifies the detector (its arrays and settings): the key of cached detections."""
     m = load_model() if model is None else model
     settings = (VERSION, SIDE, THRESHOLD, OPEN, XY_EMPTY, FLAT, GUTTER_FLAT, GUTTER_STEP)
-    settings += (GUTTER_EDGE, JOIN, INK, INK_SHARE, EDGE, MIN_AREA, MIN_FILL, MIN_SIDE)
-    settings += (MAX_ASPECT, MIN_MEAN)
+    settings += (JOIN, INK, INK_SHARE, EDGE, MIN_AREA, MIN_FILL, MIN_SIDE, MAX_ASPECT, MIN_MEAN)
     h = hashlib.sha1(repr(settings).encode())
     for k in sorted(m):
         h.update(k.encode() + np.ascontiguousarray(m[k]).tobytes())
@@ -205,7 +200,6 @@ def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
     a = gray[y : y + h, x : x + w]
     for axis, length in ((0, w), (1, h)):  # columns of paper first, then rows
         cuts = _runs(_paper(a, axis), min_side, length - min_side, max(3, min_side // 2))
-        cuts = [run for run in cuts if _bordered(a, axis, *run)]
         if not cuts:  # a photo-story's gutter: narrow, unevenly lit, between two edges
             narrow = _runs(_paper(a, axis, GUTTER_FLAT), min_side, length - min_side,
                            max(3, min_side // 8))  # fmt: skip
@@ -221,28 +215,16 @@ def _split(gray: np.ndarray, box: Box, min_side: int) -> list[Box]:
     return [(x, y, w, h)]
 
 
-def _steps(a: np.ndarray, axis: int, start: int, stop: int) -> tuple[np.ndarray, ...]:
-    """How much lighter the lightest of the columns (``axis=0``) or rows ``[start, stop)`` of
-    ``a`` is, along their length, than ``a`` two pixels outside them on each side (none at
-    ``a``'s border). The lightest: a run of paper may take in a flat column of a photograph."""
+def _edged(a: np.ndarray, axis: int, start: int, stop: int) -> bool:
+    """Whether the columns (``axis=0``) or rows ``[start, stop)`` of ``a`` (the lightest of
+    them: a run of paper may take in a flat column of the photograph beside it) are lighter,
+    along most of their length, by :data:`GUTTER_STEP` than ``a`` two pixels outside them on
+    each side: a photograph's edge on either side of a gutter, not a pale band inside one."""
     b = a if axis == 0 else a.T
     if start < 2 or stop + 1 >= b.shape[1]:
-        return ()
+        return False
     g = b[:, start:stop].max(axis=1)
-    return g - b[:, start - 2], g - b[:, stop + 1]
-
-
-def _edged(a: np.ndarray, axis: int, start: int, stop: int) -> bool:
-    """Whether a narrow gutter is lighter by :data:`GUTTER_STEP` than either side, along most
-    of its length: a photograph's edge on either side, not a pale band inside one."""
-    steps = _steps(a, axis, start, stop)
-    return bool(steps) and min(float(np.median(s)) for s in steps) >= GUTTER_STEP
-
-
-def _bordered(a: np.ndarray, axis: int, start: int, stop: int) -> bool:
-    """Whether a gutter of paper runs along a photograph's edge on one side (:data:`GUTTER_EDGE`)."""
-    steps = _steps(a, axis, start, stop)
-    return bool(steps) and max(float((s >= GUTTER_STEP).mean()) for s in steps) >= GUTTER_EDGE
+    return min(np.median(g - b[:, start - 2]), np.median(g - b[:, stop + 1])) >= GUTTER_STEP
 
 
 def _xy_cut(mask: np.ndarray, sl: tuple[slice, slice]) -> list[tuple[slice, slice]]:
