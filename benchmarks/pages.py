@@ -6,6 +6,7 @@ ones are never used to fit or choose anything).
 
     python benchmarks/pages.py --fit       # fit the block classifier, write pages.MODEL
     python benchmarks/pages.py --check     # held-out detection; fail under the targets
+    python benchmarks/pages.py --fresh     # also 900 pages drawn after the choices
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ VAL_SEEDS = (*range(200, 206), *range(400, 412), *range(600, 618), *range(700, 7
 HELD_OUT_SEEDS = {"held out": range(300, 306), "held out, second sample": range(500, 506)}
 """Pages that chose nothing. The second sample was drawn once the first had been looked at
 while choosing (it turned down a change): --check holds both to the targets."""
+FRESH_SEEDS = (*range(800, 830), *range(900, 930), *range(1000, 1030))
+"""900 pages drawn once the validation pages had chosen (--fresh), to see whether their gains
+hold: 800-829 then helped choose one change and 900-929 turned one down; 1000-1029 chose
+nothing."""
 PAGES_PER_SEED = 10
 TARGETS = {"recall": 0.97, "precision": 0.95, "kind_recall": 0.90, "search": 0.90, "cost": 0.03}
 """--check (issue 25): held-out detection recall and precision at IoU >= 0.5, every kind's
@@ -228,12 +233,15 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--search", action="store_true", help="also the end-to-end page search")
+    ap.add_argument("--fresh", action="store_true", help="also the 900 pages of FRESH_SEEDS")
     args = ap.parse_args(argv)
     if args.fit:
         np.savez(pages.MODEL, **fit())
         pages.load_model.cache_clear()
         print(f"wrote {pages.MODEL}")
     print(report("validation", measure(VAL_SEEDS)))
+    if args.fresh:
+        print(report("fresh", measure(FRESH_SEEDS)))
     fails = []
     for name, seeds in HELD_OUT_SEEDS.items():
         m = measure(seeds)
