@@ -96,11 +96,11 @@ def test_a_gutter_unevenly_lit_parts_a_story_and_pieces_of_one_photograph_join(m
         return pages._join(boxes, sheet, p, 8.0, 40)
 
     photo = _sheet((source_photo("coffee").convert("L").resize((400, 240)), 100, 80))
-    assert join([(100, 80, 240, 240), (360, 80, 140, 240)], photo) == [(100, 80, 400, 240)]
-    assert len(join([(100, 80, 240, 240), (360, 80, 140, 240)], photo, text=range(42, 45))) == 2
+    pieces = [(100, 80, 240, 240), (360, 80, 140, 240)]
+    assert join(pieces, photo) == [(100, 80, 400, 240)]
+    assert len(join(pieces, photo, text=range(42, 45))) == 2
     # a pale wall the classifier took for no photograph, but bare of ink, joins; text does not
     photo[80:320, 340:360] = np.linspace(170, 235, 240)[:, None]
-    pieces = [(100, 80, 240, 240), (360, 80, 140, 240)]
     assert join(pieces, photo, text=range(42, 45)) == [(100, 80, 400, 240)]
     monkeypatch.setattr(pages, "INK_SHARE", 0.0)
     assert len(join(pieces, photo, text=range(42, 45))) == 2

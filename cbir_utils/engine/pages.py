@@ -323,12 +323,13 @@ def _photo_between(gray: np.ndarray, p: np.ndarray, k: float, a: Box, b: Box, un
     not (mean probability >= 0.5), or bare of ink (:data:`INK_SHARE`): the pale or flat part
     of a photograph, not a caption or text; true when there are none."""
     rows, cols = _blocks(union, k)
-    between = np.ones(p[rows, cols].shape, dtype=bool)
+    inner = p[rows, cols]
+    between = np.ones(inner.shape, dtype=bool)
     for r, c in (_blocks(a, k), _blocks(b, k)):
         between[
             r.start - rows.start : r.stop - rows.start, c.start - cols.start : c.stop - cols.start
         ] = False
-    if not between.any() or float(p[rows, cols][between].mean()) >= 0.5:
+    if not between.any() or float(inner[between].mean()) >= 0.5:
         return True
     x, y, w, h = union
     area = gray[y : y + h, x : x + w]
