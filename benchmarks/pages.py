@@ -29,6 +29,8 @@ from cbir_utils.paths import DEMO_DIR, HARD_DIR, OUTPUTS_DIR
 from cbir_utils.sources import data, page_builder
 
 FIT_SEEDS = range(100, 115)
+CONTEXT_SEEDS = range(115, 130)
+"""Pages of the context classifier (cbir_utils.engine.pages.context): fit pages too."""
 VAL_SEEDS = (*range(200, 206), *range(400, 412), *range(600, 618), *range(700, 718))
 """Validation pages: 60, then 480 more drawn when the first 60 no longer told changes apart."""
 HELD_OUT_SEEDS = {"held out": range(300, 306), "held out, second sample": range(500, 506)}
@@ -92,36 +94,53 @@ def page_set(seeds, roots=ROOTS):
         yield from page_builder.generate(items, PAGES_PER_SEED, seed)
 
 
-def labels(img, pictures) -> np.ndarray:
-    """1 for blocks whose centre lies in a photograph."""
-    f = pages.features(img)
-    rows, cols = f.shape[:2]
-    k = max(img.size) / pages.SIDE * pages.BLOCK
-    cy, cx = (np.arange(rows) + 0.5) * k, (np.arange(cols) + 0.5) * k
-    y = np.zeros((rows, cols))
+def labels(shape, size, pictures, angle: float = 0.0) -> np.ndarray:
+    """1 for the blocks (``shape``: rows, columns) whose centre lies in a photograph, on a page
+    of ``size`` pixels turned upright by ``angle`` (the photographs' boxes are on the page)."""
+    k = max(size) / pages.SIDE * pages.BLOCK
+    cy, cx = np.meshgrid((np.arange(shape[0]) + 0.5) * k, (np.arange(shape[1]) + 0.5) * k,
+                         indexing="ij")  # fmt: skip
+    if angle:  # the block's centre on the page as scanned (cbir_utils.sources.photo.rotated_bounds)
+        t, ox, oy = np.deg2rad(angle), size[0] / 2, size[1] / 2
+        cx, cy = (cx - ox) * np.cos(t) + (cy - oy) * np.sin(t) + ox, \
+            -(cx - ox) * np.sin(t) + (cy - oy) * np.cos(t) + oy  # fmt: skip
+    y = np.zeros(shape)
     for p in pictures:
         x0, y0, w, h = p.box
-        y[np.ix_((cy >= y0) & (cy < y0 + h), (cx >= x0) & (cx < x0 + w))] = 1
-    return f, y
+        y[(cx >= x0) & (cx < x0 + w) & (cy >= y0) & (cy < y0 + h)] = 1
+    return y
 
 
-def fit(seeds=FIT_SEEDS, hidden=(64, 32)) -> dict[str, np.ndarray]:
-    """The block classifier fitted on the pages of ``seeds`` (arrays of ``pages.MODEL``)."""
+def _perceptron(x, y, hidden, prefix="") -> dict[str, np.ndarray]:
     from sklearn.neural_network import MLPClassifier
 
-    xs, ys = [], []
-    for _, img, pictures in page_set(seeds, FIT_ROOTS):
-        f, y = labels(img, pictures)
-        xs.append(f.reshape(-1, f.shape[-1]))
-        ys.append(y.ravel())
-    x, y = np.concatenate(xs), np.concatenate(ys)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     mlp = MLPClassifier(hidden, max_iter=80, early_stopping=True, random_state=0)
     mlp.fit((x - mean) / scale, y)
-    model = {"mean": mean, "scale": scale}
+    model = {prefix + "mean": mean, prefix + "scale": scale}
     for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
-        model[f"w{i}"], model[f"b{i}"] = w.astype(np.float32), b.astype(np.float32)
+        model[f"{prefix}w{i}"], model[f"{prefix}b{i}"] = w.astype(np.float32), b.astype(np.float32)
     return model
+
+
+def fit(seeds=FIT_SEEDS, context_seeds=CONTEXT_SEEDS, hidden=(64, 32)) -> dict[str, np.ndarray]:
+    """The block classifier fitted on the pages of ``seeds``, then the context classifier on
+    those of ``context_seeds`` (turned upright and mapped by the first as find_photos does:
+    pages of its own, so that it learns from maps as good as a new page's); arrays of
+    ``pages.MODEL``."""
+    xs, ys = [], []
+    for _, img, pictures in page_set(seeds, FIT_ROOTS):
+        f = pages.features(img.convert("L"))
+        xs.append(f.reshape(-1, f.shape[-1]))
+        ys.append(labels(f.shape[:2], img.size, pictures).ravel())
+    model = _perceptron(np.concatenate(xs), np.concatenate(ys), hidden)
+    xs, ys = [], []
+    for _, img, pictures in page_set(context_seeds, FIT_ROOTS):
+        _, angle, f, p = pages.upright(img, model)
+        x = np.concatenate([f, pages.context(p)], axis=-1)
+        xs.append(x.reshape(-1, x.shape[-1]))
+        ys.append(labels(p.shape, img.size, pictures, angle).ravel())
+    return {**model, **_perceptron(np.concatenate(xs), np.concatenate(ys), hidden, "context_")}
 
 
 iou = page_builder.iou

@@ -9,6 +9,7 @@ import json
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,25 @@ def test_a_gutter_unevenly_lit_parts_a_story_and_pieces_of_one_photograph_join(m
     assert len(join([(100, 80, 200, 240), (305, 80, 200, 240)], sheet)) == 2
     apart = _sheet((left, 100, 80), (right, 320, 80))
     assert len(join([(100, 80, 200, 240), (320, 80, 200, 240)], apart)) == 2
+
+
+def test_the_context_map_makes_a_photograph_whole_from_the_block_maps_pieces():
+    photo = _sheet((source_photo("coffee").convert("L").resize((400, 240)), 100, 80))
+    pieces = [(100, 80, 240, 240), (360, 80, 140, 240)]  # a pale band parted the block map
+    mask = np.zeros((photo.shape[0] // 8, photo.shape[1] // 8), dtype=bool)  # blocks of 8 px
+    mask[10:40, 12:42] = mask[10:40, 45:63] = True
+    q = np.zeros(mask.shape)
+    q[10:40, 12:63] = 1.0  # the context map sees the photograph whole
+
+    def whole(boxes):
+        return pages._whole(boxes, photo, q, mask, 0.8, 8.0, 40)
+
+    assert whole(pieces) == [(100, 80, 400, 240)]
+    # a box of the block map's as large as the context map's is kept (its caption, say)
+    assert whole([(96, 76, 410, 250)]) == [(96, 76, 410, 250)]
+    # where the context map parts them too, they stay apart
+    q[:, 42:45] = 0.0
+    assert whole(pieces) == pieces
 
 
 def test_a_gutter_is_as_light_as_its_lightest_column():
@@ -336,12 +356,27 @@ def test_iiif_canvas_photographs_come_back_as_region_urls(iiif_pages, tmp_path, 
         assert np.corrcoef(remote[:h, :w].ravel(), local[:h, :w].ravel())[0, 1] > 0.9
 
 
-def test_benchmark_check_says_each_missed_target():
+@pytest.fixture(scope="module")
+def bench():
     spec = importlib.util.spec_from_file_location(
         "pages_benchmark", paths.PROJECT_ROOT / "benchmarks" / "pages.py"
     )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_labels_the_blocks_of_a_page_turned_upright(bench):
+    # a photograph in the top left quarter's top half of a square page (blocks of 8 pixels)
+    photo = [SimpleNamespace(box=(0, 0, 512, 256))]
+    y = bench.labels((128, 128), (1024, 1024), photo)
+    assert y[:32, :64].all() and y.sum() == 32 * 64
+    # the page turned a quarter clockwise (PIL's rotate(-90)): the photograph is at the top right
+    y = bench.labels((128, 128), (1024, 1024), photo, angle=90.0)
+    assert y[:64, 96:].all() and y.sum() == 64 * 32
+
+
+def test_benchmark_check_says_each_missed_target(bench):
     good = {"recall": 0.98, "precision": 0.96, "by_kind": {"plain": (1.0, 9), "oval": (0.95, 4)}}
     assert bench.missed(good) == []
     assert bench.missed(good, {"detected": 0.91, "true boxes": 0.93}) == []

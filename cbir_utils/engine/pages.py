@@ -9,13 +9,17 @@ them out before anything is described, as the Library of Congress's Newspaper Na
    --fit`` on pages of the demo's printings, :mod:`cbir_utils.sources.page_builder`) gives it a
    probability of photograph;
 2. the page is turned upright (:func:`skew`, measured on the blocks that are not photograph)
-   and its blocks classified again;
+   and its blocks classified again; a second perceptron reads each block's features with the
+   first one's probabilities around it (:func:`context`: a pale wall or sky inside a photograph
+   is photograph all round, faded text is text along its line);
 3. blocks above :data:`THRESHOLD` form regions, cut where a row or column of them is nearly
    empty (:data:`XY_EMPTY`), then along gutters of bare paper that cross them whole (a
    photo-story printed a few pixels apart, :data:`FLAT`, :data:`GUTTER_FLAT`);
 4. a region is a photograph when it fills its box (:data:`MIN_FILL`: an oval fills 0.79), is
    large and compact enough, mostly photograph blocks and clear of the scan's edges;
-5. pieces of one photograph that a pale or flat part of it broke apart are joined
+5. where the second perceptron's map sees one photograph and the first one's pieces of it,
+   the whole replaces the pieces, unless text lies between them (:func:`_whole`);
+6. pieces of one photograph that a pale or flat part of it broke apart are joined
    (:data:`JOIN`), unless paper, text or a gutter lies between them.
 """
 
@@ -44,14 +48,15 @@ from cbir_utils.paths import region_name
 from cbir_utils.sources import photo
 from cbir_utils.sources.data import Collection, load_image
 
-VERSION = 7
+VERSION = 8
 """Bump when :func:`find_photos` cuts otherwise for the same settings (cached detections)."""
 SIDE = 1024
 """Long side (px) a page is analysed at."""
 BLOCK = photo.BLOCK
 MODEL = Path(__file__).with_name("page_detector.npz")
 """The block classifier: a small perceptron (``mean``, ``scale`` of the features, then layers
-``w0, b0, w1, b1, ...``; ReLU between, a sigmoid last), written by ``benchmarks/pages.py --fit``."""
+``w0, b0, w1, b1, ...``; ReLU between, a sigmoid last), and the context classifier, the same
+with keys prefixed ``context_``; written by ``benchmarks/pages.py --fit``."""
 THRESHOLD = 0.8
 MIN_AREA = 0.006
 """Smallest photograph, as a share of the page's area."""
@@ -124,17 +129,36 @@ def detector_id(model: dict[str, np.ndarray] | None = None) -> str:
     return h.hexdigest()[:12]
 
 
-def probability(img: Image.Image, model: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Probability that each block of the page is photograph ``(rows, cols)``."""
-    m = load_model() if model is None else model
-    f = features(img)
-    x = ((f - m["mean"]) / m["scale"]).reshape(-1, f.shape[-1])
-    n = sum(k.startswith("w") for k in m)
+def perceptron(m: dict[str, np.ndarray], f: np.ndarray, prefix: str = "") -> np.ndarray:
+    """Probability of photograph of blocks of features ``f`` ``(rows, cols, F)``, by the
+    perceptron of ``m`` whose arrays are named with ``prefix``."""
+    x = ((f - m[prefix + "mean"]) / m[prefix + "scale"]).reshape(-1, f.shape[-1])
+    n = sum(k.startswith(prefix + "w") for k in m)
     for i in range(n):
-        x = x @ m[f"w{i}"] + m[f"b{i}"]
+        x = x @ m[f"{prefix}w{i}"] + m[f"{prefix}b{i}"]
         if i < n - 1:
             x = np.maximum(x, 0)
     return (1.0 / (1.0 + np.exp(-x))).reshape(f.shape[:2])
+
+
+def context(p: np.ndarray) -> np.ndarray:
+    """What the context classifier adds to a block's features ``(rows, cols, 14)``: the block
+    map ``p`` around it, averaged over squares of 3 to 31 blocks and along its row and column,
+    its extremes and spread over 7 x 7 blocks, and how far (up to 12 blocks) the nearest block
+    of the other kind is."""
+
+    def mean(a, size):
+        return ndimage.uniform_filter(a, size, mode="nearest")
+
+    m7 = mean(p, 7)
+    return np.stack([
+        p, mean(p, 3), m7, mean(p, 15), mean(p, 31),
+        mean(p, (1, 15)), mean(p, (1, 31)), mean(p, (15, 1)), mean(p, (31, 1)),
+        ndimage.maximum_filter(p, 7, mode="nearest"), ndimage.minimum_filter(p, 7, mode="nearest"),
+        np.sqrt(np.maximum(mean(p * p, 7) - m7 * m7, 0)),
+        np.minimum(ndimage.distance_transform_edt(p >= 0.5), 12) / 12,
+        np.minimum(ndimage.distance_transform_edt(p < 0.5), 12) / 12,
+    ], axis=-1)  # fmt: skip
 
 
 def skew(
@@ -246,20 +270,34 @@ def _xy_cut(mask: np.ndarray, sl: tuple[slice, slice]) -> list[tuple[slice, slic
                     (slice(sl[0].start, sl[0].start + c), sl[1]),
                     (slice(sl[0].start + c + 1, sl[0].stop), sl[1]),
                 )
-            out = []
-            for part in (a, b):
-                sub = mask[part]
-                if sub.any():
-                    r, q = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
-                    out += _xy_cut(
-                        mask,
-                        (
-                            slice(part[0].start + r[0], part[0].start + r[-1] + 1),
-                            slice(part[1].start + q[0], part[1].start + q[-1] + 1),
-                        ),
-                    )
-            return out
+            return [
+                c for part in (a, b) if mask[part].any() for c in _xy_cut(mask, _trim(mask, part))
+            ]
     return [sl]
+
+
+def _trim(mask: np.ndarray, sl: tuple[slice, slice]) -> tuple[slice, slice]:
+    """Block region ``sl`` trimmed to the bounds of the blocks of ``mask`` in it (some)."""
+    sub = mask[sl]
+    r, c = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+    return (slice(sl[0].start + r[0], sl[0].start + r[-1] + 1),
+            slice(sl[1].start + c[0], sl[1].start + c[-1] + 1))  # fmt: skip
+
+
+def upright(
+    img: Image.Image, model: dict[str, np.ndarray]
+) -> tuple[Image.Image, float, np.ndarray, np.ndarray]:
+    """Page ``img`` in gray turned upright (:func:`skew`), the angle it was turned by, and its
+    block features and block map."""
+    gray = img.convert("L")
+    f = features(gray)
+    p = perceptron(model, f)
+    angle = skew(np.asarray(gray, dtype=np.float32), text=p < 0.5)
+    if angle:
+        gray = gray.rotate(-angle, resample=Image.BILINEAR, fillcolor=255)
+        f = features(gray)
+        p = perceptron(model, f)
+    return gray, angle, f, p
 
 
 def find_photos(
@@ -272,34 +310,74 @@ def find_photos(
     The page is first turned upright (:func:`skew`); boxes are in ``img``'s own pixels. An
     empty list when the page holds none (text, drawings, a masthead only).
     """
-    gray = img.convert("L")
-    p = probability(gray, model)
-    angle = skew(np.asarray(gray, dtype=np.float32), text=p < 0.5)
-    upright = gray.rotate(-angle, resample=Image.BILINEAR, fillcolor=255) if angle else gray
-    p = probability(upright, model) if angle else p
-    mask = ndimage.binary_opening(p >= threshold, structure=np.ones((OPEN, OPEN)))
-    k = max(img.size) / SIDE * BLOCK  # block -> pixel of the page
-    gray = np.asarray(upright, dtype=np.float32)
-    min_side = int(MIN_SIDE * max(img.size))
-    labels, _ = ndimage.label(mask)
-    boxes: list[Box] = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        for part in _xy_cut(labels == i, sl):
-            if (labels[part] == i).mean() < MIN_FILL:
-                continue
-            x0, y0 = int(part[1].start * k), int(part[0].start * k)
-            x1, y1 = min(img.width, int(part[1].stop * k)), min(img.height, int(part[0].stop * k))
-            for b in _split(gray, (x0, y0, x1 - x0, y1 - y0), min_side):
-                if _plausible(b, p, k, img.size):
-                    boxes.append(b)
-    boxes = _join(boxes, gray, p, k, min_side)
+    m = load_model() if model is None else model
+    gray, angle, f, p = upright(img, m)
+    q = perceptron(m, np.concatenate([f, context(p)], axis=-1), "context_")
+    boxes = cut(np.asarray(gray, dtype=np.float32), p, q, threshold)
     return sorted((_unrotate(b, angle, img.size) for b in boxes), key=lambda b: (b[1], b[0]))
+
+
+def cut(gray: np.ndarray, p: np.ndarray, q: np.ndarray, threshold: float = THRESHOLD) -> list[Box]:
+    """Boxes of the photographs on upright page ``gray`` (pixels), from its block map ``p``
+    and context map ``q`` (steps 3 to 6 of the module's docstring)."""
+    size = gray.shape[::-1]
+    k = max(size) / SIDE * BLOCK  # block -> pixel of the page
+    min_side = int(MIN_SIDE * max(size))
+    mask = ndimage.binary_opening(p >= threshold, structure=np.ones((OPEN, OPEN)))
+    boxes = _boxes(_regions(mask), gray, p, k, min_side)
+    boxes = _whole(boxes, gray, q, mask, threshold, k, min_side)
+    return _join(boxes, gray, p, k, min_side)
+
+
+def _regions(mask: np.ndarray) -> list[tuple[slice, slice]]:
+    """Regions of blocks of ``mask`` (:func:`_xy_cut`) that fill their box (:data:`MIN_FILL`)."""
+    labels, _ = ndimage.label(mask)
+    return [
+        part
+        for i, sl in enumerate(ndimage.find_objects(labels), start=1)
+        for part in _xy_cut(labels == i, sl)
+        if (labels[part] == i).mean() >= MIN_FILL
+    ]
+
+
+def _boxes(parts, gray: np.ndarray, p: np.ndarray, k: float, min_side: int) -> list[Box]:
+    """The pixel boxes of block regions ``parts``, cut along gutters (:func:`_split`), that
+    :func:`_plausible` takes for photographs by the map ``p``."""
+    size, out = gray.shape[::-1], []
+    for rows, cols in parts:
+        x0, y0 = int(cols.start * k), int(rows.start * k)
+        x1, y1 = min(size[0], int(cols.stop * k)), min(size[1], int(rows.stop * k))
+        out += [b for b in _split(gray, (x0, y0, x1 - x0, y1 - y0), min_side)
+                if _plausible(b, p, k, size)]  # fmt: skip
+    return out
+
+
+def _whole(
+    boxes: list[Box], gray: np.ndarray, q: np.ndarray, mask: np.ndarray, threshold: float,
+    k: float, min_side: int,
+) -> list[Box]:  # fmt: skip
+    """``boxes`` where a photograph of the context map ``q`` holds pieces of them (more than
+    half of each, each smaller than it) replaced by it, when its blocks outside them are
+    photograph by ``q`` or bare of ink (:func:`_bare`). Its regions are trimmed to the blocks
+    of the block map's ``mask`` (the context map runs a block or two past a photograph's
+    edge, onto its caption)."""
+    parts = []
+    for part in _regions(ndimage.binary_opening(q >= threshold, structure=np.ones((OPEN, OPEN)))):
+        if mask[part].any():
+            parts.append(_trim(mask, part))
+    for b in _boxes(parts, gray, q, k, min_side):
+        pieces = [a for a in boxes if 2 * _overlap(a, b) > _area(a)]
+        if not pieces or any(_area(a) >= _area(b) for a in pieces):
+            continue  # nothing to make whole, or a box of the block map's as large
+        if _bare(gray, q, k, pieces, b):
+            boxes = [a for a in boxes if a not in pieces] + [b]
+    return boxes
 
 
 def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side: int) -> list[Box]:
     """``boxes`` with the pieces of one photograph joined (:data:`JOIN`): two boxes side by
     side or stacked, with no paper between them and blocks there that are no caption or text
-    (:func:`_photo_between`), whose union :func:`_split` leaves whole and :func:`_plausible`
+    (:func:`_bare`), whose union :func:`_split` leaves whole and :func:`_plausible`
     takes for a photograph."""
     size = gray.shape[::-1]
     for i, a in enumerate(boxes):
@@ -309,7 +387,7 @@ def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side:
             u = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
             if _area(a) + _area(b) - _overlap(a, b) < JOIN * _area(u):
                 continue
-            if not _photo_between(gray, p, k, a, b, u) or _paper_between(gray, a, b, u):
+            if not _bare(gray, p, k, [a, b], u) or _paper_between(gray, a, b, u):
                 continue
             parts = _split(gray, u, min_side)
             if len(parts) == 1 and _plausible(parts[0], p, k, size):
@@ -318,17 +396,16 @@ def _join(boxes: list[Box], gray: np.ndarray, p: np.ndarray, k: float, min_side:
     return boxes
 
 
-def _photo_between(gray: np.ndarray, p: np.ndarray, k: float, a: Box, b: Box, union: Box) -> bool:
-    """Whether the blocks of ``union`` outside boxes ``a`` and ``b`` are more photograph than
-    not (mean probability >= 0.5), or bare of ink (:data:`INK_SHARE`): the pale or flat part
-    of a photograph, not a caption or text; true when there are none."""
+def _bare(gray: np.ndarray, p: np.ndarray, k: float, pieces: list[Box], union: Box) -> bool:
+    """Whether the blocks of ``union`` outside boxes ``pieces`` are more photograph than not
+    (mean probability >= 0.5), or bare of ink (:data:`INK_SHARE`): the pale or flat part of a
+    photograph, not a caption or text; true when there are none."""
     rows, cols = _blocks(union, k)
     inner = p[rows, cols]
     between = np.ones(inner.shape, dtype=bool)
-    for r, c in (_blocks(a, k), _blocks(b, k)):
-        between[
-            r.start - rows.start : r.stop - rows.start, c.start - cols.start : c.stop - cols.start
-        ] = False
+    for r, c in (_blocks(a, k) for a in pieces):
+        between[max(0, r.start - rows.start) : max(0, r.stop - rows.start),
+                max(0, c.start - cols.start) : max(0, c.stop - cols.start)] = False  # fmt: skip
     if not between.any() or float(inner[between].mean()) >= 0.5:
         return True
     x, y, w, h = union
