@@ -4,7 +4,7 @@ Pages come from cbir_utils.sources.page_builder: fit pages of the demo's printin
 held-out pages of the demo's and the hard collection's, on seeds of their own (the held-out
 ones are never used to fit or choose anything).
 
-    python benchmarks/pages.py --fit       # fit the block classifier, write pages.MODEL
+    python benchmarks/pages.py --fit       # fit both classifiers, write pages.MODEL
     python benchmarks/pages.py --check     # held-out detection; fail under the targets
     python benchmarks/pages.py --fresh     # also 900 pages drawn after the choices
 """
