@@ -122,7 +122,7 @@ def test_the_context_map_makes_a_photograph_whole_from_the_block_maps_pieces():
     q[10:40, 12:63] = 1.0  # the context map sees the photograph whole
 
     def whole(boxes):
-        return pages._whole(boxes, photo, q, mask, 0.8, 8.0, 40)
+        return pages._whole(boxes, photo, q, pages._mask(q, 0.8), mask, 8.0, 40)
 
     assert whole(pieces) == [(100, 80, 400, 240)]
     # a box of the block map's as large as the context map's is kept (its caption, say)

@@ -323,10 +323,15 @@ def cut(gray: np.ndarray, p: np.ndarray, q: np.ndarray, threshold: float = THRES
     size = gray.shape[::-1]
     k = max(size) / SIDE * BLOCK  # block -> pixel of the page
     min_side = int(MIN_SIDE * max(size))
-    mask = ndimage.binary_opening(p >= threshold, structure=np.ones((OPEN, OPEN)))
+    mask = _mask(p, threshold)
     boxes = _boxes(_regions(mask), gray, p, k, min_side)
-    boxes = _whole(boxes, gray, q, mask, threshold, k, min_side)
+    boxes = _whole(boxes, gray, q, _mask(q, threshold), mask, k, min_side)
     return _join(boxes, gray, p, k, min_side)
+
+
+def _mask(p: np.ndarray, threshold: float) -> np.ndarray:
+    """The blocks of map ``p`` at ``threshold`` or above, cleared of specks (:data:`OPEN`)."""
+    return ndimage.binary_opening(p >= threshold, structure=np.ones((OPEN, OPEN)))
 
 
 def _regions(mask: np.ndarray) -> list[tuple[slice, slice]]:
@@ -353,18 +358,15 @@ def _boxes(parts, gray: np.ndarray, p: np.ndarray, k: float, min_side: int) -> l
 
 
 def _whole(
-    boxes: list[Box], gray: np.ndarray, q: np.ndarray, mask: np.ndarray, threshold: float,
+    boxes: list[Box], gray: np.ndarray, q: np.ndarray, q_mask: np.ndarray, mask: np.ndarray,
     k: float, min_side: int,
 ) -> list[Box]:  # fmt: skip
-    """``boxes`` where a photograph of the context map ``q`` holds pieces of them (more than
-    half of each, each smaller than it) replaced by it, when its blocks outside them are
-    photograph by ``q`` or bare of ink (:func:`_bare`). Its regions are trimmed to the blocks
-    of the block map's ``mask`` (the context map runs a block or two past a photograph's
-    edge, onto its caption)."""
-    parts = []
-    for part in _regions(ndimage.binary_opening(q >= threshold, structure=np.ones((OPEN, OPEN)))):
-        if mask[part].any():
-            parts.append(_trim(mask, part))
+    """``boxes`` where a photograph of the context map ``q`` (its blocks ``q_mask``) holds
+    pieces of them (more than half of each, each smaller than it) replaced by it, when its
+    blocks outside them are photograph by ``q`` or bare of ink (:func:`_bare`). Its regions are
+    trimmed to the blocks of the block map's ``mask`` (the context map runs a block or two
+    past a photograph's edge, onto its caption)."""
+    parts = [_trim(mask, part) for part in _regions(q_mask) if mask[part].any()]
     for b in _boxes(parts, gray, q, k, min_side):
         pieces = [a for a in boxes if 2 * _overlap(a, b) > _area(a)]
         if not pieces or any(_area(a) >= _area(b) for a in pieces):
