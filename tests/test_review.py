@@ -266,10 +266,18 @@ def _ready(drv, timeout: float = 10.0) -> None:
     assert body.get_attribute("data-review-ready") == "1"
 
 
-def _settle() -> None:
-    """Let Chromium commit localStorage: a renderer batches its writes to the browser process,
-    so a reload right after a click can miss them on a loaded machine (seen once in CI)."""
-    time.sleep(2.0)
+def _reload(drv, restored, seconds: float = 20.0) -> None:
+    """Reload the page until ``restored(drv)`` holds, for at most ``seconds``: Chromium hands
+    a page's localStorage writes to its browser process when it gets to them, so a reload
+    right after a click may come first (seen twice in CI, once after waiting 2 s). Decisions
+    that never come back fail the assertion that follows."""
+    deadline = time.time() + seconds
+    while True:
+        time.sleep(1.0)
+        drv.refresh()
+        _ready(drv)
+        if restored(drv) or time.time() > deadline:
+            return
 
 
 def _pressed(drv) -> dict[tuple[str, str], str]:
@@ -315,14 +323,13 @@ def test_contact_sheet_review_in_chromium(sheet, tmp_path):
             )
             box.find_element("css selector", f'button[data-v="{v}"]').click()
         assert drv.find_element("id", "n-decisions").text == "3"
-        _settle()
-        drv.refresh()  # decisions persist in the browser
-        assert drv.find_element("tag name", "body").get_attribute("data-review-ready") == "1"
-        assert _pressed(drv) == {
+        decided = {
             (ref1, names[0]): "same_photo",
             (ref1, names[2]): "same_scene",
             (ref2, names[4]): "same_photo",  # newer than the imported "not a reprint"
         }
+        _reload(drv, lambda d: _pressed(d) == decided)  # decisions persist in the browser
+        assert _pressed(drv) == decided
         assert drv.find_element("id", "reviewer").get_attribute("value") == "Marie C."
         drv.find_element("id", "export").click()
         target = downloads / "verdicts.csv"
@@ -385,10 +392,9 @@ def test_search_page_review_in_chromium(tmp_path, tiny_collection):
             "css selector", '.verdict[data-query="s0/a.jpg"][data-candidate="s0/b.jpg"]'
         )
         box.find_element("css selector", 'button[data-v="same_photo"]').click()
-        _settle()
-        drv.refresh()
-        _ready(drv)  # the stored decisions are restored by the page's script after load
-        assert _pressed(drv)[("s0/a.jpg", "s0/b.jpg")] == "same_photo"
+        pair = ("s0/a.jpg", "s0/b.jpg")
+        _reload(drv, lambda d: _pressed(d)[pair] == "same_photo")  # restored after load
+        assert _pressed(drv)[pair] == "same_photo"
         # the other query's box about the same candidate is another pair: untouched
         assert _pressed(drv)[(str(imgs[5]), "s0/b.jpg")] == ""
         # the reprint list by date shows the decision too
