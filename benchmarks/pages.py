@@ -26,7 +26,7 @@ from cbir_utils import paths
 from cbir_utils.engine import index as index_mod
 from cbir_utils.engine import pages
 from cbir_utils.paths import DEMO_DIR, HARD_DIR, OUTPUTS_DIR
-from cbir_utils.sources import data, page_builder
+from cbir_utils.sources import data, page_builder, photo
 
 FIT_SEEDS = range(100, 115)
 CONTEXT_SEEDS = range(115, 130)
@@ -100,10 +100,8 @@ def labels(shape, size, pictures, angle: float = 0.0) -> np.ndarray:
     k = max(size) / pages.SIDE * pages.BLOCK
     cy, cx = np.meshgrid((np.arange(shape[0]) + 0.5) * k, (np.arange(shape[1]) + 0.5) * k,
                          indexing="ij")  # fmt: skip
-    if angle:  # the block's centre on the page as scanned (cbir_utils.sources.photo.rotated_bounds)
-        t, ox, oy = np.deg2rad(angle), size[0] / 2, size[1] / 2
-        cx, cy = (cx - ox) * np.cos(t) + (cy - oy) * np.sin(t) + ox, \
-            -(cx - ox) * np.sin(t) + (cy - oy) * np.cos(t) + oy  # fmt: skip
+    if angle:  # the block's centre on the page as scanned
+        cx, cy = photo.rotated(cx, cy, angle, size)
     y = np.zeros(shape)
     for p in pictures:
         x0, y0, w, h = p.box

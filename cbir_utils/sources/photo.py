@@ -166,14 +166,21 @@ def crop_photo(img: Image.Image) -> Image.Image:
     return img if box is None else img.crop(box)
 
 
+def rotated(
+    x: np.ndarray, y: np.ndarray, angle: float, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``(x, y)`` of a page of ``size`` once it is rotated by ``angle`` degrees about
+    its centre, counter-clockwise as PIL rotates."""
+    cx, cy = size[0] / 2, size[1] / 2
+    px, py, t = np.asarray(x) - cx, np.asarray(y) - cy, np.deg2rad(angle)
+    return px * np.cos(t) + py * np.sin(t) + cx, -px * np.sin(t) + py * np.cos(t) + cy
+
+
 def rotated_bounds(
     box: tuple[int, int, int, int], angle: float, size: tuple[int, int]
 ) -> tuple[float, float, float, float]:
     """Bounds ``(x0, y0, x1, y1)`` of ``box`` once its page of ``size`` is rotated by ``angle``
-    degrees about its centre, counter-clockwise as PIL rotates."""
+    degrees about its centre, counter-clockwise as PIL rotates (:func:`rotated`)."""
     x, y, w, h = box
-    cx, cy = size[0] / 2, size[1] / 2
-    px, py = np.array([x, x + w, x, x + w]) - cx, np.array([y, y, y + h, y + h]) - cy
-    t = np.deg2rad(angle)
-    rx, ry = px * np.cos(t) + py * np.sin(t) + cx, -px * np.sin(t) + py * np.cos(t) + cy
+    rx, ry = rotated(np.array([x, x + w, x, x + w]), np.array([y, y, y + h, y + h]), angle, size)
     return float(rx.min()), float(ry.min()), float(rx.max()), float(ry.max())
